@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny seeded models built in code (never downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tracer.models import MlpKind, ModelConfig, NormKind, PosKind, Transformer
+
+torch.set_num_threads(int(os.environ.get("TRACER_TEST_THREADS", "1")))
+
+
+def tiny_config(style: str, **kw) -> ModelConfig:
+    """A 3-layer model of the GPT-2 or Llama style, small enough for float64 perturbation tests."""
+    if style == "gpt2":
+        base = dict(family="gpt2", n_layers=3, d_model=16, n_heads=2, d_mlp=32, vocab_size=50, n_ctx=32,
+                    norm=NormKind.LAYERNORM, mlp=MlpKind.GELU, pos=PosKind.LEARNED, qkv_bias=True, o_bias=True,
+                    mlp_bias=True, bos_token_id=0, eos_token_id=0)  # fmt: skip
+    else:
+        base = dict(family="llama", n_layers=3, d_model=16, n_heads=4, n_kv_heads=2, d_mlp=24, vocab_size=50,
+                    n_ctx=32, tied_embeddings=False, bos_token_id=1, eos_token_id=2)  # fmt: skip
+    return ModelConfig(**(base | kw))  # type: ignore[arg-type]
+
+
+def random_model(cfg: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.float64) -> Transformer:
+    """Random weights with norm weights/biases away from their defaults, so misplaced terms show."""
+    torch.manual_seed(seed)
+    model = Transformer(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln" in name or "norm" in name:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * torch.randn_like(p))
+            else:
+                p.normal_(0, 0.3)
+    model.requires_grad_(False)
+    return model.to(dtype).eval()
+
+
+@pytest.fixture(params=["gpt2", "llama"])
+def tiny_model(request) -> Transformer:
+    return random_model(tiny_config(request.param))

@@ -1,0 +1,1 @@
+"""clt-tracer: attribution graphs for transformer language models."""

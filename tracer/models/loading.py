@@ -1,0 +1,77 @@
+"""Load a model from a local HF directory or a .gguf file, fully offline.
+
+1. Resolve: a directory (config.json + safetensors) or a `.gguf` file; anything else is a clear error.
+2. Build: ModelConfig -> Transformer, load the state dict strictly (a missing tensor is an error).
+3. Tokenizer: from the directory's files or the GGUF metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tracer.errors import ModelLoadError
+from tracer.models.config import ModelConfig
+from tracer.models.hf import config_from_hf, read_safetensors_dir, state_from_hf
+from tracer.models.tokenizer import Tokenizer, load_tokenizer
+from tracer.models.transformer import Transformer
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "default_model"
+
+
+@dataclass
+class LoadedModel:
+    model: Transformer
+    tokenizer: Tokenizer | None
+    name: str  # directory or file name, for graph metadata
+    content_hash: str  # sha256 of the weight files (first 16 hex digits)
+
+    @property
+    def cfg(self) -> ModelConfig:
+        return self.model.cfg
+
+
+def file_hash(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> Transformer:
+    model = Transformer(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not (cfg.tied_embeddings and m == "unembed.weight")]
+    if missing or unexpected:
+        raise ModelLoadError(f"weights do not fit the config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.requires_grad_(False)
+    return model.to(dtype).eval()
+
+
+def load_model(path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """A local HF-layout directory or a .gguf file (default: the bundled default model)."""
+    path = Path(path) if path is not None else DEFAULT_MODEL
+    if not path.exists():
+        raise ModelLoadError(f"model path {path} does not exist")
+    if path.is_file() and path.suffix == ".gguf":
+        from tracer.models.gguf import load_gguf  # the gguf package is only needed for .gguf files
+
+        return load_gguf(path, dtype)
+    if not path.is_dir():
+        raise ModelLoadError(f"{path} is neither a model directory nor a .gguf file")
+    try:
+        hf = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path} has no config.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{path / 'config.json'} is not valid JSON: {e}") from None
+    cfg = config_from_hf(hf)
+    model = build_model(cfg, state_from_hf(cfg, read_safetensors_dir(path)), dtype)
+    weights = sorted(path.glob("*.safetensors"))
+    return LoadedModel(model, load_tokenizer(path, cfg.bos_token_id), path.name, file_hash(weights))
