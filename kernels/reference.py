@@ -1,0 +1,195 @@
+"""Sparse edge attribution in plain torch: the ground truth and the CPU production path.
+
+    out_BN[b, n] = act_N[n] * sum_{l >= layer_N[n]} <dec_NLD[n, l], grads_BLPD[b, l, pos_N[n]]>
+
+The same N features are used for every batch of B targets of a prompt, so the work splits in two:
+
+Plan (once per prompt, `plan_edges_torch`):
+1. Validate the feature tensors.
+2. Span: each feature's decoder is non-zero only on output layers [lo, hi): lo = its layer, hi = one past its
+   last non-zero row (L for a CLT, lo + 1 for a per-layer transcoder). All-zero features get no span.
+3. Sort features by (position, lo, hi) and count each distinct span at each position.
+4. Merge: at each position, partition the sorted spans into runs minimising sum over runs of
+   (rows + overhead_rows) * width, where width = union of the run's spans; one matmul per run ("group").
+5. Pack: each group's decoder rows, scaled by the activations and zeroed below each feature's own layer,
+   as one [rows, width * D] matrix.
+
+Attribute (once per batch, `TorchEdgePlan.attribute`):
+1. Validate grads; grads may cover fewer layers L' <= L and positions P' <= P than the features use (a batch of
+   targets at early layers / positions): the missing ones count as zero.
+2. Per position: view grads[:, :, p, :] as [B, L'*D] (free when grads' L and D are adjacent in memory, e.g. a
+   [B, P, L, D] buffer passed as .transpose(1, 2); a small copy otherwise).
+3. Per group: one matmul [rows, K] @ [K, B] into its rows of a [N, B] buffer (features sorted by group).
+4. Un-sort the rows and transpose to [B, N].
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from tracer.errors import ConfigError
+
+# Cost of one extra matmul call, in decoder rows of the same width (fit on this CPU by benchmarks/bench_kernel.py:
+# splitting a position's CLT features by layer pays only when groups stay larger than this).
+OVERHEAD_ROWS = 32.0
+FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+class EdgeGroup(NamedTuple):
+    """Features at one position whose decoders live on output layers [lo, hi): one matmul."""
+
+    pos: int
+    lo: int
+    hi: int
+    start: int  # rows [start, end) of the plan's sorted order
+    end: int
+    dec_scaled: Tensor  # [end - start, (hi - lo) * D], act * decoder rows, zero below each feature's layer
+
+
+@dataclass(frozen=True)
+class TorchEdgePlan:
+    """Per-prompt grouping of the active features; reuse `attribute` for every batch of targets."""
+
+    n_features: int
+    n_layers: int
+    d_model: int
+    dtype: torch.dtype
+    device: torch.device
+    groups: tuple[EdgeGroup, ...]  # sorted by position
+    inverse_N: Tensor  # [N] sorted row of each original feature
+
+    def attribute(self, grads_BLPD: Tensor) -> Tensor:
+        """Edge rows [B, N] for a batch of gradients [B, L' <= L, P', D]."""
+        check_grads(grads_BLPD, self.n_layers, self.d_model, self.dtype, self.device)
+        n_batch, n_lay, n_pos, d = grads_BLPD.shape
+        out_NB = torch.zeros(self.n_features, n_batch, dtype=self.dtype, device=self.device)
+        pos, grads_BK = -1, grads_BLPD.new_empty(0)
+        for g in self.groups:
+            if g.pos >= n_pos:
+                break  # groups are sorted by position; later positions have no gradient in this batch
+            hi = min(g.hi, n_lay)
+            if hi <= g.lo:
+                continue
+            if g.pos != pos:  # phase 2: one [B, L'*D] matrix per position
+                pos, grads_BK = g.pos, grads_BLPD[:, :, g.pos, :].reshape(n_batch, n_lay * d)
+            # phase 3: [rows, K] @ [K, B], written straight into this group's rows
+            k = (hi - g.lo) * d
+            torch.mm(g.dec_scaled[:, :k], grads_BK[:, g.lo * d : hi * d].T, out=out_NB[g.start : g.end])
+        return out_NB.index_select(0, self.inverse_N).T.contiguous()  # phase 4
+
+
+def check_features(dec_NLD: Tensor, layer_N: Tensor, pos_N: Tensor, act_N: Tensor) -> None:
+    """Raise ConfigError unless the feature tensors follow the shape contract (kernels/README.md)."""
+    if dec_NLD.ndim != 3:
+        raise ConfigError(f"dec_NLD must be [N, L, D], got shape {tuple(dec_NLD.shape)}")
+    if dec_NLD.dtype not in FLOAT_DTYPES:
+        raise ConfigError(f"dec_NLD must be float32 or float64, got {dec_NLD.dtype}")
+    n, n_layers = dec_NLD.shape[:2]
+    for name, t in (("layer_N", layer_N), ("pos_N", pos_N), ("act_N", act_N)):
+        if t.shape != (n,):
+            raise ConfigError(f"{name} must have shape [{n}] like dec_NLD's N, got {tuple(t.shape)}")
+        if t.device != dec_NLD.device:
+            raise ConfigError(f"{name} is on {t.device} but dec_NLD on {dec_NLD.device}")
+    if act_N.dtype != dec_NLD.dtype:
+        raise ConfigError(f"act_N dtype {act_N.dtype} differs from dec_NLD dtype {dec_NLD.dtype}")
+    for name, t in (("layer_N", layer_N), ("pos_N", pos_N)):
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise ConfigError(f"{name} must be an integer tensor, got {t.dtype}")
+    if n and (int(layer_N.min()) < 0 or int(layer_N.max()) >= n_layers):
+        raise ConfigError(f"layer_N must lie in [0, {n_layers}), got [{int(layer_N.min())}, {int(layer_N.max())}]")
+    if n and int(pos_N.min()) < 0:
+        raise ConfigError(f"pos_N must be >= 0, got {int(pos_N.min())}")
+
+
+def check_grads(grads_BLPD: Tensor, n_layers: int, d_model: int, dtype: torch.dtype, device: torch.device) -> None:
+    """Raise ConfigError unless grads is [B, L' <= n_layers, P', d_model] of the features' dtype and device."""
+    if grads_BLPD.ndim != 4:
+        raise ConfigError(f"grads_BLPD must be [B, L, P, D], got shape {tuple(grads_BLPD.shape)}")
+    _, n_lay, _, d = grads_BLPD.shape
+    if d != d_model or n_lay > n_layers:
+        raise ConfigError(
+            f"grads_BLPD shape {tuple(grads_BLPD.shape)} does not fit decoders with L={n_layers}, D={d_model}"
+        )
+    if grads_BLPD.dtype != dtype or grads_BLPD.device != device:
+        raise ConfigError(
+            f"grads_BLPD is {grads_BLPD.dtype} on {grads_BLPD.device}, features are {dtype} on {device}"
+        )
+
+
+def feature_spans(dec_NLD: Tensor, layer_N: Tensor) -> tuple[Tensor, Tensor]:
+    """Plan phase 2: ([N] lo, [N] hi) with decoder rows non-zero only on [lo, hi); hi == lo if none are."""
+    n_layers = dec_NLD.shape[1]
+    l_L = torch.arange(n_layers, device=dec_NLD.device)
+    used_NL = (dec_NLD != 0).any(dim=-1) & (l_L >= layer_N[:, None])
+    last_N = torch.where(used_NL, l_L, -1).amax(dim=1) if n_layers else layer_N - 1
+    lo_N = layer_N.long()
+    return lo_N, torch.maximum(last_N + 1, lo_N)
+
+
+def merge_spans(spans: list[tuple[int, int, int]], overhead_rows: float) -> list[tuple[int, int]]:
+    """Plan phase 4 at one position: split sorted (lo, hi, count) runs into [i, j) ranges of minimal cost."""
+    s = len(spans)
+    best = [0.0] + [math.inf] * s  # best[j] = cheapest cost of spans[:j]
+    cut = [0] * (s + 1)
+    for j in range(1, s + 1):
+        rows, lo, hi = 0, spans[j - 1][0], 0
+        for i in range(j - 1, -1, -1):  # try the run spans[i:j]
+            rows, lo, hi = rows + spans[i][2], min(lo, spans[i][0]), max(hi, spans[i][1])
+            cost = best[i] + (rows + overhead_rows) * (hi - lo)
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    ranges, j = [], s
+    while j > 0:
+        ranges.append((cut[j], j))
+        j = cut[j]
+    return ranges[::-1]
+
+
+def plan_edges_torch(
+    dec_NLD: Tensor, layer_N: Tensor, pos_N: Tensor, act_N: Tensor, overhead_rows: float = OVERHEAD_ROWS
+) -> TorchEdgePlan:
+    """Group features for `TorchEdgePlan.attribute` (module docstring, plan steps 1-5)."""
+    check_features(dec_NLD, layer_N, pos_N, act_N)
+    n, n_layers, d = dec_NLD.shape
+    lo_N, hi_N = feature_spans(dec_NLD, layer_N)
+    # phase 3: features without a span sort last (position n_pos) and land in no group: their rows stay zero
+    n_pos = int(pos_N.max()) + 1 if n else 0
+    pos_key_N = torch.where(hi_N > lo_N, pos_N.long(), n_pos)
+    order_N = torch.argsort((pos_key_N * (n_layers + 1) + lo_N) * (n_layers + 1) + hi_N, stable=True)
+    keys, counts = torch.unique_consecutive(
+        torch.stack([pos_key_N, lo_N, hi_N], dim=1)[order_N], dim=0, return_counts=True
+    )
+    runs = [(p, lo, hi, c) for (p, lo, hi), c in zip(keys.tolist(), counts.tolist(), strict=True) if p < n_pos]
+    scaled_NLD = dec_NLD * act_N[:, None, None]
+    groups: list[EdgeGroup] = []
+    start = 0
+    for p, at_p in itertools.groupby(runs, key=lambda r: r[0]):  # runs are sorted by position
+        spans = [(lo, hi, c) for _, lo, hi, c in at_p]
+        for i, j in merge_spans(spans, overhead_rows):  # phase 4
+            lo, hi = min(x[0] for x in spans[i:j]), max(x[1] for x in spans[i:j])
+            end = start + sum(x[2] for x in spans[i:j])
+            groups.append(EdgeGroup(p, lo, hi, start, end, _pack(scaled_NLD, lo_N, order_N[start:end], lo, hi)))
+            start = end
+    inverse_N = torch.empty_like(order_N)
+    inverse_N[order_N] = torch.arange(n, device=order_N.device)
+    return TorchEdgePlan(n, n_layers, d, dec_NLD.dtype, dec_NLD.device, tuple(groups), inverse_N)
+
+
+def _pack(scaled_NLD: Tensor, lo_N: Tensor, rows: Tensor, lo: int, hi: int) -> Tensor:
+    """Plan phase 5: [rows, (hi - lo) * D] decoder block, zero below each feature's own layer."""
+    block_RLD = scaled_NLD[rows, lo:hi]
+    keep_RL = torch.arange(lo, hi, device=rows.device) >= lo_N[rows][:, None]
+    return (block_RLD * keep_RL[..., None]).reshape(len(rows), -1).contiguous()
+
+
+def edge_attribution_torch(
+    grads_BLPD: Tensor, dec_NLD: Tensor, layer_N: Tensor, pos_N: Tensor, act_N: Tensor
+) -> Tensor:
+    """One-shot [B, N] edges; build the plan once with `plan_edges_torch` when features repeat across batches."""
+    return plan_edges_torch(dec_NLD, layer_N, pos_N, act_N).attribute(grads_BLPD)

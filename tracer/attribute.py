@@ -1,0 +1,219 @@
+"""Attribution: from a prompt to the unpruned sparse graph of direct effects in the local replacement model.
+
+1. record: one forward pass; transcoder activations, error vectors, frozen patterns and norm scales.
+2. targets: logit targets (top tokens by probability, or custom ones) as demeaned unembedding directions.
+3. plan: gather the active features' decoder rows (scaled by activations) for the edge kernel, once.
+4. logit_rows: one batched exact backward (tracer.backward) for the logit targets -> their rows.
+5. feature_rows: features as targets (encoder row at their layer and position), in batches sorted by position
+   (a batch is cut after its last target's position and above its highest layer). With --max-feature-nodes below
+   the number of active features, the next batch is the most influential unvisited features so far, re-ranked
+   every `update_interval` batches.
+6. assemble: the sparse COO adjacency; each row's non-zeros only (or its K largest with --edge-topk).
+Each row's entries: features via the kernel (a_s * sum_l' <W_dec[s, l'], d t / d mlp_out_l'[p_s]>), errors
+<eps_{l,p}, d t / d mlp_out_l[p]>, tokens <W_E[tok_p], d t / d embed[p]>.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from kernels import plan_edges
+from tracer.backward import Injections, ReplacementBackward
+from tracer.errors import ConfigError
+from tracer.layout import NodeLayout
+from tracer.models import Tokenizer, Transformer
+from tracer.prune import node_influence
+from tracer.record import Record, frozen_forward, record
+from tracer.result import Attribution
+from tracer.targets import LogitTargets, select_targets
+from transcoders import Transcoder
+
+log = logging.getLogger("tracer.attribute")
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    """Settings of one trace (each documented once; the CLI's help text repeats these)."""
+
+    max_n_logits: int = 10  # most logit targets
+    desired_logit_prob: float = 0.95  # stop adding logit targets once their probability mass reaches this
+    batch_size: int = 128  # targets per backward pass
+    max_feature_nodes: int | None = None  # features that get rows (None: every active feature)
+    update_interval: int = 4  # batches between influence re-rankings (only with max_feature_nodes)
+    edge_topk: int | None = None  # keep each row's K largest |edges| (None: exact, all kept)
+    target: tuple[str, ...] = ()  # custom logit targets (single tokens)
+    minus: str | None = None  # with one target: attribute the logit difference target - minus
+    kernel: str | None = None  # edge kernel backend (auto|torch|triton; env TRACER_KERNEL)
+    progress: bool = False  # tqdm bars per phase
+    timings: dict[str, float] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_n_logits < 1 or self.update_interval < 1:
+            raise ConfigError("batch_size, max_n_logits and update_interval must be >= 1")
+        if not 0 < self.desired_logit_prob <= 1:
+            raise ConfigError("desired_logit_prob must be in (0, 1]")
+        if self.edge_topk is not None and self.edge_topk < 1:
+            raise ConfigError("edge_topk must be >= 1")
+        if self.max_feature_nodes is not None and self.max_feature_nodes < 0:
+            raise ConfigError("max_feature_nodes must be >= 0")
+
+
+@contextmanager
+def phase(name: str, timings: dict[str, float]) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+    log.info("%s: %.3f s", name, timings[name])
+
+
+class RowBuilder:
+    """Turns batches of targets into sparse rows (step 4-6 of the module docstring)."""
+
+    def __init__(self, model: Transformer, tc: Transcoder, rec: Record, layout: NodeLayout, cfg: TraceConfig):
+        self.backward = ReplacementBackward(model, tc, rec)
+        self.layout, self.cfg = layout, cfg
+        feats = rec.features
+        dec = torch.zeros(len(feats), model.cfg.n_layers, model.cfg.d_model, dtype=rec.mlp_out.dtype)
+        for layer in feats[:, 0].unique().tolist():
+            sel = (feats[:, 0] == layer).nonzero()[:, 0]
+            dec[sel] = tc.decoder_rows(layer, feats[sel, 2]).to(dec.dtype)
+        act = rec.acts[feats[:, 1], feats[:, 0], feats[:, 2]]
+        self.plan = plan_edges(dec, feats[:, 0], feats[:, 1], act, backend=cfg.kernel)
+        self.errors_PLD = rec.errors.clone()
+        self.errors_PLD[0] = 0  # BOS errors are constants, not nodes
+        self.embed_PD = model.embed.weight[rec.tokens].to(dec.dtype)
+        self.rows: list[torch.Tensor] = []
+        self.cols: list[torch.Tensor] = []
+        self.vals: list[torch.Tensor] = []
+        self.mass: list[torch.Tensor] = []
+        self.target_rows: list[torch.Tensor] = []
+
+    def add(self, inj: Injections, target_rows: torch.Tensor) -> None:
+        g = self.backward.run(inj)
+        P, Lp = g.mlp_out_BPLD.shape[1], g.mlp_out_BPLD.shape[2]
+        feat = self.plan.attribute(g.mlp_out_BPLD.transpose(1, 2))
+        err = torch.einsum("bpld,pld->blp", g.mlp_out_BPLD, self.errors_PLD[:P, :Lp])
+        emb = torch.einsum("bpd,pd->bp", g.embed_BPD, self.embed_PD[:P])
+        dense = self.layout.source_rows(feat, err, emb)
+        if self.cfg.edge_topk is not None and self.cfg.edge_topk < dense.shape[1]:
+            top = dense.abs().topk(self.cfg.edge_topk, dim=1)
+            total = dense.abs().sum(1).clamp_min(1e-30)
+            self.mass.append(top.values.sum(1) / total)
+            kept = torch.zeros_like(dense).scatter_(1, top.indices, dense.gather(1, top.indices))
+            dense = kept
+        b, c = dense.nonzero(as_tuple=True)
+        self.rows.append(target_rows[b].int())
+        self.cols.append(c.int())
+        self.vals.append(dense[b, c])
+        self.target_rows.append(target_rows)
+
+    def adjacency(self) -> torch.Tensor:
+        n = self.layout.n_nodes
+        if not self.rows:
+            return torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (n, n)).coalesce()
+        idx = torch.stack([torch.cat(self.rows), torch.cat(self.cols)]).long()
+        return torch.sparse_coo_tensor(idx, torch.cat(self.vals), (n, n)).coalesce()
+
+    def row_mass(self) -> torch.Tensor | None:
+        if not self.mass:
+            return None
+        out = torch.ones(self.layout.n_nodes)
+        out[torch.cat(self.target_rows)] = torch.cat(self.mass)
+        return out
+
+
+def _feature_batches(order: torch.Tensor, feats: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
+    """Split feature indices into batches, each sorted by (position, layer) so it is cut early and low."""
+    key = feats[order, 1] * (int(feats[:, 0].max()) + 1 if len(feats) else 1) + feats[order, 0]
+    order = order[key.argsort(stable=True)]
+    yield from order.split(size)
+
+
+def _feature_injections(tc: Transcoder, feats: torch.Tensor, idx: torch.Tensor) -> Injections:
+    f = feats[idx]
+    return Injections(f[:, 0], f[:, 1], tc.W_enc[f[:, 0], f[:, 2]].detach())
+
+
+def _choose_features(builder: RowBuilder, layout: NodeLayout, weights: torch.Tensor, visited: torch.Tensor,
+                     n: int) -> torch.Tensor:  # fmt: skip
+    """The n unvisited features of highest influence on the logits through the rows built so far."""
+    infl = node_influence(builder.adjacency(), weights)[layout.feature_rows()]
+    infl[visited] = -1.0
+    return infl.topk(min(n, int((~visited).sum()))).indices
+
+
+def attribute(
+    model: Transformer, tc: Transcoder, tokens: torch.Tensor, tok: Tokenizer | None, cfg: TraceConfig | None = None
+) -> Attribution:
+    """tokens [P] (BOS first) -> the unpruned Attribution (see module docstring for the phases)."""
+    cfg = cfg or TraceConfig()
+    t: dict[str, float] = {}
+    with phase("record", t):
+        rec = record(model, tc, tokens)
+    with phase("targets", t):
+        targets: LogitTargets = select_targets(rec.logits[-1], model.unembed.weight, tok, cfg.max_n_logits,
+                                               cfg.desired_logit_prob, list(cfg.target), cfg.minus)  # fmt: skip
+        layout = NodeLayout(model.cfg.n_layers, tokens, rec.features, targets.token_ids)
+    with phase("plan", t):
+        builder = RowBuilder(model, tc, rec, layout, cfg)
+    with phase("logit_rows", t):
+        K, P = len(targets.token_ids), rec.n_pos
+        inj = Injections(torch.full((K,), model.cfg.n_layers), torch.full((K,), P - 1), targets.directions)
+        builder.add(inj, layout.logit_rows())
+    with phase("feature_rows", t):
+        _feature_rows(builder, tc, rec, layout, targets, cfg)
+    with phase("assemble", t):
+        adjacency = builder.adjacency()
+    with phase("check", t):
+        check = replacement_logit_error(model, tc, rec)
+    names = tok.token_str if tok is not None else (lambda i: f"#{i}")
+    return Attribution(
+        layout=layout, adjacency=adjacency, activations=rec.acts[rec.features[:, 1], rec.features[:, 0],
+        rec.features[:, 2]], logit_probs=targets.weights, error_norms=builder.errors_PLD.norm(dim=-1).T,
+        token_strs=[names(int(i)) for i in tokens], logit_strs=targets.labels, timings=t,
+        checks={"replacement_max_abs_logit_error": check}, row_mass_kept=builder.row_mass(),
+    )  # fmt: skip
+
+
+def _feature_rows(builder: RowBuilder, tc: Transcoder, rec: Record, layout: NodeLayout, targets: LogitTargets,
+                  cfg: TraceConfig) -> None:  # fmt: skip
+    feats = rec.features
+    n_max = len(feats) if cfg.max_feature_nodes is None else min(cfg.max_feature_nodes, len(feats))
+    bar = tqdm(total=n_max, desc="feature rows", unit="row", disable=not cfg.progress)
+    if n_max == len(feats):  # every feature gets a row: order only matters for speed
+        chunks: Iterator[torch.Tensor] = iter([torch.arange(len(feats))])
+    else:
+        weights = torch.zeros(layout.n_nodes, dtype=torch.float64)
+        weights[layout.logit_rows()] = targets.weights.double()
+        visited = torch.zeros(len(feats), dtype=torch.bool)
+
+        def ranked() -> Iterator[torch.Tensor]:
+            done = 0
+            while done < n_max:
+                pick = _choose_features(builder, layout, weights, visited, min(cfg.batch_size * cfg.update_interval,
+                                                                              n_max - done))  # fmt: skip
+                visited[pick] = True
+                done += len(pick)
+                yield pick
+
+        chunks = ranked()
+    for chunk in chunks:
+        for idx in _feature_batches(chunk, feats, cfg.batch_size):
+            builder.add(_feature_injections(tc, feats, idx), layout.feature_rows(idx))
+            bar.update(len(idx))
+    bar.close()
+
+
+@torch.no_grad()
+def replacement_logit_error(model: Transformer, tc: Transcoder, rec: Record) -> float:
+    """Max |logit difference| between the local replacement model and the original forward pass."""
+    with frozen_forward(model, tc, rec, rec.acts, rec.errors):
+        logits = model(rec.tokens[None])[0]
+    return float((logits - rec.logits).abs().max())

@@ -1,0 +1,99 @@
+"""Exact backward pass of the local replacement model, written out as the linear map it is.
+
+With attention patterns and norm denominators frozen and every MLP replaced by transcoder features (constants) +
+skip + error (constant), the residual stream is linear in its sources, so the gradient of any target's
+pre-activation is a fixed linear map we apply directly instead of through autograd:
+1. Inject: each batch element starts with one read-out vector at its target's site — a logit direction through the
+   final norm at the last position, or a feature's encoder row through the MLP norm (if the transcoder reads the
+   normalised MLP input) at its layer and position.
+2. Descend layers from the highest target's layer down to 0. At layer l, the current gradient is d/d(mlp_out_l),
+   stored; then add the skip path and the injections of targets at layer l, and cross attention:
+   g_pre = g_mid + J_ln1^T · V^T · A^T · O^T · g_mid (frozen pattern A, value/output projections V, O).
+3. The gradient left at the bottom is d/d(token embedding).
+Positions after the batch's last target position never matter (causal), so the batch is cut there.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from tracer.models import HookPoint, NormKind, Transformer
+from tracer.models.transformer import Norm
+from tracer.record import Record
+from transcoders import Transcoder
+
+
+class Injections(NamedTuple):
+    layer: torch.Tensor  # [B] int64 target layer; n_layers for logit targets
+    pos: torch.Tensor  # [B] int64 target position
+    vectors: torch.Tensor  # [B, D] read-out vector at the target's read hook
+
+
+class Grads(NamedTuple):
+    mlp_out_BPLD: torch.Tensor  # [B, P', L', D] d target / d mlp_out[layer, pos] (L' = highest layer needed)
+    embed_BPD: torch.Tensor  # [B, P', D] d target / d token embedding
+
+
+def norm_transpose(norm: Norm, scale: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """J^T g of a norm with a frozen denominator: scale [P, 1], g [B, P, D]."""
+    out = g * norm.weight / scale
+    return out - out.mean(-1, keepdim=True) if norm.kind == NormKind.LAYERNORM else out
+
+
+class ReplacementBackward:
+    """Holds the frozen linear maps of one recorded prompt."""
+
+    def __init__(self, model: Transformer, tc: Transcoder, rec: Record) -> None:
+        self.model, self.tc, self.rec = model, tc, rec
+        self.cfg = model.cfg
+        self.reads_normalised = tc.cfg.input_hook == HookPoint.MLP_IN
+        self.dtype = rec.mlp_out.dtype
+
+    def _read_transpose(self, layer: int, p: int, g: torch.Tensor) -> torch.Tensor:
+        """J^T of the transcoder's input hook w.r.t. resid_mid, for g [B, P', D]."""
+        if not self.reads_normalised:
+            return g
+        return norm_transpose(self.model.blocks[layer].ln2, self.rec.ln2_scale[layer, :p], g)
+
+    def _attn_transpose(self, layer: int, g: torch.Tensor) -> torch.Tensor:
+        """(d attn_out / d resid_pre)^T g for g [B, P', D] (pattern frozen)."""
+        cfg, blk = self.cfg, self.model.blocks[layer]
+        B, P, _ = g.shape
+        u = (g @ blk.attn.o.weight).view(B, P, cfg.n_heads, cfg.d_head).transpose(1, 2)  # [B, H, P, dh]
+        v = self.rec.patterns[layer][:, :P, :P].transpose(-1, -2) @ u  # grads of each head's values
+        v = v.view(B, cfg.n_kv_heads, cfg.n_heads // cfg.n_kv_heads, P, cfg.d_head).sum(2)  # GQA: sum groups
+        xn = v.transpose(1, 2).reshape(B, P, -1) @ blk.attn.v.weight  # [B, P, D]
+        return norm_transpose(blk.ln1, self.rec.ln1_scale[layer, :P], xn)
+
+    def _skip_transpose(self, layer: int, g: torch.Tensor) -> torch.Tensor:
+        if self.tc.W_skip is None:
+            return torch.zeros_like(g)
+        return self._read_transpose(layer, g.shape[1], g @ self.tc.W_skip[layer].to(g.dtype))
+
+    def run(self, inj: Injections) -> Grads:
+        """One batch of targets -> gradients at every MLP output and token embedding (see module docstring)."""
+        L, D = self.cfg.n_layers, self.cfg.d_model
+        B, P = int(inj.layer.numel()), int(inj.pos.max()) + 1
+        top = min(int(inj.layer.max()), L - 1)  # layers above the highest target carry no gradient
+        out = torch.zeros(B, P, top + 1, D, dtype=self.dtype)
+        g = torch.zeros(B, P, D, dtype=self.dtype)
+        # 1. Inject logit targets through the final norm
+        is_logit = inj.layer >= L
+        if is_logit.any():
+            b = is_logit.nonzero()[:, 0]
+            g[b, inj.pos[b]] = norm_transpose(self.model.ln_f, self.rec.lnf_scale[inj.pos[b]][None],
+                                              inj.vectors[b].to(self.dtype)[None])[0]  # fmt: skip
+        # 2. Descend
+        for layer in range(top, -1, -1):
+            out[:, :, layer] = g
+            g = g + self._skip_transpose(layer, g)  # the skip path is linear, so gradient crosses it
+            here = (inj.layer == layer).nonzero()[:, 0]
+            if here.numel():
+                vec = torch.zeros(len(here), P, D, dtype=self.dtype)
+                vec[torch.arange(len(here)), inj.pos[here]] = inj.vectors[here].to(self.dtype)
+                g[here] += self._read_transpose(layer, P, vec)
+            g = g + self._attn_transpose(layer, g)
+        # 3. What is left reaches the token embeddings
+        return Grads(out, g)

@@ -1,0 +1,128 @@
+"""`python -m tracer.bundle build`: rebuild the bundled default model from scratch.
+
+Steps (each is also a subcommand; outputs of one are the inputs of the next):
+1. corpus: Debian packages -> `.cache/corpus/{train,heldout}.txt`.
+2. tokenizer: byte-level BPE on natural + planted text -> `.cache/lm/tokenizer.json`; single-token check.
+3. streams: tokenize natural train, planted train and natural held-out text -> `.cache/lm/streams.safetensors`.
+4. train: the LM (resumable; checkpoints in `.cache/lm/`).
+5. assets: write `tracer/assets/default_model/` (config.json, model.safetensors, tokenizer.json, loss curve),
+   `tracer/assets/planted_heldout.json` and `tracer/assets/corpus_sample.txt.gz`.
+6. evaluate: held-out natural-text loss and planted-task accuracy -> `default_model/eval.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from tracer.bundle import corpus, planted, tokenizer
+from tracer.bundle.train import DEFAULT_OUT, TrainConfig, model_config, tokenize_stream, train
+from tracer.errors import TracerError
+from tracer.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_text
+from tracer.models import Transformer, save_hf
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+MODEL_DIR = ASSETS / "default_model"
+PLANTED_CHARS = 12_000_000  # planted training text generated (sampled with replacement during training)
+
+
+def step_corpus(args: argparse.Namespace) -> None:
+    files = corpus.build_corpus(args.cache / "corpus", seed=args.seed, heldout_every=8)
+    print(f"corpus: train {files.n_train_chars:,} chars, held-out {files.n_heldout_chars:,} chars")
+
+
+def _planted_docs(args: argparse.Namespace) -> list[str]:
+    return planted.training_documents(PLANTED_CHARS, seed=args.seed)
+
+
+def step_tokenizer(args: argparse.Namespace) -> None:
+    docs = corpus.read_documents(args.cache / "corpus/train.txt") + _planted_docs(args)
+    tok = tokenizer.train_tokenizer(docs, args.vocab, planted.answer_words())
+    tokenizer.save_tokenizer(tok, args.out / "tokenizer.json")
+    check = tokenizer.check_single_tokens(tok, planted.answer_words())
+    print(f"tokenizer: vocab {tok.get_vocab_size()}, {check.n_words - len(check.multi_token)}/{check.n_words} "
+          f"planted answer words are single tokens; not: {check.multi_token}")
+
+
+def step_streams(args: argparse.Namespace) -> None:
+    tok = tokenizer.load_tokenizer(args.out / "tokenizer.json")
+    eot = tok.token_to_id(tokenizer.EOT)
+    streams = {
+        "natural": tokenize_stream(tok, corpus.read_documents(args.cache / "corpus/train.txt"), eot),
+        "planted": tokenize_stream(tok, _planted_docs(args), eot),
+        "heldout": tokenize_stream(tok, corpus.read_documents(args.cache / "corpus/heldout.txt"), eot),
+    }
+    atomic_save_safetensors(streams, args.out / "streams.safetensors")
+    print("streams: " + ", ".join(f"{k} {len(v):,} tokens" for k, v in streams.items()))
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(steps=args.steps, threads=args.threads, seed=args.seed)
+
+
+def step_train(args: argparse.Namespace) -> None:
+    s = load_file(args.out / "streams.safetensors")
+    tok = tokenizer.load_tokenizer(args.out / "tokenizer.json")
+    eot = tok.token_to_id(tokenizer.EOT)
+    train(_train_config(args), s["natural"], s["planted"], s["heldout"], tok.get_vocab_size(), eot, args.out)
+
+
+def step_assets(args: argparse.Namespace) -> None:
+    tok = tokenizer.load_tokenizer(args.out / "tokenizer.json")
+    tc = TrainConfig(**json.loads((args.out / "train_config.json").read_text()))
+    cfg = model_config(tc, tok.get_vocab_size(), tok.token_to_id(tokenizer.EOT))
+    model = Transformer(cfg)
+    ckpt = load_file(args.out / "ckpt.safetensors")
+    model.load_state_dict({k[6:]: v for k, v in ckpt.items() if k.startswith("model.")}, strict=False)
+    save_hf(cfg, model.state_dict(), MODEL_DIR, dtype=torch.float16)
+    shutil.copyfile(args.out / "tokenizer.json", MODEL_DIR / "tokenizer.json")
+    shutil.copyfile(args.out / "loss_curve.png", MODEL_DIR / "loss_curve.png")
+    atomic_write_text(MODEL_DIR / "train_config.json", json.dumps(dataclasses.asdict(tc), indent=2))
+    prompts = [{"task": p.task.value, "prompt": p.prompt, "answer": p.answer} for p in planted.heldout_prompts()]
+    atomic_write_text(ASSETS / "planted_heldout.json", json.dumps(prompts, indent=1))
+    text = (args.cache / "corpus/heldout.txt").read_bytes()
+    atomic_write_bytes(ASSETS / "corpus_sample.txt.gz", gzip.compress(text, 9, mtime=0))
+    print(f"assets written to {ASSETS}")
+
+
+def step_evaluate(args: argparse.Namespace) -> None:
+    from tracer.bundle.evaluate import main as evaluate_main
+
+    evaluate_main(["--write", str(MODEL_DIR / "eval.json")] + (["--json"] if args.json else []))
+
+
+STEPS = {"corpus": step_corpus, "tokenizer": step_tokenizer, "streams": step_streams, "train": step_train,
+         "assets": step_assets, "evaluate": step_evaluate}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tracer.bundle", description=__doc__.splitlines()[0])
+    ap.add_argument("step", choices=["build", *STEPS], help="build = every step in order")
+    ap.add_argument("--cache", type=Path, default=Path(".cache"), help="download/extract cache directory")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="tokenizer, streams and checkpoint directory")
+    ap.add_argument("--vocab", type=int, default=4096, help="BPE vocabulary size")
+    ap.add_argument("--steps", type=int, default=TrainConfig.steps, help="training steps of 32 x 128 tokens")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for training")
+    ap.add_argument("--seed", type=int, default=0, help="seed for corpus split, planted text and training")
+    ap.add_argument("--json", action="store_true", help="evaluate: print JSON instead of a table")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        for name in STEPS if args.step == "build" else [args.step]:
+            STEPS[name](args)
+    except TracerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Train the bundled language model on natural text mixed with planted-task text.
+
+Algorithm:
+1. Data: natural and planted documents, each preceded by `<|endoftext|>`, are tokenized once into two
+   token streams (cached in `<out>/streams.safetensors`).
+2. Batches: row r of step s is drawn with a generator seeded by (seed, s), so a resumed run sees the same
+   data: from the planted stream with probability `planted_frac`, else the natural one; half the rows start
+   at a document boundary (`<|endoftext|>` first, as the runtime prepends it as BOS), half anywhere.
+3. Step: AdamW, linear warm-up then cosine decay to 10 %, gradient clipping at 1.
+4. Checkpoint every `ckpt_every` steps, atomically: weights + AdamW moments (safetensors) and step + loss log
+   (JSON) in `<out>/`; `train` resumes from it when present. The loss curve is redrawn as a PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from tracer.io import atomic_save_safetensors, atomic_write_text
+from tracer.models import ModelConfig, Transformer
+
+DEFAULT_OUT = Path(".cache/lm")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    n_layers: int = 4  # transformer blocks
+    d_model: int = 128  # residual width
+    n_heads: int = 4  # attention heads (d_head = d_model / n_heads)
+    d_mlp: int = 512  # SwiGLU hidden width
+    n_ctx: int = 128  # context window (tokens)
+    batch: int = 32  # sequences per step
+    steps: int = 2600  # optimizer steps (tokens = steps * batch * n_ctx)
+    lr: float = 2e-3  # peak learning rate
+    warmup: int = 200  # linear warm-up steps
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only)
+    planted_frac: float = 0.4  # share of rows drawn from the planted-task stream
+    ckpt_every: int = 200  # steps between checkpoints (and validation-loss evaluations)
+    seed: int = 0  # seeds initialisation and batch sampling
+    threads: int = 1  # torch.set_num_threads
+
+
+def model_config(tc: TrainConfig, vocab_size: int, eot: int) -> ModelConfig:
+    return ModelConfig(family="llama", n_layers=tc.n_layers, d_model=tc.d_model, n_heads=tc.n_heads,
+                       d_mlp=tc.d_mlp, vocab_size=vocab_size, n_ctx=tc.n_ctx, bos_token_id=eot,
+                       eos_token_id=eot)  # fmt: skip
+
+
+# ---- 1. data ----------------------------------------------------------------------------------------------
+def tokenize_stream(tok, docs: list[str], eot: int) -> torch.Tensor:
+    """[n_tokens] int32: <eot> doc <eot> doc ..."""
+    out: list[int] = []
+    for enc in tok.encode_batch(docs, add_special_tokens=False):
+        out.append(eot)
+        out.extend(enc.ids)
+    return torch.tensor(out, dtype=torch.int32)
+
+
+# ---- 2. batches -------------------------------------------------------------------------------------------
+class Sampler:
+    def __init__(self, natural: torch.Tensor, planted: torch.Tensor, eot: int, tc: TrainConfig) -> None:
+        self.streams = [natural.numpy(), planted.numpy()]
+        self.starts = [np.flatnonzero(s[: len(s) - tc.n_ctx - 1] == eot) for s in self.streams]
+        self.tc = tc
+
+    def batch(self, step: int) -> torch.Tensor:
+        """[batch, n_ctx + 1] int64 for optimizer step `step` (deterministic in (seed, step))."""
+        tc = self.tc
+        rng = np.random.default_rng([tc.seed, step])
+        rows = []
+        for _ in range(tc.batch):
+            which = int(rng.random() < tc.planted_frac)
+            s, starts = self.streams[which], self.starts[which]
+            if rng.random() < 0.5:
+                i = int(starts[rng.integers(len(starts))])
+            else:
+                i = int(rng.integers(len(s) - tc.n_ctx - 1))
+            rows.append(s[i : i + tc.n_ctx + 1])
+        return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+
+# ---- 3. step ----------------------------------------------------------------------------------------------
+def lr_at(step: int, tc: TrainConfig) -> float:
+    if step < tc.warmup:
+        return tc.lr * (step + 1) / tc.warmup
+    t = (step - tc.warmup) / max(1, tc.steps - tc.warmup)
+    return tc.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def make_optimizer(model: Transformer, tc: TrainConfig) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=(0.9, 0.95))
+
+
+def loss_on(model: Transformer, rows: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of rows [B, n_ctx + 1]."""
+    logits = model(rows[:, :-1])
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
+
+
+@torch.no_grad()
+def val_loss(model: Transformer, stream: torch.Tensor, n_ctx: int, max_rows: int = 64) -> float:
+    """Loss on consecutive non-overlapping windows of a held-out stream."""
+    n = min(max_rows, (len(stream) - 1) // n_ctx)
+    rows = torch.stack([stream[i * n_ctx : i * n_ctx + n_ctx + 1] for i in range(n)]).long()
+    model.eval()
+    loss = sum(float(loss_on(model, rows[i : i + 16])) * len(rows[i : i + 16]) for i in range(0, n, 16)) / n
+    model.train()
+    return loss
+
+
+# ---- 4. checkpoints ---------------------------------------------------------------------------------------
+def save_checkpoint(out: Path, model: Transformer, opt: torch.optim.AdamW, step: int, log: list[dict]) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items() if k != "unembed.weight"}
+    for i, st in opt.state_dict()["state"].items():
+        tensors[f"opt.{i}.exp_avg"], tensors[f"opt.{i}.exp_avg_sq"] = st["exp_avg"], st["exp_avg_sq"]
+        tensors[f"opt.{i}.step"] = torch.as_tensor(st["step"]).reshape(1).float()
+    atomic_save_safetensors(tensors, out / "ckpt.safetensors")
+    atomic_write_text(out / "ckpt.json", json.dumps({"step": step, "log": log}))
+    plot_losses(log, out / "loss_curve.png")
+
+
+def load_checkpoint(out: Path, model: Transformer, opt: torch.optim.AdamW) -> tuple[int, list[dict]]:
+    """(next step, loss log); (0, []) when there is no checkpoint."""
+    if not (out / "ckpt.json").exists():
+        return 0, []
+    meta = json.loads((out / "ckpt.json").read_text())
+    t = load_file(out / "ckpt.safetensors")
+    model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")}, strict=False)
+    sd = opt.state_dict()
+    n_params = sum(len(g["params"]) for g in sd["param_groups"])
+    sd["state"] = {i: {"step": t[f"opt.{i}.step"][0], "exp_avg": t[f"opt.{i}.exp_avg"],
+                       "exp_avg_sq": t[f"opt.{i}.exp_avg_sq"]} for i in range(n_params)}  # fmt: skip
+    opt.load_state_dict(sd)
+    return meta["step"], meta["log"]
+
+
+def plot_losses(log: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=80)
+    ax.plot([r["tokens"] / 1e6 for r in log], [r["train"] for r in log], label="train (mixed)")
+    val = [r for r in log if "val" in r]
+    ax.plot([r["tokens"] / 1e6 for r in val], [r["val"] for r in val], "o-", label="held-out natural text")
+    ax.set(xlabel="tokens (M)", ylabel="cross-entropy (nats)", title="bundled model training")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def train(tc: TrainConfig, natural: torch.Tensor, planted: torch.Tensor, heldout: torch.Tensor,
+          vocab_size: int, eot: int, out: Path = DEFAULT_OUT, stop_at: int | None = None) -> Transformer:  # fmt: skip
+    """Train (or resume) and return the model; checkpoints and the loss curve land in `out`.
+
+    `stop_at` ends this run early at that step (the schedule still follows `tc.steps`); resume later."""
+    torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    model = Transformer(model_config(tc, vocab_size, eot))
+    for name, p in model.named_parameters():  # GPT-2 style init; residual outputs scaled by depth
+        if p.dim() >= 2:
+            std = 0.02 / math.sqrt(2 * tc.n_layers) if name.endswith(("o.weight", "down.weight")) else 0.02
+            torch.nn.init.normal_(p, std=std)
+    opt = make_optimizer(model, tc)
+    start, log = load_checkpoint(out, model, opt)
+    atomic_write_text(out / "train_config.json", json.dumps(asdict(tc), indent=2))
+    sampler = Sampler(natural, planted, eot, tc)
+    t0 = time.time() - max((r["wall_s"] for r in log if "wall_s" in r), default=0.0)  # resumed runs add up
+    model.train()
+    bar = tqdm(range(start, min(tc.steps, stop_at or tc.steps)), initial=start, total=tc.steps, desc="train", mininterval=10)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, tc)
+        loss = loss_on(model, sampler.batch(step))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        rec = {"step": step + 1, "tokens": (step + 1) * tc.batch * tc.n_ctx, "train": loss.item()}
+        if (step + 1) % tc.ckpt_every == 0 or step + 1 in (tc.steps, stop_at):
+            rec["val"] = val_loss(model, heldout, tc.n_ctx)
+            rec["wall_s"] = time.time() - t0
+            log.append(rec)
+            save_checkpoint(out, model, opt, step + 1, log)
+        elif (step + 1) % 10 == 0:
+            log.append(rec)
+        bar.set_postfix(loss=f"{rec['train']:.3f}")
+    model.eval()
+    return model

@@ -1,0 +1,135 @@
+"""NodeLayout: the one object that knows which adjacency row (and column) is which node.
+
+Rows are ordered [features | errors | embeddings | logits]:
+1. features in the order given (each a (layer, position, feature index) triple);
+2. errors layer-major, one per (layer, position);
+3. token embeddings, one per position;
+4. logit targets, in the order given (token ids at the last position).
+Every other module asks the layout for rows and node attributes; none computes offsets itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from functools import cached_property
+from typing import NamedTuple
+
+import torch
+
+
+class NodeKind(str, Enum):
+    FEATURE = "feature"
+    ERROR = "error"
+    EMBEDDING = "embedding"
+    LOGIT = "logit"
+
+    @property
+    def code(self) -> int:
+        return KIND_ORDER.index(self)
+
+
+KIND_ORDER = (NodeKind.FEATURE, NodeKind.ERROR, NodeKind.EMBEDDING, NodeKind.LOGIT)
+
+
+class NodeRef(NamedTuple):
+    """One node: its kind, layer (-1 for embeddings, n_layers for logits), position and index
+    (feature index for features, token id for embeddings and logits, -1 for errors)."""
+
+    kind: NodeKind
+    layer: int
+    pos: int
+    index: int
+
+
+@dataclass(frozen=True, eq=False)
+class NodeLayout:
+    n_layers: int
+    tokens: torch.Tensor  # [n_pos] int64 prompt token ids
+    features: torch.Tensor  # [n_features, 3] int64 rows of (layer, pos, feature index)
+    logit_tokens: torch.Tensor  # [n_logits] int64 token ids of the logit targets
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.tokens.numel())
+
+    def count(self, kind: NodeKind) -> int:
+        return {
+            NodeKind.FEATURE: int(self.features.shape[0]),
+            NodeKind.ERROR: self.n_layers * self.n_pos,
+            NodeKind.EMBEDDING: self.n_pos,
+            NodeKind.LOGIT: int(self.logit_tokens.numel()),
+        }[kind]
+
+    def rows(self, kind: NodeKind) -> slice:
+        """The contiguous block of rows holding every node of one kind."""
+        start = sum(self.count(k) for k in KIND_ORDER[: kind.code])
+        return slice(start, start + self.count(kind))
+
+    @property
+    def n_nodes(self) -> int:
+        return sum(self.count(k) for k in KIND_ORDER)
+
+    def feature_rows(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows of features, by their index in `features` (all when idx is None)."""
+        base = self.rows(NodeKind.FEATURE).start
+        n = self.count(NodeKind.FEATURE)
+        return base + (torch.arange(n) if idx is None else idx)
+
+    def error_rows(self, layer: torch.Tensor | int, pos: torch.Tensor | int) -> torch.Tensor:
+        return self.rows(NodeKind.ERROR).start + torch.as_tensor(layer) * self.n_pos + torch.as_tensor(pos)
+
+    def embedding_rows(self, pos: torch.Tensor | int) -> torch.Tensor:
+        return self.rows(NodeKind.EMBEDDING).start + torch.as_tensor(pos)
+
+    def logit_rows(self, k: torch.Tensor | int | None = None) -> torch.Tensor:
+        s = self.rows(NodeKind.LOGIT)
+        return torch.arange(s.start, s.stop) if k is None else s.start + torch.as_tensor(k)
+
+    def source_rows(self, feature_BN: torch.Tensor, error_BLP: torch.Tensor, embed_BP: torch.Tensor) -> torch.Tensor:
+        """Dense adjacency rows [B, n_nodes] from per-kind blocks: features [B, n_features], errors
+        [B, L', P'] and embeddings [B, P'] (L' <= n_layers, P' <= n_pos: the missing ones are zero)."""
+        B = feature_BN.shape[0]
+        out = feature_BN.new_zeros(B, self.n_nodes)
+        out[:, self.rows(NodeKind.FEATURE)] = feature_BN
+        lp, pp = error_BLP.shape[1], error_BLP.shape[2]
+        out[:, self.rows(NodeKind.ERROR)].view(B, self.n_layers, self.n_pos)[:, :lp, :pp] = error_BLP
+        out[:, self.rows(NodeKind.EMBEDDING)][:, : embed_BP.shape[1]] = embed_BP
+        return out
+
+    @cached_property
+    def table(self) -> torch.Tensor:
+        """[n_nodes, 4] int64 columns (kind code, layer, position, index), in row order."""
+        L, P = self.n_layers, self.n_pos
+        pos = torch.arange(P)
+        f = self.features.reshape(-1, 3)
+        feat = torch.stack([torch.full((len(f),), NodeKind.FEATURE.code), f[:, 0], f[:, 1], f[:, 2]], 1)
+        err = torch.stack([torch.full((L * P,), NodeKind.ERROR.code), torch.arange(L).repeat_interleave(P),
+                           pos.repeat(L), torch.full((L * P,), -1)], 1)  # fmt: skip
+        emb = torch.stack([torch.full((P,), NodeKind.EMBEDDING.code), torch.full((P,), -1), pos, self.tokens], 1)
+        n = self.logit_tokens.numel()
+        lg = torch.stack([torch.full((n,), NodeKind.LOGIT.code), torch.full((n,), L), torch.full((n,), P - 1),
+                          self.logit_tokens], 1)  # fmt: skip
+        return torch.cat([feat, err, emb, lg]).long()
+
+    def kind_codes(self) -> torch.Tensor:
+        """[n_nodes] int64 kind code of each row (NodeKind.code)."""
+        return self.table[:, 0]
+
+    def mask(self, kind: NodeKind) -> torch.Tensor:
+        """[n_nodes] bool: rows of this kind."""
+        return self.kind_codes() == kind.code
+
+    def node(self, row: int) -> NodeRef:
+        k, layer, pos, index = (int(v) for v in self.table[row])
+        return NodeRef(KIND_ORDER[k], layer, pos, index)
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """For the safetensors sidecar (see from_tensors)."""
+        return {"layout.tokens": self.tokens, "layout.features": self.features.reshape(-1, 3),
+                "layout.logit_tokens": self.logit_tokens, "layout.n_layers": torch.tensor([self.n_layers])}  # fmt: skip
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor]) -> NodeLayout:
+        return cls(int(t["layout.n_layers"][0]), t["layout.tokens"].long(), t["layout.features"].long(),
+                   t["layout.logit_tokens"].long())  # fmt: skip

@@ -1,0 +1,105 @@
+"""Record one prompt's forward pass and rebuild the local replacement model from it.
+
+1. Forward: run the model once, capturing attention patterns, norm denominators, transcoder inputs and MLP outputs.
+2. Encode: transcoder activations from the recorded inputs; features at position 0 (BOS) are dropped.
+3. Errors: error = true MLP output - (decoded features + decoder bias + skip), so the replacement is exact.
+4. `frozen_forward`: a context manager that runs the model as the local replacement model (patterns and norm scales
+   from the record, MLP outputs = decode(features) + skip(current input) + error). It is the independent
+   reference the perturbation tests use, and the exactness check of a trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from tracer.models import HookPoint, Site, Transformer
+from transcoders import Transcoder
+
+
+@dataclass
+class Record:
+    tokens: torch.Tensor  # [P] int64 (BOS first)
+    logits: torch.Tensor  # [P, vocab]
+    patterns: list[torch.Tensor]  # per layer [H, P, P]
+    ln1_scale: torch.Tensor  # [L, P, 1]
+    ln2_scale: torch.Tensor  # [L, P, 1]
+    lnf_scale: torch.Tensor  # [P, 1]
+    tc_input: torch.Tensor  # [P, L, D] values at the transcoder's input hook
+    mlp_out: torch.Tensor  # [P, L, D] true MLP outputs
+    acts: torch.Tensor  # [P, L, F] transcoder activations, zero at position 0
+    errors: torch.Tensor  # [P, L, D] true MLP output - reconstruction (position 0 included: it stays constant)
+    features: torch.Tensor  # [N, 3] int64 (layer, pos, feature) of the active features (non-zero acts)
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.tokens.numel())
+
+
+def _stack(cache: dict[Site, torch.Tensor], point: HookPoint, n_layers: int) -> torch.Tensor:
+    return torch.stack([cache[Site(point, layer)][0] for layer in range(n_layers)])
+
+
+@torch.no_grad()
+def record(model: Transformer, tc: Transcoder, tokens: torch.Tensor) -> Record:
+    """tokens [P] (BOS first) -> Record."""
+    L = model.cfg.n_layers
+    points = (HookPoint.ATTN_PATTERN, HookPoint.LN1_SCALE, HookPoint.LN2_SCALE, HookPoint.MLP_OUT, tc.cfg.input_hook)
+    sites = [Site(p, layer) for p in points for layer in range(L)] + [Site(HookPoint.LNF_SCALE)]
+    # 1. Forward
+    with model.hooks.capture(sites) as cache:
+        logits = model(tokens[None])[0]
+    tc_input = _stack(cache, tc.cfg.input_hook, L).transpose(0, 1)  # [P, L, D]
+    mlp_out = _stack(cache, HookPoint.MLP_OUT, L).transpose(0, 1)
+    # 2. Encode (BOS features dropped: position 0 has a huge norm and would dominate every graph)
+    x = tc_input.to(tc.W_enc.dtype)
+    acts = tc.encode(x)
+    acts[0] = 0
+    # 3. Errors; at position 0 the error also carries the dropped BOS features, so the model is reproduced exactly
+    recon = tc.decode(acts) + tc.skip(x)
+    acts, recon = acts.to(mlp_out.dtype), recon.to(mlp_out.dtype)
+    nz = acts.nonzero()  # [N, 3] (pos, layer, feature)
+    return Record(
+        tokens=tokens, logits=logits, patterns=[cache[Site(HookPoint.ATTN_PATTERN, i)][0] for i in range(L)],
+        ln1_scale=_stack(cache, HookPoint.LN1_SCALE, L), ln2_scale=_stack(cache, HookPoint.LN2_SCALE, L),
+        lnf_scale=cache[Site(HookPoint.LNF_SCALE)][0], tc_input=tc_input, mlp_out=mlp_out, acts=acts,
+        errors=mlp_out - recon, features=nz[:, [1, 0, 2]].contiguous(),
+    )  # fmt: skip
+
+
+@contextmanager
+def frozen_forward(
+    model: Transformer, tc: Transcoder, rec: Record, acts: torch.Tensor, errors: torch.Tensor
+) -> Iterator[dict[int, torch.Tensor]]:
+    """Inside the block, `model(rec.tokens[None])` runs the local replacement model with the given feature
+    activations [P, L, F] and error vectors [P, L, D]. Yields {layer: transcoder input [P, D]} of the last run."""
+    L = model.cfg.n_layers
+    inputs: dict[int, torch.Tensor] = {}
+    dt = tc.W_enc.dtype
+    decoded = tc.decode(acts.to(dt)).to(errors.dtype)  # [P, L, D] incl. decoder bias
+
+    def keep_input(layer: int):
+        def fn(x: torch.Tensor) -> None:
+            inputs[layer] = x[0]
+
+        return fn
+
+    def mlp_out(layer: int):
+        def fn(_: torch.Tensor) -> torch.Tensor:
+            skip = tc.skip(inputs[layer][:, None, :].expand(-1, L, -1).to(dt))[:, layer].to(errors.dtype)
+            return (decoded[:, layer] + skip + errors[:, layer])[None]
+
+        return fn
+
+    fns = {Site(HookPoint.LNF_SCALE): lambda _: rec.lnf_scale[None]}
+    for i in range(L):
+        fns[Site(HookPoint.ATTN_PATTERN, i)] = lambda _, i=i: rec.patterns[i][None]
+        fns[Site(HookPoint.LN1_SCALE, i)] = lambda _, i=i: rec.ln1_scale[i][None]
+        fns[Site(HookPoint.LN2_SCALE, i)] = lambda _, i=i: rec.ln2_scale[i][None]
+        fns[Site(tc.cfg.input_hook, i)] = keep_input(i)
+        fns[Site(HookPoint.MLP_OUT, i)] = mlp_out(i)
+    with model.hooks.attached(fns):
+        yield inputs

@@ -1,0 +1,66 @@
+"""Graph scores: how much of the path from tokens to logits runs through features rather than error nodes.
+
+On a sparse adjacency A (rows targets, cols sources) with layout and logit probabilities:
+1. fold (only for a node subset `keep_mask`): each removed non-error node's outgoing edges are added to the error
+   node at its layer and position (tokens, which have no layer, to the layer-0 error at their position), and its
+   incoming edges are dropped, so its share of the computation counts as unexplained. Errors, tokens and logits
+   always stay (a removed error node is still the bin of its layer and position).
+2. influence: Â = row-normalised |A|, w = logit probabilities, I = wᵀ(Â + Â² + …) (tracer.prune).
+3. replacement = Σ_tokens I / (Σ_tokens I + Σ_errors I): the share of end-to-end token influence not through errors.
+4. completeness = Σ_n (1 − Σ_{s ∈ errors} Â[n, s])·(I_n + w_n) / Σ_n (I_n + w_n): the influence-weighted share of
+   each node's inputs that do not come from error nodes.
+A degenerate graph (no token or error influence at all) scores 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tracer.layout import NodeKind, NodeLayout
+from tracer.prune import Edges, influence_series, logit_weights, normalized
+from tracer.schema import Scores
+
+
+def graph_scores(
+    adjacency: torch.Tensor, layout: NodeLayout, logit_probs: torch.Tensor, keep_mask: torch.Tensor | None = None
+) -> Scores:
+    """Replacement and completeness scores.
+
+    adjacency: sparse [n_nodes, n_nodes] unpruned A[target, source]; logit_probs: [n_logits];
+    keep_mask: [n_nodes] bool node subset to score (None: the whole graph), e.g. PruneResult.node_mask.
+    """
+    edges = Edges.of(adjacency)
+    if keep_mask is not None:
+        edges = fold(edges, layout, keep_mask)
+    w = logit_weights(layout, logit_probs)
+    ahat = normalized(edges)
+    infl = influence_series(edges, ahat, w)  # 2.
+
+    # 3. replacement
+    tok = float(infl[layout.mask(NodeKind.EMBEDDING)].sum())
+    err_mask = layout.mask(NodeKind.ERROR)
+    err = float(infl[err_mask].sum())
+    replacement = tok / (tok + err) if tok + err > 0 else 0.0
+    # 4. completeness
+    from_err = torch.zeros(edges.n, dtype=torch.float64).index_add_(
+        0, edges.rows, torch.where(err_mask[edges.cols], ahat, 0.0)
+    )
+    out = infl + w
+    total = float(out.sum())
+    completeness = float(((1 - from_err) * out).sum()) / total if total > 0 else 0.0
+    return Scores(replacement=replacement, completeness=completeness)
+
+
+def fold(edges: Edges, layout: NodeLayout, keep_mask: torch.Tensor) -> Edges:
+    """Step 1: merge every removed feature (and token) into the error node at its layer and position."""
+    table = layout.table
+    kind, layer, pos = table[:, 0], table[:, 1], table[:, 2]
+    removed = ~keep_mask.bool() & (
+        (kind == NodeKind.FEATURE.code) | (kind == NodeKind.EMBEDDING.code)
+    )
+    bin_row = torch.arange(edges.n)
+    r = removed.nonzero().flatten()
+    bin_row[r] = layout.error_rows(layer[r].clamp_min(0), pos[r])
+    live = ~removed[edges.rows]  # a removed node's inputs go with it
+    merged = Edges(edges.rows[live], bin_row[edges.cols[live]], edges.values[live], edges.n)
+    return Edges.of(merged.sparse())  # coalesce: a folded edge adds to the error's edge to the same target

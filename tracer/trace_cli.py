@@ -1,0 +1,133 @@
+"""`tracer trace`: prompt -> pruned attribution graph file, with a printed (or JSON) summary.
+
+1. Load: model (default: bundled) and transcoders (default: bundled CLT), checked against each other.
+2. Tokenize: BOS first; empty or over-long prompts are rejected.
+3. Attribute (tracer.attribute), 4. prune (tracer.prune), 5. write the graph file + sidecar (atomic).
+6. Report: top logits, node/edge counts before and after pruning, scores, phase times, output path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from tracer.attribute import TraceConfig, attribute, phase
+from tracer.graphfile import build_graph_file, save_graph
+from tracer.models import load_model
+from tracer.prune import prune
+from tracer.schema import Identity
+from transcoders import load_transcoders
+
+DEFAULT_OUT_DIR = Path("out/graphs")
+
+
+@dataclass
+class TraceSummary:
+    prompt: str
+    output: str
+    top_logits: list[dict]
+    nodes_unpruned: int
+    edges_unpruned: int
+    nodes_pruned: int
+    edges_pruned: int
+    replacement_score: float
+    completeness_score: float
+    timings: dict[str, float]
+    checks: dict[str, float]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("trace", help="trace a prompt into an attribution graph file")
+    p.add_argument("prompt", help="text to trace (a BOS token is prepended)")
+    p.add_argument("--model", type=Path, help="HF-layout model directory or .gguf file (default: bundled model)")
+    p.add_argument("--transcoders", type=Path, help="transcoder directory (default: bundled CLT)")
+    p.add_argument("-o", "--output", type=Path, help="graph file to write (default: out/graphs/<prompt>.json)")
+    p.add_argument("--batch-size", type=int, default=128, help="targets per backward pass")
+    p.add_argument("--max-feature-nodes", type=int, help="features that get rows, most influential first (default: all)")
+    p.add_argument("--max-n-logits", type=int, default=10, help="most logit targets")
+    p.add_argument("--desired-logit-prob", type=float, default=0.95, help="probability mass of the logit targets")
+    p.add_argument("--target", action="append", help="custom logit target token, e.g. ' Paris' (repeatable)")
+    p.add_argument("--minus", help="with one --target: attribute the logit difference target - minus")
+    p.add_argument("--edge-topk", type=int, help="keep each row's K largest |edges| (default: exact)")
+    p.add_argument("--node-threshold", type=float, default=0.8, help="share of influence the kept nodes cover")
+    p.add_argument("--edge-threshold", type=float, default=0.98, help="share of edge score the kept edges cover")
+    p.add_argument("--kernel", choices=["auto", "torch", "triton"], help="edge kernel backend (env TRACER_KERNEL)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--view", action="store_true", help="open the graph in the viewer afterwards")
+    p.set_defaults(func=run)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9]+", "-", text).strip("-").lower()[:48] or "graph"
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = TraceConfig(
+        max_n_logits=args.max_n_logits, desired_logit_prob=args.desired_logit_prob, batch_size=args.batch_size,
+        max_feature_nodes=args.max_feature_nodes, edge_topk=args.edge_topk, target=tuple(args.target or ()),
+        minus=args.minus, kernel=args.kernel, progress=not args.json,
+    )  # fmt: skip
+    t: dict[str, float] = {}
+    with phase("load", t):
+        lm = load_model(args.model)
+        tc = load_transcoders(args.transcoders, lm.cfg)
+    if lm.tokenizer is None:
+        from tracer.errors import ModelLoadError
+
+        raise ModelLoadError("the model has no tokenizer (tokenizer.json or vocab.json + merges.txt)")
+    tokens = torch.tensor(lm.tokenizer.encode_prompt(args.prompt, lm.cfg.n_ctx))
+    with torch.inference_mode(False):
+        attr = attribute(lm.model, tc, tokens, lm.tokenizer, cfg)
+    t |= attr.timings
+    with phase("prune", t):
+        pruned = prune(attr, node_threshold=args.node_threshold, edge_threshold=args.edge_threshold)
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("timings", "progress")}
+    settings |= {"node_threshold": args.node_threshold, "edge_threshold": args.edge_threshold,
+                 "target": list(cfg.target)}  # fmt: skip
+    graph = build_graph_file(
+        attr, pruned, prompt=args.prompt, model=Identity(name=lm.name, content_hash=lm.content_hash, kind=lm.cfg.family),
+        transcoders=Identity(name=tc.cfg.model_name or "transcoders", content_hash=getattr(tc, "content_hash", ""),
+                             kind=str(tc.cfg.kind.value)),
+        settings=settings, labels=None,
+    )  # fmt: skip
+    out = args.output or DEFAULT_OUT_DIR / f"{slug(args.prompt)}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    with phase("write", t):
+        save_graph(out, graph, attr)
+    graph.metadata.timings = t
+    summary = _summary(args.prompt, out, attr, graph, pruned, t)
+    print(json.dumps(asdict(summary)) if args.json else _format(summary))
+    if args.view:
+        from viewer.app import serve
+
+        serve(out)
+    return 0
+
+
+def _summary(prompt, out, attr, graph, pruned, t) -> TraceSummary:
+    top = [{"token": s, "probability": round(float(p), 6)} for s, p in zip(attr.logit_strs, attr.logit_probs)]
+    m = graph.metadata
+    return TraceSummary(
+        prompt=prompt, output=str(out), top_logits=top, nodes_unpruned=m.n_nodes_unpruned,
+        edges_unpruned=m.n_edges_unpruned, nodes_pruned=len(graph.nodes), edges_pruned=len(graph.edges),
+        replacement_score=m.scores.replacement, completeness_score=m.scores.completeness,
+        timings={k: round(v, 4) for k, v in t.items()}, checks=attr.checks,
+    )  # fmt: skip
+
+
+def _format(s: TraceSummary) -> str:
+    lines = [f"prompt: {s.prompt!r}", "top logits: " + ", ".join(f"{d['token']!r} {d['probability']:.3f}"
+                                                                  for d in s.top_logits)]  # fmt: skip
+    lines += [
+        f"nodes: {s.nodes_unpruned} -> {s.nodes_pruned} after pruning; edges: {s.edges_unpruned} -> {s.edges_pruned}",
+        f"scores: replacement {s.replacement_score:.3f}, completeness {s.completeness_score:.3f}",
+        "time: " + ", ".join(f"{k} {v:.2f}s" for k, v in s.timings.items()),
+        f"graph: {s.output}",
+        f"view it: tracer view {s.output}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,177 @@
+"""Cross-layer (CLT) and per-layer (PLT) transcoders: one module, the kind decides the decoder shapes.
+
+Shapes: T tokens, L layers, F features per layer, D d_model. The decoder of source layer l is
+`W_dec[l]` [F, n_out(l), D]; slice k writes to layer l+k (CLT: n_out = L-l; PLT: n_out = 1, slice 0 -> layer l).
+1. Encode: `pre[t, l] = W_enc[l] @ x[t, l] + b_enc[l]`, then the activation (JumpReLU / ReLU / TopK).
+2. Decode: `y[t, l] = b_dec[l] + Σ_{s ≤ l} W_dec[s][:, l-s]ᵀ a[t, s]` (PLT: s = l only).
+3. Skip: `x[t, l] @ W_skip[l]ᵀ` added to the output when the config has a skip connection.
+4. Lazy decoders: rows are read from a memory-mapped safetensors file, so only active features are materialised.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from transcoders.activations import jumprelu, topk
+from transcoders.config import ActivationKind, TranscoderConfig, TranscoderKind
+
+_ST_DTYPES = {"F32": (np.float32, None), "F16": (np.float16, None), "F64": (np.float64, None),
+              "BF16": (np.uint16, torch.bfloat16)}  # fmt: skip
+
+
+class LazyRows:
+    """One tensor of a safetensors file, read by first-dim rows through a memory map (nothing read up front)."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        info = header[name]
+        if info["dtype"] not in _ST_DTYPES:
+            raise ValueError(f"unsupported dtype {info['dtype']} of {name}")
+        self.path, self.name, self.shape = path, name, tuple(info["shape"])
+        self._np, self._view = _ST_DTYPES[info["dtype"]]
+        self._offset = 8 + n + info["data_offsets"][0]
+        if info["data_offsets"][1] - info["data_offsets"][0] != int(np.prod(self.shape)) * np.dtype(self._np).itemsize:
+            raise ValueError(f"tensor {name} has a size that does not match its shape")
+        self._mm: np.memmap | None = None
+
+    def _map(self) -> np.memmap:
+        if self._mm is None:
+            self._mm = np.memmap(self.path, dtype=self._np, mode="r", offset=self._offset, shape=self.shape)
+        return self._mm
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return t.view(self._view) if self._view is not None else t
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows idx [n] -> [n, *shape[1:]]; only those rows' pages are read."""
+        return self._tensor(self._map()[idx.cpu().numpy()])
+
+    def full(self) -> torch.Tensor:
+        return self._tensor(np.array(self._map()))
+
+
+class Transcoder(nn.Module):
+    """A transcoder set for all layers of one model (CLT or PLT), see the module docstring."""
+
+    def __init__(self, cfg: TranscoderConfig, lazy_decoders: list[LazyRows] | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        L, F, D = cfg.n_layers, cfg.n_features, cfg.d_model
+        dt = cfg.dtype.torch
+        self.W_enc = nn.Parameter(torch.zeros(L, F, D, dtype=dt))
+        self.b_enc = nn.Parameter(torch.zeros(L, F, dtype=dt))
+        # JumpReLU threshold θ in linear space; the trainer re-parameterises it as exp(log θ)
+        self.theta = nn.Parameter(torch.zeros(L, F, dtype=dt)) if cfg.activation == ActivationKind.JUMPRELU else None
+        self.b_dec = nn.Parameter(torch.zeros(L, D, dtype=dt))
+        self.W_skip = nn.Parameter(torch.zeros(L, D, D, dtype=dt)) if cfg.skip else None
+        self._lazy = lazy_decoders
+        self.W_dec = None if lazy_decoders is not None else nn.ParameterList(
+            nn.Parameter(torch.zeros(F, cfg.n_out(s), D, dtype=dt)) for s in range(L))  # fmt: skip
+
+    @property
+    def is_lazy(self) -> bool:
+        return self.W_dec is None
+
+    def threshold(self, layer: int) -> torch.Tensor:
+        """JumpReLU threshold of layer [F] (zeros for ReLU/TopK: a = pre * (pre > 0) there)."""
+        if self.theta is None:
+            return torch.zeros(self.cfg.n_features, dtype=self.W_enc.dtype, device=self.W_enc.device)
+        return self.theta[layer]
+
+    # 1. Encode
+    def pre_activations(self, x_TLD: torch.Tensor) -> torch.Tensor:
+        """Input-hook values [T, L, D] -> pre-activations [T, L, F]."""
+        return torch.einsum("tld,lfd->tlf", x_TLD, self.W_enc) + self.b_enc
+
+    def activations(self, pre_TLF: torch.Tensor) -> torch.Tensor:
+        """Pre-activations [T, L, F] -> activations [T, L, F]."""
+        act = self.cfg.activation
+        if act == ActivationKind.JUMPRELU:
+            assert self.theta is not None
+            return jumprelu(pre_TLF, self.theta, self.cfg.jumprelu_bandwidth)
+        if act == ActivationKind.RELU:
+            return torch.relu(pre_TLF)
+        return topk(pre_TLF, self.cfg.topk_k)
+
+    def encode(self, x_TLD: torch.Tensor) -> torch.Tensor:
+        return self.activations(self.pre_activations(x_TLD))
+
+    # 2. Decode
+    def decoder(self, layer: int) -> torch.Tensor:
+        """Full decoder of source `layer` [F, n_out, D] (materialises every lazy decoder on first use)."""
+        if self.W_dec is None:
+            self.materialize()
+        assert self.W_dec is not None
+        return self.W_dec[layer]
+
+    def materialize(self) -> None:
+        """Read all lazy decoders into parameters (for full decoding, training or saving)."""
+        if self._lazy is None:
+            return
+        dt, dev, cfg = self.W_enc.dtype, self.W_enc.device, self.cfg
+        self.W_dec = nn.ParameterList(
+            nn.Parameter(lz.full().reshape(cfg.n_features, cfg.n_out(s), cfg.d_model).to(dev, dt),
+                         requires_grad=self.W_enc.requires_grad)
+            for s, lz in enumerate(self._lazy))  # fmt: skip
+        self._lazy = None
+
+    def decode(self, acts_TLF: torch.Tensor) -> torch.Tensor:
+        """Activations [T, L, F] -> reconstructed output-hook values [T, L, D], incl. b_dec, excl. skip."""
+        T, (L, D) = acts_TLF.shape[0], self.b_dec.shape
+        out = self.b_dec.expand(T, L, D).clone()
+        for s in range(L):
+            W = self.decoder(s)
+            y = (acts_TLF[:, s] @ W.reshape(W.shape[0], -1)).view(T, -1, D)  # [T, n_out, D]
+            if self.cfg.kind == TranscoderKind.CLT:
+                out[:, s:] += y
+            else:
+                out[:, s] += y[:, 0]
+        return out
+
+    def decoder_rows(self, layer: int, features: torch.Tensor) -> torch.Tensor:
+        """Decoder vectors of features (layer, f) for every output layer [n, L, D]; zero where they do not write."""
+        cfg = self.cfg
+        if self.W_dec is not None:
+            rows = self.W_dec[layer][features]
+        else:
+            assert self._lazy is not None
+            rows = self._lazy[layer].rows(features).to(self.W_enc.device, self.W_enc.dtype)
+        rows = rows.reshape(len(features), cfg.n_out(layer), cfg.d_model)
+        out = rows.new_zeros(len(features), cfg.n_layers, cfg.d_model)
+        out[:, layer : layer + cfg.n_out(layer)] = rows
+        return out
+
+    def decoder_norms(self) -> torch.Tensor:
+        """‖concatenated decoder‖ of every feature [L, F]."""
+        return torch.stack([self.decoder(s).pow(2).sum((1, 2)).sqrt() for s in range(self.cfg.n_layers)])
+
+    # 3. Skip
+    def skip(self, x_TLD: torch.Tensor) -> torch.Tensor:
+        """Skip term x[t, l] @ W_skip[l]ᵀ [T, L, D] (zeros without a skip connection)."""
+        if self.W_skip is None:
+            return torch.zeros_like(x_TLD)
+        return torch.einsum("tld,led->tle", x_TLD, self.W_skip)
+
+    def forward(self, x_TLD: torch.Tensor) -> torch.Tensor:
+        """Reconstructed output-hook values [T, L, D] = decode(encode(x)) + skip(x)."""
+        return self.decode(self.encode(x_TLD)) + self.skip(x_TLD)
+
+    @torch.no_grad()
+    def fold_scales(self, s_in: torch.Tensor, s_out: torch.Tensor) -> None:
+        """Turn a transcoder trained on x·s_in[l] -> y·s_out[l] into one on raw x -> y (activations unchanged)."""
+        s_in, s_out = s_in.to(self.W_enc), s_out.to(self.W_enc)
+        self.W_enc.mul_(s_in[:, None, None])
+        self.b_dec.div_(s_out[:, None])
+        for s in range(self.cfg.n_layers):
+            self.decoder(s).div_(s_out[s : s + self.cfg.n_out(s)][None, :, None])
+        if self.W_skip is not None:
+            self.W_skip.mul_((s_in / s_out)[:, None, None])

@@ -1,0 +1,310 @@
+"""Transcoder files: our format and circuit-tracer's, both read and written exactly.
+
+Ours (a directory): `config.json` (TranscoderConfig) + `encoder.safetensors` (W_enc [L,F,D], b_enc [L,F],
+threshold [L,F] for JumpReLU, b_dec [L,D], W_skip [L,D,D] if skip) + `decoder.safetensors` (W_dec_{l} [F,n_out,D]).
+circuit-tracer's: `config.yaml` (model_kind, feature_input_hook, feature_output_hook) and
+  PLT (`transcoder_set`): layer_{i}.safetensors with W_enc [F,D], W_dec [F,D], b_enc [F], b_dec [D],
+      optional activation_function.threshold [F] (absent: ReLU), optional W_skip [D,D];
+  CLT (`cross_layer_transcoder`): W_enc_{i}.safetensors with W_enc_{i}, b_enc_{i}, threshold_{i}, b_dec_{i}
+      (bias of target layer i), optional W_skip_{i}; W_dec_{i}.safetensors with W_dec_{i} [F, L-i, D].
+1. Detect: config.json -> ours, config.yaml -> circuit-tracer's; else an error.
+2. Read the config, then the encoder tensors; decoders eagerly or as LazyRows (memory-mapped row reads).
+3. Check shapes against the config and the config against the model; every failure is one TranscoderLoadError line.
+4. Save: weights first, the config last, every file atomically (a partial directory has no config).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import struct
+from enum import Enum
+from pathlib import Path
+
+import torch
+import yaml
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from tracer.errors import TranscoderLoadError
+from tracer.io import atomic_save_safetensors, atomic_write_text
+from tracer.models import HookPoint, ModelConfig
+from transcoders.clt import LazyRows, Transcoder
+from transcoders.config import ActivationKind, DType, TranscoderConfig, TranscoderKind
+
+log = logging.getLogger(__name__)
+DEFAULT_TRANSCODERS = Path(__file__).resolve().parent.parent / "tracer" / "assets" / "default_clt"
+
+
+class TranscoderFormat(str, Enum):
+    OURS = "ours"
+    CIRCUIT_TRACER = "circuit-tracer"
+
+
+class CtModelKind(str, Enum):
+    PLT = "transcoder_set"
+    CLT = "cross_layer_transcoder"
+
+
+CT_HOOKS = {"hook_resid_mid": HookPoint.RESID_MID, "mlp.hook_in": HookPoint.MLP_IN,
+            "ln2.hook_normalized": HookPoint.MLP_IN, "hook_mlp_out": HookPoint.MLP_OUT,
+            "mlp.hook_out": HookPoint.MLP_OUT}  # fmt: skip
+CT_HOOK_NAMES = {HookPoint.RESID_MID: "hook_resid_mid", HookPoint.MLP_IN: "mlp.hook_in",
+                 HookPoint.MLP_OUT: "hook_mlp_out"}  # fmt: skip
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise TranscoderLoadError(f"missing transcoder file {path}") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise TranscoderLoadError(f"corrupt transcoder file {path}: {_first_line(e)}") from None
+
+
+def _lazy(path: Path, name: str) -> LazyRows:
+    try:
+        return LazyRows(path, name)
+    except FileNotFoundError:
+        raise TranscoderLoadError(f"missing transcoder file {path}") from None
+    except (OSError, ValueError, KeyError, struct.error) as e:
+        raise TranscoderLoadError(f"corrupt transcoder file {path}: {_first_line(e)}") from None
+
+
+
+def _get(tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], where: Path) -> torch.Tensor:
+    if name not in tensors:
+        raise TranscoderLoadError(f"{where} lacks the tensor {name}")
+    t = tensors[name]
+    if tuple(t.shape) != shape:
+        raise TranscoderLoadError(f"{where}: {name} has shape {tuple(t.shape)}, expected {shape}")
+    return t
+
+
+def _check_model(cfg: TranscoderConfig, model_cfg: ModelConfig | None, path: Path) -> None:
+    if model_cfg is None:
+        return
+    if cfg.d_model != model_cfg.d_model:
+        raise TranscoderLoadError(f"transcoders in {path} have d_model {cfg.d_model}, the model {model_cfg.d_model}")
+    if cfg.n_layers != model_cfg.n_layers:
+        raise TranscoderLoadError(f"transcoders in {path} cover {cfg.n_layers} layers, the model has {model_cfg.n_layers}")
+
+
+def _fill(tc: Transcoder, enc: dict[str, torch.Tensor], dec: list[torch.Tensor] | None) -> Transcoder:
+    """Copy tensors (already in our layout and checked) into the module."""
+    with torch.no_grad():
+        for name, t in enc.items():
+            getattr(tc, name).copy_(t)
+        if dec is not None:
+            assert tc.W_dec is not None
+            for s, t in enumerate(dec):
+                tc.W_dec[s].copy_(t.reshape(tc.W_dec[s].shape))
+    return tc.requires_grad_(False)
+
+
+# ---- ours ----------------------------------------------------------------------------------------------------
+
+
+def _load_ours(path: Path, lazy: bool) -> tuple[TranscoderConfig, dict[str, torch.Tensor], list]:
+    try:
+        cfg = TranscoderConfig.model_validate_json((path / "config.json").read_text())
+    except (ValidationError, ValueError) as e:
+        msg = e.errors()[0]["msg"] if isinstance(e, ValidationError) else _first_line(e)
+        raise TranscoderLoadError(f"invalid {path / 'config.json'}: {msg}") from None
+    L, F, D = cfg.n_layers, cfg.n_features, cfg.d_model
+    raw = _read(path / "encoder.safetensors")
+    shapes = {"W_enc": (L, F, D), "b_enc": (L, F), "b_dec": (L, D)}
+    if cfg.activation == ActivationKind.JUMPRELU:
+        shapes["threshold"] = (L, F)
+    if cfg.skip:
+        shapes["W_skip"] = (L, D, D)
+    enc = {("theta" if k == "threshold" else k): _get(raw, k, s, path / "encoder.safetensors") for k, s in shapes.items()}
+    dec_path = path / "decoder.safetensors"
+    if lazy:
+        decs = [_lazy(dec_path, f"W_dec_{s}") for s in range(L)]
+        for s, lz in enumerate(decs):
+            if lz.shape != (F, cfg.n_out(s), D):
+                raise TranscoderLoadError(f"{dec_path}: W_dec_{s} has shape {lz.shape}, expected {(F, cfg.n_out(s), D)}")
+        return cfg, enc, decs
+    raw = _read(dec_path)
+    return cfg, enc, [_get(raw, f"W_dec_{s}", (F, cfg.n_out(s), D), dec_path) for s in range(L)]
+
+
+def _save_ours(tc: Transcoder, path: Path) -> None:
+    enc = {"W_enc": tc.W_enc, "b_enc": tc.b_enc, "b_dec": tc.b_dec}
+    if tc.theta is not None:
+        enc["threshold"] = tc.theta
+    if tc.W_skip is not None:
+        enc["W_skip"] = tc.W_skip
+    atomic_save_safetensors({k: v.detach().cpu() for k, v in enc.items()}, path / "encoder.safetensors")
+    dec = {f"W_dec_{s}": tc.decoder(s).detach().cpu() for s in range(tc.cfg.n_layers)}
+    atomic_save_safetensors(dec, path / "decoder.safetensors")
+    atomic_write_text(path / "config.json", tc.cfg.model_dump_json(indent=2) + "\n")
+
+
+# ---- circuit-tracer ------------------------------------------------------------------------------------------
+
+
+def _ct_hook(name: object, key: str, path: Path) -> HookPoint:
+    short = re.sub(r"^blocks\.\d+\.", "", str(name))
+    if short not in CT_HOOKS:
+        raise TranscoderLoadError(f"{path}: unknown {key} {name!r}; known: {', '.join(CT_HOOKS)}")
+    return CT_HOOKS[short]
+
+
+def _ct_files(path: Path, pattern: str) -> int:
+    """Number of consecutive files pattern.format(i) from i = 0."""
+    n = 0
+    while (path / pattern.format(n)).exists():
+        n += 1
+    if n == 0:
+        raise TranscoderLoadError(f"{path} has no {pattern.format(0)}")
+    return n
+
+
+def _load_ct(path: Path, lazy: bool) -> tuple[TranscoderConfig, dict[str, torch.Tensor], list]:
+    try:
+        meta = yaml.safe_load((path / "config.yaml").read_text())
+    except yaml.YAMLError as e:
+        raise TranscoderLoadError(f"invalid {path / 'config.yaml'}: {_first_line(e)}") from None
+    if not isinstance(meta, dict):
+        raise TranscoderLoadError(f"invalid {path / 'config.yaml'}: not a mapping")
+    try:
+        kind = CtModelKind(meta.get("model_kind"))
+    except ValueError:
+        raise TranscoderLoadError(f"{path / 'config.yaml'}: unknown model_kind {meta.get('model_kind')!r}") from None
+    hooks = (_ct_hook(meta.get("feature_input_hook"), "feature_input_hook", path),
+             _ct_hook(meta.get("feature_output_hook"), "feature_output_hook", path))  # fmt: skip
+    reader = _read_ct_clt if kind == CtModelKind.CLT else _read_ct_plt
+    enc, decs, dims = reader(path, lazy)
+    extra = meta.get("clt_tracer") or {}
+    try:
+        cfg = TranscoderConfig(
+            kind=TranscoderKind.CLT if kind == CtModelKind.CLT else TranscoderKind.PLT, n_layers=dims[0],
+            n_features=dims[1], d_model=dims[2], input_hook=hooks[0], output_hook=hooks[1],
+            activation=ActivationKind.JUMPRELU if "theta" in enc else ActivationKind.RELU, skip="W_skip" in enc,
+            model_name=str(meta.get("model_name") or ""), model_hash=str(extra.get("model_hash", "")),
+            dtype=DType.of(enc["W_enc"].dtype), jumprelu_bandwidth=float(extra.get("jumprelu_bandwidth", 0.1)),
+        )  # fmt: skip
+    except (ValidationError, ValueError) as e:
+        raise TranscoderLoadError(f"unsupported transcoders in {path}: {_first_line(e)}") from None
+    return cfg, enc, decs
+
+
+def _stack(per_layer: list[dict[str, torch.Tensor]], key: str) -> torch.Tensor | None:
+    vals = [d.get(key) for d in per_layer]
+    if all(v is None for v in vals):
+        return None
+    if any(v is None for v in vals):
+        raise TranscoderLoadError(f"tensor {key} is present for some layers only")
+    return torch.stack(vals)  # type: ignore[arg-type]
+
+
+def _read_ct_plt(path: Path, lazy: bool):
+    L = _ct_files(path, "layer_{}.safetensors")
+    files = [path / f"layer_{i}.safetensors" for i in range(L)]
+    raw = [_read(f) for f in files]  # whole files (a lazy PLT still reads its encoders)
+    if "W_enc" not in raw[0]:
+        raise TranscoderLoadError(f"{files[0]} lacks the tensor W_enc")
+    F, D = raw[0]["W_enc"].shape
+    per = [{"W_enc": _get(r, "W_enc", (F, D), f), "b_enc": _get(r, "b_enc", (F,), f), "b_dec": _get(r, "b_dec", (D,), f),
+            **({"theta": _get(r, "activation_function.threshold", (F,), f)} if "activation_function.threshold" in r else {}),
+            **({"W_skip": _get(r, "W_skip", (D, D), f)} if "W_skip" in r else {})}
+           for r, f in zip(raw, files, strict=True)]  # fmt: skip
+    enc = {k: t for k in ("W_enc", "b_enc", "theta", "b_dec", "W_skip") if (t := _stack(per, k)) is not None}
+    decs = [_lazy(f, "W_dec") if lazy else _get(r, "W_dec", (F, D), f) for r, f in zip(raw, files, strict=True)]
+    if lazy and any(d.shape != (F, D) for d in decs):
+        raise TranscoderLoadError(f"{path}: a W_dec does not have shape {(F, D)}")
+    return enc, decs, (L, F, D)
+
+
+def _read_ct_clt(path: Path, lazy: bool):
+    L = _ct_files(path, "W_enc_{}.safetensors")
+    files = [path / f"W_enc_{i}.safetensors" for i in range(L)]
+    raw = [_read(f) for f in files]
+    if "W_enc_0" not in raw[0]:
+        raise TranscoderLoadError(f"{files[0]} lacks the tensor W_enc_0")
+    F, D = raw[0]["W_enc_0"].shape
+    per = [{"W_enc": _get(r, f"W_enc_{i}", (F, D), f), "b_enc": _get(r, f"b_enc_{i}", (F,), f),
+            "b_dec": _get(r, f"b_dec_{i}", (D,), f),
+            **({"theta": _get(r, f"threshold_{i}", (F,), f)} if f"threshold_{i}" in r else {}),
+            **({"W_skip": _get(r, f"W_skip_{i}", (D, D), f)} if f"W_skip_{i}" in r else {})}
+           for i, (r, f) in enumerate(zip(raw, files, strict=True))]  # fmt: skip
+    enc = {k: t for k in ("W_enc", "b_enc", "theta", "b_dec", "W_skip") if (t := _stack(per, k)) is not None}
+    dfiles = [path / f"W_dec_{i}.safetensors" for i in range(L)]
+    if lazy:
+        decs: list = [_lazy(f, f"W_dec_{i}") for i, f in enumerate(dfiles)]
+        for i, d in enumerate(decs):
+            if d.shape != (F, L - i, D):
+                raise TranscoderLoadError(f"{dfiles[i]}: W_dec_{i} has shape {d.shape}, expected {(F, L - i, D)}")
+    else:
+        decs = [_get(_read(f), f"W_dec_{i}", (F, L - i, D), f) for i, f in enumerate(dfiles)]
+    return enc, decs, (L, F, D)
+
+
+def _save_ct(tc: Transcoder, path: Path) -> None:
+    cfg = tc.cfg
+    if cfg.activation == ActivationKind.TOPK:
+        raise TranscoderLoadError("circuit-tracer's format has no TopK activation; save TopK transcoders as 'ours'")
+    cpu = lambda t: t.detach().cpu().contiguous()
+    clt = cfg.kind == TranscoderKind.CLT
+    files = []
+    for i in range(cfg.n_layers):
+        enc = {"W_enc": tc.W_enc[i], "b_enc": tc.b_enc[i], "b_dec": tc.b_dec[i]}
+        if tc.theta is not None:
+            enc["threshold" if clt else "activation_function.threshold"] = tc.theta[i]
+        if tc.W_skip is not None:
+            enc["W_skip"] = tc.W_skip[i]
+        if clt:
+            atomic_save_safetensors({f"{k}_{i}": cpu(v) for k, v in enc.items()}, path / f"W_enc_{i}.safetensors")
+            atomic_save_safetensors({f"W_dec_{i}": cpu(tc.decoder(i))}, path / f"W_dec_{i}.safetensors")
+            files += [f"W_enc_{i}.safetensors", f"W_dec_{i}.safetensors"]
+        else:
+            enc["W_dec"] = tc.decoder(i)[:, 0]
+            atomic_save_safetensors({k: cpu(v) for k, v in enc.items()}, path / f"layer_{i}.safetensors")
+            files.append(f"layer_{i}.safetensors")
+    meta = {"model_kind": (CtModelKind.CLT if clt else CtModelKind.PLT).value, "model_name": cfg.model_name,
+            "feature_input_hook": CT_HOOK_NAMES[cfg.input_hook], "feature_output_hook": CT_HOOK_NAMES[cfg.output_hook],
+            "scan": cfg.model_name or None, "transcoders": files,
+            "clt_tracer": {"model_hash": cfg.model_hash, "jumprelu_bandwidth": cfg.jumprelu_bandwidth}}  # fmt: skip
+    atomic_write_text(path / "config.yaml", yaml.safe_dump(meta, sort_keys=False))
+
+
+# ---- entry points --------------------------------------------------------------------------------------------
+
+
+def detect_format(path: Path) -> TranscoderFormat:
+    if not path.is_dir():
+        raise TranscoderLoadError(f"transcoder directory {path} does not exist")
+    if (path / "config.json").exists():
+        return TranscoderFormat.OURS
+    if (path / "config.yaml").exists():
+        return TranscoderFormat.CIRCUIT_TRACER
+    raise TranscoderLoadError(f"{path} has no config.json (ours) or config.yaml (circuit-tracer)")
+
+
+def load_transcoders(
+    path: str | Path, model_cfg: ModelConfig | None = None, lazy: bool = False, dtype: torch.dtype | None = None
+) -> Transcoder:
+    """Load a transcoder set in either format; dtype None keeps the stored one. Decoders lazy if `lazy`."""
+    path = Path(path)
+    fmt = detect_format(path)
+    cfg, enc, decs = (_load_ours if fmt == TranscoderFormat.OURS else _load_ct)(path, lazy)
+    _check_model(cfg, model_cfg, path)
+    cfg = cfg.model_copy(update={"dtype": DType.of(dtype)}) if dtype is not None else cfg
+    tc = Transcoder(cfg, lazy_decoders=decs if lazy else None)
+    return _fill(tc, enc, None if lazy else decs)
+
+
+def save_transcoders(tc: Transcoder, path: str | Path, fmt: TranscoderFormat = TranscoderFormat.OURS) -> None:
+    """Write tc in `fmt` (atomic files; the config written last). The stored dtype is the module's."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tc.cfg = tc.cfg.model_copy(update={"dtype": DType.of(tc.W_enc.dtype)})
+    (_save_ours if TranscoderFormat(fmt) == TranscoderFormat.OURS else _save_ct)(tc, path)
+    log.info("saved transcoders to %s (%s)", path, TranscoderFormat(fmt).value)

@@ -1,0 +1,66 @@
+"""Dash component ids, defined once. Pattern-matching ids are dicts whose "type" is an Id value."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Id(str, Enum):
+    URL = "url"
+    CLICK_EVENT = "click-event"  # store: {"id", "pin", "t"} from a main-graph click (clientside, with modifiers)
+    KEY_EVENT = "key-event"  # store: {"key", "t"} from document key presses (Escape clears the selection)
+    RENDERED = "rendered"  # store: what the main figure currently shows (decides full redraw vs Patch)
+    LISTENERS = "listeners"  # dummy output of the clientside callback that installs document listeners
+    # page sections
+    PICKER = "picker"
+    ERROR_CARD = "error-card"
+    GRAPH_PAGE = "graph-page"
+    HEADER = "header"
+    SCORES = "scores"
+    STATUS = "status"
+    # main graph and controls
+    MAIN_GRAPH = "main-graph"
+    THRESHOLD = "threshold"
+    LINK_TYPE = "link-type"
+    SEARCH = "search"
+    SEARCH_RESULTS = "search-results"
+    # panels
+    DETAIL = "detail"
+    CONNECTIONS = "connections"
+    NODE_LINK = "node-link"  # pattern type: a clickable node row {"type", "panel", "node"}
+    PIN_BUTTON = "pin-button"
+    # subgraph
+    SUBGRAPH = "subgraph"
+    PINNED_LIST = "pinned-list"
+    GROUP_BUTTON = "group-button"
+    UNGROUP_BUTTON = "ungroup-button"
+    UNPIN_BUTTON = "unpin-button"
+    LABEL_INPUT = "label-input"
+    LABEL_BUTTON = "label-button"
+    # file actions
+    SAVE_BUTTON = "save-button"
+    EXPORT_JSON = "export-json"
+    EXPORT_NEURONPEDIA = "export-neuronpedia"
+    EXPORT_SVG = "export-svg"
+    EXPORT_PNG = "export-png"
+    DOWNLOAD = "download"
+
+
+class LinkType(str, Enum):
+    """Which edges of the clicked and pinned nodes the main graph draws."""
+
+    INPUT = "input"
+    OUTPUT = "output"
+    BOTH = "both"
+
+
+class QueryKey(str, Enum):
+    """URL query keys; the view-state ones are those of Anthropic's frontend."""
+
+    GRAPH = "graph"  # graph file, relative to the served folder
+    CLICKED = "clickedId"
+    PINNED = "pinnedIds"
+    SUPERNODES = "supernodes"
+    CLERPS = "clerps"
+    THRESHOLD = "pruningThreshold"
+    LINK_TYPE = "linkType"
