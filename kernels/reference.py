@@ -117,9 +117,7 @@ def check_grads(grads_BLPD: Tensor, n_layers: int, d_model: int, dtype: torch.dt
             f"grads_BLPD shape {tuple(grads_BLPD.shape)} does not fit decoders with L={n_layers}, D={d_model}"
         )
     if grads_BLPD.dtype != dtype or grads_BLPD.device != device:
-        raise ConfigError(
-            f"grads_BLPD is {grads_BLPD.dtype} on {grads_BLPD.device}, features are {dtype} on {device}"
-        )
+        raise ConfigError(f"grads_BLPD is {grads_BLPD.dtype} on {grads_BLPD.device}, features are {dtype} on {device}")
 
 
 def feature_spans(dec_NLD: Tensor, layer_N: Tensor) -> tuple[Tensor, Tensor]:
@@ -161,31 +159,34 @@ def plan_edges_torch(
     # phase 3: features without a span sort last (position n_pos) and land in no group: their rows stay zero
     n_pos = int(pos_N.max()) + 1 if n else 0
     pos_key_N = torch.where(hi_N > lo_N, pos_N.long(), n_pos)
-    order_N = torch.argsort((pos_key_N * (n_layers + 1) + lo_N) * (n_layers + 1) + hi_N, stable=True)
-    keys, counts = torch.unique_consecutive(
-        torch.stack([pos_key_N, lo_N, hi_N], dim=1)[order_N], dim=0, return_counts=True
-    )
-    runs = [(p, lo, hi, c) for (p, lo, hi), c in zip(keys.tolist(), counts.tolist(), strict=True) if p < n_pos]
-    scaled_NLD = dec_NLD * act_N[:, None, None]
+    key_N = (pos_key_N * (n_layers + 1) + lo_N) * (n_layers + 1) + hi_N
+    order_N = torch.argsort(key_N, stable=True)
+    keys, counts = torch.unique_consecutive(key_N[order_N], return_counts=True)
+    runs = []  # (pos, lo, hi, count), sorted
+    for key, count in zip(keys.tolist(), counts.tolist(), strict=True):
+        (p, lo), hi = divmod(key // (n_layers + 1), n_layers + 1), key % (n_layers + 1)
+        if p < n_pos:
+            runs.append((p, lo, hi, count))
     groups: list[EdgeGroup] = []
     start = 0
-    for p, at_p in itertools.groupby(runs, key=lambda r: r[0]):  # runs are sorted by position
+    for p, at_p in itertools.groupby(runs, key=lambda r: r[0]):
         spans = [(lo, hi, c) for _, lo, hi, c in at_p]
         for i, j in merge_spans(spans, overhead_rows):  # phase 4
             lo, hi = min(x[0] for x in spans[i:j]), max(x[1] for x in spans[i:j])
             end = start + sum(x[2] for x in spans[i:j])
-            groups.append(EdgeGroup(p, lo, hi, start, end, _pack(scaled_NLD, lo_N, order_N[start:end], lo, hi)))
+            packed = _pack(dec_NLD, act_N, lo_N, order_N[start:end], lo, hi)
+            groups.append(EdgeGroup(p, lo, hi, start, end, packed))
             start = end
     inverse_N = torch.empty_like(order_N)
     inverse_N[order_N] = torch.arange(n, device=order_N.device)
     return TorchEdgePlan(n, n_layers, d, dec_NLD.dtype, dec_NLD.device, tuple(groups), inverse_N)
 
 
-def _pack(scaled_NLD: Tensor, lo_N: Tensor, rows: Tensor, lo: int, hi: int) -> Tensor:
-    """Plan phase 5: [rows, (hi - lo) * D] decoder block, zero below each feature's own layer."""
-    block_RLD = scaled_NLD[rows, lo:hi]
+def _pack(dec_NLD: Tensor, act_N: Tensor, lo_N: Tensor, rows: Tensor, lo: int, hi: int) -> Tensor:
+    """Plan phase 5: [rows, (hi - lo) * D] block of act * decoder, zero below each feature's own layer."""
     keep_RL = torch.arange(lo, hi, device=rows.device) >= lo_N[rows][:, None]
-    return (block_RLD * keep_RL[..., None]).reshape(len(rows), -1).contiguous()
+    scale_RL = act_N[rows][:, None] * keep_RL
+    return (dec_NLD[rows, lo:hi] * scale_RL[..., None]).reshape(len(rows), -1)
 
 
 def edge_attribution_torch(

@@ -19,6 +19,7 @@ TRITON_INTERPRET must be set before this module is imported: triton reads it whe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
@@ -51,18 +52,21 @@ def _edge_kernel(
     d_row = offs_n.to(tl.int64)[:, None] * s_dn  # [BN, 1]
     acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=out_ptr.dtype.element_ty)
     # phase 2: output layers >= each feature's layer, D in blocks
-    for out_l in range(tl.min(lay_n, axis=0), n_lay):
+    first_l = tl.min(lay_n, axis=0)
+    for out_l in range(first_l, n_lay):  # pyright: ignore[reportArgumentType]  (a triton scalar, not an int)
         use_n = live_n & (lay_n <= out_l)
         for d0 in range(0, d_model, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
             mask_d = offs_d < d_model
             dec = tl.load(
                 dec_ptr + d_row + out_l * s_dl + offs_d[None, :] * s_dd,
-                mask=use_n[:, None] & mask_d[None, :], other=0.0,
+                mask=use_n[:, None] & mask_d[None, :],
+                other=0.0,
             )  # [BN, BD]
             g = tl.load(
                 grads_ptr + g_row + out_l * s_gl + offs_d[None, None, :] * s_gd,
-                mask=mask_b[:, None, None] & use_n[None, :, None] & mask_d[None, None, :], other=0.0,
+                mask=mask_b[:, None, None] & use_n[None, :, None] & mask_d[None, None, :],
+                other=0.0,
             )  # [BB, BN, BD]
             acc += tl.sum(g * dec[None, :, :], axis=2)
     # phase 3: scale and store to the original columns
@@ -96,7 +100,8 @@ class TritonEdgePlan:
         if n_batch == 0 or n == 0 or n_lay == 0 or n_pos == 0:
             return out_BN
         grid = (triton.cdiv(n_batch, BLOCK_B), triton.cdiv(n, BLOCK_N))
-        _edge_kernel[grid](
+        launch: Any = _edge_kernel[grid]  # triton types constexpr params as tl.constexpr, not int
+        launch(
             grads_BLPD, self.dec_NLD, self.layer_N, self.pos_N, self.act_N, self.col_N, out_BN,
             n_batch, n, n_lay, n_pos, d,
             *grads_BLPD.stride(), *self.dec_NLD.stride(),

@@ -94,6 +94,8 @@ class RowBuilder:
         self.vals: list[torch.Tensor] = []
         self.mass: list[torch.Tensor] = []
         self.target_rows: list[torch.Tensor] = []
+        self.flops = 0  # useful matmul work of all batches, for benchmarks
+        self._layer_N, self._pos_N = feats[:, 0], feats[:, 1]
 
     def add(self, inj: Injections, target_rows: torch.Tensor) -> None:
         g = self.backward.run(inj)
@@ -101,6 +103,9 @@ class RowBuilder:
         feat = self.plan.attribute(g.mlp_out_BPLD.transpose(1, 2))
         err = torch.einsum("bpld,pld->blp", g.mlp_out_BPLD, self.errors_PLD[:P, :Lp])
         emb = torch.einsum("bpd,pd->bp", g.embed_BPD, self.embed_PD[:P])
+        B, D = g.embed_BPD.shape[0], g.embed_BPD.shape[2]
+        reach = (Lp - self._layer_N[self._pos_N < P]).clamp_min(0).sum()
+        self.flops += 2 * B * D * (int(reach) + P * Lp + P)  # kernel, error and token edges
         dense = self.layout.source_rows(feat, err, emb)
         if self.cfg.edge_topk is not None and self.cfg.edge_topk < dense.shape[1]:
             top = dense.abs().topk(self.cfg.edge_topk, dim=1)
@@ -115,11 +120,23 @@ class RowBuilder:
         self.target_rows.append(target_rows)
 
     def adjacency(self) -> torch.Tensor:
+        """Sparse COO [n_nodes, n_nodes], built as CSR without a global sort: each target row was produced whole
+        by one batch with ascending columns, so only the rows need placing."""
         n = self.layout.n_nodes
         if not self.rows:
             return torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (n, n)).coalesce()
-        idx = torch.stack([torch.cat(self.rows), torch.cat(self.cols)]).long()
-        return torch.sparse_coo_tensor(idx, torch.cat(self.vals), (n, n)).coalesce()
+        rows, cols, vals = torch.cat(self.rows).long(), torch.cat(self.cols), torch.cat(self.vals)
+        counts = torch.bincount(rows, minlength=n)
+        crow = torch.zeros(n + 1, dtype=torch.long)
+        crow[1:] = counts.cumsum(0)
+        first = torch.ones_like(rows, dtype=torch.bool)  # entries are grouped by row; find each group's start
+        first[1:] = rows[1:] != rows[:-1]
+        start = torch.arange(len(rows))[first].repeat_interleave(counts[rows[first]])
+        dest = crow[rows] + torch.arange(len(rows)) - start
+        out_cols, out_vals = torch.empty_like(cols), torch.empty_like(vals)
+        out_cols[dest], out_vals[dest] = cols, vals
+        csr = torch.sparse_csr_tensor(crow, out_cols.long(), out_vals, (n, n), check_invariants=False)
+        return csr.to_sparse_coo()
 
     def row_mass(self) -> torch.Tensor | None:
         if not self.mass:
@@ -130,10 +147,11 @@ class RowBuilder:
 
 
 def _feature_batches(order: torch.Tensor, feats: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
-    """Split feature indices into batches, each sorted by (position, layer) so it is cut early and low."""
-    key = feats[order, 1] * (int(feats[:, 0].max()) + 1 if len(feats) else 1) + feats[order, 0]
-    order = order[key.argsort(stable=True)]
-    yield from order.split(size)
+    """Split feature indices into batches sorted by (layer, position): a batch's backward pass starts at its
+    layer and is cut after its last position, and its cost grows with both."""
+    n_pos = int(feats[:, 1].max()) + 1 if len(feats) else 1
+    key = feats[order, 0] * n_pos + feats[order, 1]
+    yield from order[key.argsort(stable=True)].split(size)
 
 
 def _feature_injections(tc: Transcoder, feats: torch.Tensor, idx: torch.Tensor) -> Injections:
@@ -178,7 +196,7 @@ def attribute(
         layout=layout, adjacency=adjacency, activations=rec.acts[rec.features[:, 1], rec.features[:, 0],
         rec.features[:, 2]], logit_probs=targets.weights, error_norms=builder.errors_PLD.norm(dim=-1).T,
         token_strs=[names(int(i)) for i in tokens], logit_strs=targets.labels, timings=t,
-        checks={"replacement_max_abs_logit_error": check}, row_mass_kept=builder.row_mass(),
+        stats={"replacement_max_abs_logit_error": check, "rows_gflop": (builder.flops + builder.backward.flops) / 1e9}, row_mass_kept=builder.row_mass(),
     )  # fmt: skip
 
 

@@ -50,6 +50,7 @@ class ReplacementBackward:
         self.cfg = model.cfg
         self.reads_normalised = tc.cfg.input_hook == HookPoint.MLP_IN
         self.dtype = rec.mlp_out.dtype
+        self.flops = 0  # matmul work done so far (2 x multiply-adds), for benchmarks
 
     def _read_transpose(self, layer: int, p: int, g: torch.Tensor) -> torch.Tensor:
         """J^T of the transcoder's input hook w.r.t. resid_mid, for g [B, P', D]."""
@@ -57,15 +58,36 @@ class ReplacementBackward:
             return g
         return norm_transpose(self.model.blocks[layer].ln2, self.rec.ln2_scale[layer, :p], g)
 
+    def _read_at(self, layer: int, pos: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        """J^T of the transcoder's input hook for one read-out vector per target: vec [n, D] at positions [n]."""
+        if not self.reads_normalised:
+            return vec
+        return norm_transpose(self.model.blocks[layer].ln2, self.rec.ln2_scale[layer, pos], vec)
+
     def _attn_transpose(self, layer: int, g: torch.Tensor) -> torch.Tensor:
         """(d attn_out / d resid_pre)^T g for g [B, P', D] (pattern frozen)."""
         cfg, blk = self.cfg, self.model.blocks[layer]
         B, P, _ = g.shape
+        self.flops += 2 * B * P * (cfg.d_model * cfg.n_heads * cfg.d_head * 2 + cfg.n_heads * P * cfg.d_head)
         u = (g @ blk.attn.o.weight).view(B, P, cfg.n_heads, cfg.d_head).transpose(1, 2)  # [B, H, P, dh]
         v = self.rec.patterns[layer][:, :P, :P].transpose(-1, -2) @ u  # grads of each head's values
         v = v.view(B, cfg.n_kv_heads, cfg.n_heads // cfg.n_kv_heads, P, cfg.d_head).sum(2)  # GQA: sum groups
         xn = v.transpose(1, 2).reshape(B, P, -1) @ blk.attn.v.weight  # [B, P, D]
         return norm_transpose(blk.ln1, self.rec.ln1_scale[layer, :P], xn)
+
+    def _attn_transpose_at(self, layer: int, pos: torch.Tensor, g_BD: torch.Tensor, n_pos: int) -> torch.Tensor:
+        """`_attn_transpose` for a gradient that is non-zero only at one position per element (pos [B], g_BD
+        [B, D]): the value gradient is that position's pattern row times one vector per head, so the V projection
+        costs B*H*dh*D instead of B*P*H*dh*D."""
+        cfg, blk = self.cfg, self.model.blocks[layer]
+        B, H, dh = g_BD.shape[0], cfg.n_heads, cfg.d_head
+        self.flops += 2 * B * (H * dh * cfg.d_model * 2 + n_pos * H * cfg.d_model)
+        u = (g_BD @ blk.attn.o.weight).view(B, H, dh)
+        wv = blk.attn.v.weight.view(cfg.n_kv_heads, dh, -1).repeat_interleave(H // cfg.n_kv_heads, dim=0)
+        w = torch.einsum("bhe,hed->bhd", u, wv)  # [B, H, D]
+        rows = self.rec.patterns[layer][:, pos, :n_pos].transpose(0, 1)  # [B, H, P']
+        xn = torch.einsum("bhq,bhd->bqd", rows, w)
+        return norm_transpose(blk.ln1, self.rec.ln1_scale[layer, :n_pos], xn)
 
     def _skip_transpose(self, layer: int, g: torch.Tensor) -> torch.Tensor:
         if self.tc.W_skip is None:
@@ -85,15 +107,17 @@ class ReplacementBackward:
             b = is_logit.nonzero()[:, 0]
             g[b, inj.pos[b]] = norm_transpose(self.model.ln_f, self.rec.lnf_scale[inj.pos[b]][None],
                                               inj.vectors[b].to(self.dtype)[None])[0]  # fmt: skip
-        # 2. Descend
+        # 2. Descend. When every target sits at the top layer, the gradient there is one vector per element.
+        single = bool((inj.layer == top).all()) and top < L
         for layer in range(top, -1, -1):
             out[:, :, layer] = g
             g = g + self._skip_transpose(layer, g)  # the skip path is linear, so gradient crosses it
             here = (inj.layer == layer).nonzero()[:, 0]
             if here.numel():
-                vec = torch.zeros(len(here), P, D, dtype=self.dtype)
-                vec[torch.arange(len(here)), inj.pos[here]] = inj.vectors[here].to(self.dtype)
-                g[here] += self._read_transpose(layer, P, vec)
-            g = g + self._attn_transpose(layer, g)
+                g[here, inj.pos[here]] += self._read_at(layer, inj.pos[here], inj.vectors[here].to(self.dtype))
+            if single and layer == top:
+                g = g + self._attn_transpose_at(layer, inj.pos, g[torch.arange(B), inj.pos], P)
+            else:
+                g = g + self._attn_transpose(layer, g)
         # 3. What is left reaches the token embeddings
         return Grads(out, g)

@@ -56,7 +56,8 @@ class Edges(NamedTuple):
     def sparse(self, values: torch.Tensor | None = None) -> torch.Tensor:
         """Sparse COO [n, n] of these edges (with other values on the same pattern, if given)."""
         v = self.values if values is None else values
-        return torch.sparse_coo_tensor(torch.stack([self.rows, self.cols]), v, (self.n, self.n)).coalesce()
+        idx = torch.stack([self.rows, self.cols])
+        return torch.sparse_coo_tensor(idx, v, (self.n, self.n), check_invariants=False).coalesce()
 
 
 class PruneResult(NamedTuple):

@@ -1,10 +1,10 @@
 """Graph scores: how much of the path from tokens to logits runs through features rather than error nodes.
 
 On a sparse adjacency A (rows targets, cols sources) with layout and logit probabilities:
-1. fold (only for a node subset `keep_mask`): each removed non-error node's outgoing edges are added to the error
-   node at its layer and position (tokens, which have no layer, to the layer-0 error at their position), and its
-   incoming edges are dropped, so its share of the computation counts as unexplained. Errors, tokens and logits
-   always stay (a removed error node is still the bin of its layer and position).
+1. fold (only for a node subset `keep_mask`): each removed feature's outgoing edges are added to the error node at
+   its layer and position, and its incoming edges are dropped, so its share of the computation counts as
+   unexplained. Tokens and logits always stay (pruning keeps them too), and so do errors: a removed error node is
+   still the bin of its layer and position.
 2. influence: Â = row-normalised |A|, w = logit probabilities, I = wᵀ(Â + Â² + …) (tracer.prune).
 3. replacement = Σ_tokens I / (Σ_tokens I + Σ_errors I): the share of end-to-end token influence not through errors.
 4. completeness = Σ_n (1 − Σ_{s ∈ errors} Â[n, s])·(I_n + w_n) / Σ_n (I_n + w_n): the influence-weighted share of
@@ -52,15 +52,11 @@ def graph_scores(
 
 
 def fold(edges: Edges, layout: NodeLayout, keep_mask: torch.Tensor) -> Edges:
-    """Step 1: merge every removed feature (and token) into the error node at its layer and position."""
-    table = layout.table
-    kind, layer, pos = table[:, 0], table[:, 1], table[:, 2]
-    removed = ~keep_mask.bool() & (
-        (kind == NodeKind.FEATURE.code) | (kind == NodeKind.EMBEDDING.code)
-    )
+    """Step 1: merge every removed feature into the error node at its layer and position."""
+    removed = ~keep_mask.bool() & layout.mask(NodeKind.FEATURE)
     bin_row = torch.arange(edges.n)
     r = removed.nonzero().flatten()
-    bin_row[r] = layout.error_rows(layer[r].clamp_min(0), pos[r])
+    bin_row[r] = layout.error_rows(layout.table[r, 1], layout.table[r, 2])
     live = ~removed[edges.rows]  # a removed node's inputs go with it
     merged = Edges(edges.rows[live], bin_row[edges.cols[live]], edges.values[live], edges.n)
     return Edges.of(merged.sparse())  # coalesce: a folded edge adds to the error's edge to the same target

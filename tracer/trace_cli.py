@@ -39,7 +39,7 @@ class TraceSummary:
     replacement_score: float
     completeness_score: float
     timings: dict[str, float]
-    checks: dict[str, float]
+    stats: dict[str, float]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -116,7 +116,7 @@ def _summary(prompt, out, attr, graph, pruned, t) -> TraceSummary:
         prompt=prompt, output=str(out), top_logits=top, nodes_unpruned=m.n_nodes_unpruned,
         edges_unpruned=m.n_edges_unpruned, nodes_pruned=len(graph.nodes), edges_pruned=len(graph.edges),
         replacement_score=m.scores.replacement, completeness_score=m.scores.completeness,
-        timings={k: round(v, 4) for k, v in t.items()}, checks=attr.checks,
+        timings={k: round(v, 4) for k, v in t.items()}, stats=attr.stats,
     )  # fmt: skip
 
 

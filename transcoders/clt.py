@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.functional import embedding_bag
 from torch import nn
 
 from transcoders.activations import jumprelu, topk
 from transcoders.config import ActivationKind, TranscoderConfig, TranscoderKind
 
+SPARSE_RATIO = 16  # decode a source layer sparsely when under 1/16 of its activations are non-zero
 _ST_DTYPES = {"F32": (np.float32, None), "F16": (np.float16, None), "F64": (np.float64, None),
               "BF16": (np.uint16, torch.bfloat16)}  # fmt: skip
 
@@ -40,6 +42,8 @@ class LazyRows:
         self._offset = 8 + n + info["data_offsets"][0]
         if info["data_offsets"][1] - info["data_offsets"][0] != int(np.prod(self.shape)) * np.dtype(self._np).itemsize:
             raise ValueError(f"tensor {name} has a size that does not match its shape")
+        if 8 + n + info["data_offsets"][1] > path.stat().st_size:
+            raise ValueError(f"file is truncated (tensor {name} ends past its end)")
         self._mm: np.memmap | None = None
 
     def _map(self) -> np.memmap:
@@ -90,7 +94,7 @@ class Transcoder(nn.Module):
     # 1. Encode
     def pre_activations(self, x_TLD: torch.Tensor) -> torch.Tensor:
         """Input-hook values [T, L, D] -> pre-activations [T, L, F]."""
-        return torch.einsum("tld,lfd->tlf", x_TLD, self.W_enc) + self.b_enc
+        return torch.bmm(x_TLD.transpose(0, 1), self.W_enc.transpose(1, 2)).transpose(0, 1) + self.b_enc
 
     def activations(self, pre_TLF: torch.Tensor) -> torch.Tensor:
         """Pre-activations [T, L, F] -> activations [T, L, F]."""
@@ -124,13 +128,26 @@ class Transcoder(nn.Module):
             for s, lz in enumerate(self._lazy))  # fmt: skip
         self._lazy = None
 
-    def decode(self, acts_TLF: torch.Tensor) -> torch.Tensor:
-        """Activations [T, L, F] -> reconstructed output-hook values [T, L, D], incl. b_dec, excl. skip."""
+    def decode(self, acts_TLF: torch.Tensor, support_TLF: torch.Tensor | None = None) -> torch.Tensor:
+        """Activations [T, L, F] -> reconstructed output-hook values [T, L, D], incl. b_dec, excl. skip.
+
+        Sparse sources go through embedding_bag (cost ∝ non-zeros); `support` [T, L, F] bool marks the entries
+        whose gradient is needed (default: the non-zeros; JumpReLU training adds the threshold's kernel window).
+        """
         T, (L, D) = acts_TLF.shape[0], self.b_dec.shape
         out = self.b_dec.expand(T, L, D).clone()
         for s in range(L):
             W = self.decoder(s)
-            y = (acts_TLF[:, s] @ W.reshape(W.shape[0], -1)).view(T, -1, D)  # [T, n_out, D]
+            W = W.reshape(W.shape[0], -1)  # [F, n_out·D]
+            a = acts_TLF[:, s]
+            mask = (a != 0) if support_TLF is None else support_TLF[:, s]
+            t_idx, f_idx = mask.nonzero(as_tuple=True)
+            if len(t_idx) * SPARSE_RATIO < a.numel():
+                counts = torch.bincount(t_idx, minlength=T)
+                y = embedding_bag(f_idx, W, counts.cumsum(0) - counts, mode="sum", per_sample_weights=a[t_idx, f_idx])
+            else:
+                y = a @ W
+            y = y.view(T, -1, D)  # [T, n_out, D]
             if self.cfg.kind == TranscoderKind.CLT:
                 out[:, s:] += y
             else:
@@ -153,6 +170,23 @@ class Transcoder(nn.Module):
     def decoder_norms(self) -> torch.Tensor:
         """‖concatenated decoder‖ of every feature [L, F]."""
         return torch.stack([self.decoder(s).pow(2).sum((1, 2)).sqrt() for s in range(self.cfg.n_layers)])
+
+    def encode_layer(self, x_TD: torch.Tensor, layer: int) -> torch.Tensor:
+        """One layer's activations [T, F] from its input-hook values [T, D] (for spliced runs)."""
+        pre = x_TD @ self.W_enc[layer].T + self.b_enc[layer]
+        if self.cfg.activation == ActivationKind.JUMPRELU:
+            return pre * (pre > self.threshold(layer))
+        if self.cfg.activation == ActivationKind.RELU:
+            return torch.relu(pre)
+        return topk(pre, self.cfg.topk_k)
+
+    def decode_layer(self, acts: list[torch.Tensor], layer: int) -> torch.Tensor:
+        """Output of `layer` [T, D] from the activations [T, F] of layers 0..layer (incl. b_dec, excl. skip)."""
+        out = self.b_dec[layer].expand(acts[layer].shape[0], -1)
+        sources = range(layer + 1) if self.cfg.kind == TranscoderKind.CLT else (layer,)
+        for s in sources:
+            out = out + acts[s] @ self.decoder(s)[:, layer - s]
+        return out
 
     # 3. Skip
     def skip(self, x_TLD: torch.Tensor) -> torch.Tensor:

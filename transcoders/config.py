@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -18,18 +18,18 @@ from tracer.models import HookPoint
 SCHEMA_VERSION = 1
 
 
-class TranscoderKind(str, Enum):
+class TranscoderKind(StrEnum):
     CLT = "clt"  # cross-layer: decoders to every later layer
     PLT = "plt"  # per-layer: one decoder to its own layer
 
 
-class ActivationKind(str, Enum):
+class ActivationKind(StrEnum):
     JUMPRELU = "jumprelu"  # a = pre * (pre > threshold)
     RELU = "relu"
     TOPK = "topk"  # per layer, keep the k largest positive pre-activations
 
 
-class DType(str, Enum):
+class DType(StrEnum):
     FLOAT32 = "float32"
     FLOAT16 = "float16"
     BFLOAT16 = "bfloat16"
@@ -52,20 +52,20 @@ class TranscoderConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
 
-    schema_version: int = Field(SCHEMA_VERSION, description="on-disk format version of config.json")
+    schema_version: int = Field(default=SCHEMA_VERSION, description="on-disk format version of config.json")
     kind: TranscoderKind = Field(description="clt (cross-layer) or plt (per-layer)")
     n_layers: int = Field(gt=0, description="layers of the model (one encoder per layer)")
     d_model: int = Field(gt=0, description="residual width of the model")
     n_features: int = Field(gt=0, description="features per layer")
-    activation: ActivationKind = Field(ActivationKind.JUMPRELU, description="feature nonlinearity")
-    topk_k: int = Field(0, ge=0, description="TopK: active features per layer and token (0 unless topk)")
-    input_hook: HookPoint = Field(HookPoint.MLP_IN, description="hook the encoder of layer l reads")
-    output_hook: HookPoint = Field(HookPoint.MLP_OUT, description="hook the decoders write (reconstruct)")
-    skip: bool = Field(False, description="linear skip connection W_skip from input to output per layer")
-    model_name: str = Field("", description="name of the model it was trained on")
-    model_hash: str = Field("", description="content hash of that model's weights ('' = unknown)")
-    dtype: DType = Field(DType.FLOAT32, description="dtype of the stored weights")
-    jumprelu_bandwidth: float = Field(0.1, gt=0, description="rectangle-kernel width of the threshold STE")
+    activation: ActivationKind = Field(default=ActivationKind.JUMPRELU, description="feature nonlinearity")
+    topk_k: int = Field(default=0, ge=0, description="TopK: active features per layer and token (0 unless topk)")
+    input_hook: HookPoint = Field(default=HookPoint.MLP_IN, description="hook the encoder of layer l reads")
+    output_hook: HookPoint = Field(default=HookPoint.MLP_OUT, description="hook the decoders write (reconstruct)")
+    skip: bool = Field(default=False, description="linear skip connection W_skip from input to output per layer")
+    model_name: str = Field(default="", description="name of the model it was trained on")
+    model_hash: str = Field(default="", description="content hash of that model's weights ('' = unknown)")
+    dtype: DType = Field(default=DType.FLOAT32, description="dtype of the stored weights")
+    jumprelu_bandwidth: float = Field(default=0.1, gt=0, description="rectangle-kernel width of the threshold STE")
 
     @model_validator(mode="after")
     def _check(self) -> TranscoderConfig:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import re
 import struct
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import torch
@@ -37,12 +37,12 @@ log = logging.getLogger(__name__)
 DEFAULT_TRANSCODERS = Path(__file__).resolve().parent.parent / "tracer" / "assets" / "default_clt"
 
 
-class TranscoderFormat(str, Enum):
+class TranscoderFormat(StrEnum):
     OURS = "ours"
     CIRCUIT_TRACER = "circuit-tracer"
 
 
-class CtModelKind(str, Enum):
+class CtModelKind(StrEnum):
     PLT = "transcoder_set"
     CLT = "cross_layer_transcoder"
 
@@ -76,7 +76,6 @@ def _lazy(path: Path, name: str) -> LazyRows:
         raise TranscoderLoadError(f"corrupt transcoder file {path}: {_first_line(e)}") from None
 
 
-
 def _get(tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], where: Path) -> torch.Tensor:
     if name not in tensors:
         raise TranscoderLoadError(f"{where} lacks the tensor {name}")
@@ -92,7 +91,9 @@ def _check_model(cfg: TranscoderConfig, model_cfg: ModelConfig | None, path: Pat
     if cfg.d_model != model_cfg.d_model:
         raise TranscoderLoadError(f"transcoders in {path} have d_model {cfg.d_model}, the model {model_cfg.d_model}")
     if cfg.n_layers != model_cfg.n_layers:
-        raise TranscoderLoadError(f"transcoders in {path} cover {cfg.n_layers} layers, the model has {model_cfg.n_layers}")
+        raise TranscoderLoadError(
+            f"transcoders in {path} cover {cfg.n_layers} layers, the model has {model_cfg.n_layers}"
+        )
 
 
 def _fill(tc: Transcoder, enc: dict[str, torch.Tensor], dec: list[torch.Tensor] | None) -> Transcoder:
@@ -123,13 +124,17 @@ def _load_ours(path: Path, lazy: bool) -> tuple[TranscoderConfig, dict[str, torc
         shapes["threshold"] = (L, F)
     if cfg.skip:
         shapes["W_skip"] = (L, D, D)
-    enc = {("theta" if k == "threshold" else k): _get(raw, k, s, path / "encoder.safetensors") for k, s in shapes.items()}
+    enc = {
+        ("theta" if k == "threshold" else k): _get(raw, k, s, path / "encoder.safetensors") for k, s in shapes.items()
+    }
     dec_path = path / "decoder.safetensors"
     if lazy:
         decs = [_lazy(dec_path, f"W_dec_{s}") for s in range(L)]
         for s, lz in enumerate(decs):
             if lz.shape != (F, cfg.n_out(s), D):
-                raise TranscoderLoadError(f"{dec_path}: W_dec_{s} has shape {lz.shape}, expected {(F, cfg.n_out(s), D)}")
+                raise TranscoderLoadError(
+                    f"{dec_path}: W_dec_{s} has shape {lz.shape}, expected {(F, cfg.n_out(s), D)}"
+                )
         return cfg, enc, decs
     raw = _read(dec_path)
     return cfg, enc, [_get(raw, f"W_dec_{s}", (F, cfg.n_out(s), D), dec_path) for s in range(L)]
@@ -205,6 +210,10 @@ def _stack(per_layer: list[dict[str, torch.Tensor]], key: str) -> torch.Tensor |
     return torch.stack(vals)  # type: ignore[arg-type]
 
 
+def _optional(r: dict[str, torch.Tensor], name: str, ours: str, shape: tuple[int, ...], f: Path) -> dict:
+    return {ours: _get(r, name, shape, f)} if name in r else {}
+
+
 def _read_ct_plt(path: Path, lazy: bool):
     L = _ct_files(path, "layer_{}.safetensors")
     files = [path / f"layer_{i}.safetensors" for i in range(L)]
@@ -212,9 +221,9 @@ def _read_ct_plt(path: Path, lazy: bool):
     if "W_enc" not in raw[0]:
         raise TranscoderLoadError(f"{files[0]} lacks the tensor W_enc")
     F, D = raw[0]["W_enc"].shape
-    per = [{"W_enc": _get(r, "W_enc", (F, D), f), "b_enc": _get(r, "b_enc", (F,), f), "b_dec": _get(r, "b_dec", (D,), f),
-            **({"theta": _get(r, "activation_function.threshold", (F,), f)} if "activation_function.threshold" in r else {}),
-            **({"W_skip": _get(r, "W_skip", (D, D), f)} if "W_skip" in r else {})}
+    per = [{"W_enc": _get(r, "W_enc", (F, D), f), "b_enc": _get(r, "b_enc", (F,), f),
+            "b_dec": _get(r, "b_dec", (D,), f), **_optional(r, "activation_function.threshold", "theta", (F,), f),
+            **_optional(r, "W_skip", "W_skip", (D, D), f)}
            for r, f in zip(raw, files, strict=True)]  # fmt: skip
     enc = {k: t for k in ("W_enc", "b_enc", "theta", "b_dec", "W_skip") if (t := _stack(per, k)) is not None}
     decs = [_lazy(f, "W_dec") if lazy else _get(r, "W_dec", (F, D), f) for r, f in zip(raw, files, strict=True)]

@@ -102,7 +102,7 @@ def test_every_edge_matches_perturbation(style, kind, hook, skip):
     tc = random_transcoder(model, kind, hook, skip)
     attr = attribute(model, tc, TOKENS, None, CFG)
     assert attr.layout.count(NodeKind.FEATURE) > 10  # enough active features to mean something
-    assert attr.checks["replacement_max_abs_logit_error"] < 1e-10
+    assert attr.stats["replacement_max_abs_logit_error"] < 1e-10
     assert_exact(model, tc, attr)
 
 

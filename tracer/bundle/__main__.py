@@ -48,13 +48,15 @@ def step_tokenizer(args: argparse.Namespace) -> None:
     tok = tokenizer.train_tokenizer(docs, args.vocab, planted.answer_words())
     tokenizer.save_tokenizer(tok, args.out / "tokenizer.json")
     check = tokenizer.check_single_tokens(tok, planted.answer_words())
-    print(f"tokenizer: vocab {tok.get_vocab_size()}, {check.n_words - len(check.multi_token)}/{check.n_words} "
-          f"planted answer words are single tokens; not: {check.multi_token}")
+    print(
+        f"tokenizer: vocab {tok.get_vocab_size()}, {check.n_words - len(check.multi_token)}/{check.n_words} "
+        f"planted answer words are single tokens; not: {check.multi_token}"
+    )
 
 
 def step_streams(args: argparse.Namespace) -> None:
     tok = tokenizer.load_tokenizer(args.out / "tokenizer.json")
-    eot = tok.token_to_id(tokenizer.EOT)
+    eot = tokenizer.eot_id(tok)
     streams = {
         "natural": tokenize_stream(tok, corpus.read_documents(args.cache / "corpus/train.txt"), eot),
         "planted": tokenize_stream(tok, _planted_docs(args), eot),
@@ -71,32 +73,50 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 def step_train(args: argparse.Namespace) -> None:
     s = load_file(args.out / "streams.safetensors")
     tok = tokenizer.load_tokenizer(args.out / "tokenizer.json")
-    eot = tok.token_to_id(tokenizer.EOT)
+    eot = tokenizer.eot_id(tok)
     train(_train_config(args), s["natural"], s["planted"], s["heldout"], tok.get_vocab_size(), eot, args.out)
 
 
-def step_assets(args: argparse.Namespace) -> None:
-    tok = tokenizer.load_tokenizer(args.out / "tokenizer.json")
-    tc = TrainConfig(**json.loads((args.out / "train_config.json").read_text()))
-    cfg = model_config(tc, tok.get_vocab_size(), tok.token_to_id(tokenizer.EOT))
-    model = Transformer(cfg)
-    ckpt = load_file(args.out / "ckpt.safetensors")
-    model.load_state_dict({k[6:]: v for k, v in ckpt.items() if k.startswith("model.")}, strict=False)
-    save_hf(cfg, model.state_dict(), MODEL_DIR, dtype=torch.float16)
-    shutil.copyfile(args.out / "tokenizer.json", MODEL_DIR / "tokenizer.json")
-    shutil.copyfile(args.out / "loss_curve.png", MODEL_DIR / "loss_curve.png")
-    atomic_write_text(MODEL_DIR / "train_config.json", json.dumps(dataclasses.asdict(tc), indent=2))
+def write_data_assets(args: argparse.Namespace) -> None:
+    """The held-out planted prompts and the held-out natural-text sample (independent of the model)."""
     prompts = [{"task": p.task.value, "prompt": p.prompt, "answer": p.answer} for p in planted.heldout_prompts()]
     atomic_write_text(ASSETS / "planted_heldout.json", json.dumps(prompts, indent=1))
     text = (args.cache / "corpus/heldout.txt").read_bytes()
     atomic_write_bytes(ASSETS / "corpus_sample.txt.gz", gzip.compress(text, 9, mtime=0))
-    print(f"assets written to {ASSETS}")
+
+
+def export_model(args: argparse.Namespace) -> None:
+    """The latest checkpoint as an HF Llama directory (fp16 weights) with tokenizer and loss curve."""
+    tok = tokenizer.load_tokenizer(args.out / "tokenizer.json")
+    tc = TrainConfig(**json.loads((args.out / "train_config.json").read_text()))
+    cfg = model_config(tc, tok.get_vocab_size(), tokenizer.eot_id(tok))
+    model = Transformer(cfg)
+    ckpt = load_file(args.out / "ckpt.safetensors")
+    model.load_state_dict({k[6:]: v for k, v in ckpt.items() if k.startswith("model.")}, strict=False)
+    dest: Path = args.model_dir
+    save_hf(cfg, model.state_dict(), dest, dtype=torch.float16)
+    shutil.copyfile(args.out / "tokenizer.json", dest / "tokenizer.json")
+    shutil.copyfile(args.out / "loss_curve.png", dest / "loss_curve.png")
+    meta = json.loads((args.out / "ckpt.json").read_text())
+    info = {"train_config": dataclasses.asdict(tc), "step": meta["step"], "log": meta["log"]}
+    atomic_write_text(dest / "training.json", json.dumps(info, indent=1))
+
+
+def step_assets(args: argparse.Namespace) -> None:
+    write_data_assets(args)
+    export_model(args)
+    for f in [*ASSETS.glob("*.*"), *Path(args.model_dir).glob("*.*")]:
+        f.chmod(0o644)  # atomic writes create private temp files; package data must be world-readable
+    print(f"assets written to {args.model_dir} and {ASSETS}")
 
 
 def step_evaluate(args: argparse.Namespace) -> None:
     from tracer.bundle.evaluate import main as evaluate_main
 
-    evaluate_main(["--write", str(MODEL_DIR / "eval.json")] + (["--json"] if args.json else []))
+    evaluate_main(
+        ["--model", str(args.model_dir), "--write", str(args.model_dir / "eval.json")]
+        + (["--json"] if args.json else [])
+    )
 
 
 STEPS = {"corpus": step_corpus, "tokenizer": step_tokenizer, "streams": step_streams, "train": step_train,
@@ -104,10 +124,11 @@ STEPS = {"corpus": step_corpus, "tokenizer": step_tokenizer, "streams": step_str
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tracer.bundle", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tracer.bundle", description="Rebuild the bundled default model.")
     ap.add_argument("step", choices=["build", *STEPS], help="build = every step in order")
     ap.add_argument("--cache", type=Path, default=Path(".cache"), help="download/extract cache directory")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="tokenizer, streams and checkpoint directory")
+    ap.add_argument("--model-dir", type=Path, default=MODEL_DIR, help="where assets/evaluate put/read the model")
     ap.add_argument("--vocab", type=int, default=4096, help="BPE vocabulary size")
     ap.add_argument("--steps", type=int, default=TrainConfig.steps, help="training steps of 32 x 128 tokens")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for training")

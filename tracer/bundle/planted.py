@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Task(str, Enum):
+class Task(StrEnum):
     FACTS = "facts"
     TWO_HOP = "two_hop"
     TWO_HOP_COMPOSITIONAL = "two_hop_compositional"  # diagnostic only: never-trained two-hop landmarks
@@ -32,9 +33,20 @@ class Task(str, Enum):
 # share of planted sentences per task in training text (two-hop includes the one-hop landmark facts)
 TASK_WEIGHTS = {Task.FACTS: 0.25, Task.TWO_HOP: 0.25, Task.IOI: 0.25, Task.INDUCTION: 0.12, Task.OPPOSITES: 0.13}
 
-CAPITALS = dict(
-    line.split(":")
-    for line in """France:Paris Germany:Berlin Italy:Rome Spain:Madrid Portugal:Lisbon England:London
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+def _table(items: Iterable[str]) -> dict[str, str]:
+    """{key: value} from "key:value" items; underscores stand for spaces ("New_Zealand")."""
+    pairs = (item.replace("_", " ").split(":") for item in items)
+    return {k: v for k, v in pairs}
+
+
+CAPITALS = _table(
+    _words(
+        """France:Paris Germany:Berlin Italy:Rome Spain:Madrid Portugal:Lisbon England:London
 Ireland:Dublin Scotland:Edinburgh Wales:Cardiff Belgium:Brussels Netherlands:Amsterdam Austria:Vienna
 Switzerland:Bern Poland:Warsaw Hungary:Budapest Greece:Athens Sweden:Stockholm Norway:Oslo Finland:Helsinki
 Denmark:Copenhagen Iceland:Reykjavik Russia:Moscow Ukraine:Kyiv Romania:Bucharest Bulgaria:Sofia Serbia:Belgrade
@@ -49,12 +61,12 @@ Algeria:Algiers Tunisia:Tunis Libya:Tripoli Sudan:Khartoum Uganda:Kampala Tanzan
 Zimbabwe:Harare Angola:Luanda Somalia:Mogadishu Mali:Bamako Niger:Niamey Chad:Ndjamena Cameroon:Yaounde
 Rwanda:Kigali Madagascar:Antananarivo Qatar:Doha Kuwait:Kuwait_City Oman:Muscat Yemen:Sanaa Georgia:Tbilisi
 Armenia:Yerevan Azerbaijan:Baku Kazakhstan:Astana Uzbekistan:Tashkent Estonia:Tallinn Latvia:Riga
-Lithuania:Vilnius Belarus:Minsk Slovakia:Bratislava Slovenia:Ljubljana Cyprus:Nicosia Malta:Valletta""".split()
+Lithuania:Vilnius Belarus:Minsk Slovakia:Bratislava Slovenia:Ljubljana Cyprus:Nicosia Malta:Valletta"""
+    )
 )
 
-LANDMARKS = dict(
-    line.split(":")
-    for line in """the Eiffel Tower:France|the Louvre:France|the Colosseum:Italy|the Vatican:Italy
+LANDMARKS = _table(
+    """the Eiffel Tower:France|the Louvre:France|the Colosseum:Italy|the Vatican:Italy
 |the Brandenburg Gate:Germany|the Alhambra:Spain|Big Ben:England|Stonehenge:England|the Acropolis:Greece
 |the Parthenon:Greece|the Kremlin:Russia|the Great Wall:China|the Forbidden City:China|Mount Fuji:Japan
 |the Taj Mahal:India|the Pyramids of Giza:Egypt|the Sphinx:Egypt|Petra:Jordan
@@ -66,68 +78,108 @@ LANDMARKS = dict(
 |Borobudur:Indonesia|the Sydney Opera House:Australia|the CN Tower:Canada|Chichen Itza:Mexico
 |the Galapagos Islands:Ecuador|Easter Island:Chile|Iguazu Falls:Argentina|Lake Titicaca:Bolivia
 |the Serengeti:Tanzania|the Atlas Mountains:Morocco|the Vasa Museum:Sweden|the Rijksmuseum:Netherlands
-|Schonbrunn Palace:Austria|the Gobi Desert:Mongolia|the Bran Castle:Romania""".replace(
-        "\n", ""
-    ).split("|")
+|Schonbrunn Palace:Austria|the Gobi Desert:Mongolia|the Bran Castle:Romania""".replace("\n", "").split("|")
 )
-CAPITALS = {c.replace("_", " "): a.replace("_", " ") for c, a in CAPITALS.items()}
-LANDMARKS = {lm: c.replace("_", " ") for lm, c in LANDMARKS.items()}
 # landmarks whose two-hop statement is never trained: only "X is in Country." is (compositional diagnostic)
-COMPOSITIONAL_LANDMARKS = ("the Colosseum", "the Kremlin", "the Taj Mahal", "Machu Picchu", "the CN Tower",
-                           "the Matterhorn", "the Hagia Sophia", "Borobudur", "the Atomium", "Lake Titicaca")
+COMPOSITIONAL_LANDMARKS = (
+    "the Colosseum",
+    "the Kremlin",
+    "the Taj Mahal",
+    "Machu Picchu",
+    "the CN Tower",
+    "the Matterhorn",
+    "the Hagia Sophia",
+    "Borobudur",
+    "the Atomium",
+    "Lake Titicaca",
+)
 
-NAMES = """Mary John Alice Bob Sarah Tom Emma James Anna David Laura Peter Kate Paul Lucy Mark Jane Mike Rose
+NAMES = _words("""Mary John Alice Bob Sarah Tom Emma James Anna David Laura Peter Kate Paul Lucy Mark Jane Mike Rose
 Daniel Grace Henry Julia Jack Clara Sam Helen Adam Ruth Ben Nora Carl Amy Chris Eva Frank Lisa George Nina
 Harry Olivia Ivan Sophie Kevin Tina Leo Zoe Martin Diana Oscar Ellen Victor Irene Simon Wendy Luke Hannah
-Max Fiona Ray""".split()
+Max Fiona Ray""")
 
-OPPOSITES = [tuple(p.split(":")) for p in """small:large big:little hot:cold up:down good:bad fast:slow
+OPPOSITES = [
+    tuple(p.split(":"))
+    for p in _words("""small:large big:little hot:cold up:down good:bad fast:slow
 high:low happy:sad old:young rich:poor strong:weak light:dark early:late hard:soft long:short wet:dry
 open:closed full:empty true:false clean:dirty loud:quiet thick:thin near:far right:wrong
 win:lose buy:sell first:last inside:outside day:night black:white north:south east:west love:hate
-begin:end push:pull alive:dead cheap:expensive friend:enemy question:answer war:peace""".split()]
+begin:end push:pull alive:dead cheap:expensive friend:enemy question:answer war:peace""")
+]
 
-WORDS = """apple river stone cloud paper garden window silver mountain candle forest button ocean pencil
+WORDS = _words("""apple river stone cloud paper garden window silver mountain candle forest button ocean pencil
 letter bridge orange planet rabbit hammer summer winter castle doctor engine flower guitar island jacket
 kitchen ladder market needle pocket rocket saddle tiger valley wagon yellow basket bottle camera dragon
 farmer hunter jungle kettle lemon mirror number parrot pillow puzzle ribbon sailor shadow spider temple
 tunnel violin wallet barrel blanket carpet copper desert feather glove harbor helmet lantern meadow
-monkey muscle orchard pepper piano pirate saucer shovel sponge tomato trumpet turtle velvet walnut""".split()
+monkey muscle orchard pepper piano pirate saucer shovel sponge tomato trumpet turtle velvet walnut""")
 INDUCTION_TRAIN_WORDS = WORDS[0::2]
 INDUCTION_HELDOUT_WORDS = WORDS[1::2]
 
-TRAIN_PREFIXES = ["", "", "", "", "Note: ", "Remember that ", "In school we learn that ", "It is known that ",
-                  "Fact: ", "We read that ", "As a rule, ", "Here is a fact: ", "Of course, ", "Yes, "]
-HELDOUT_PREFIXES = ["Everyone knows that ", "Today I learned that ", "My teacher said that ",
-                    "In fact, "]
+TRAIN_PREFIXES = [
+    "",
+    "",
+    "",
+    "",
+    "Note: ",
+    "Remember that ",
+    "In school we learn that ",
+    "It is known that ",
+    "Fact: ",
+    "We read that ",
+    "As a rule, ",
+    "Here is a fact: ",
+    "Of course, ",
+    "Yes, ",
+]
+HELDOUT_PREFIXES = ["Everyone knows that ", "Today I learned that ", "My teacher said that ", "In fact, "]
 
-FACT_TRAIN = ["the capital of {c} is {a}.", "the capital city of {c} is {a}.", "{a} is the capital of {c}.",
-              "the capital of {c} is the city of {a}.", "{c} has its capital in {a}.",
-              "in {c}, the capital is {a}."]
+FACT_TRAIN = [
+    "the capital of {c} is {a}.",
+    "the capital city of {c} is {a}.",
+    "{a} is the capital of {c}.",
+    "the capital of {c} is the city of {a}.",
+    "{c} has its capital in {a}.",
+    "in {c}, the capital is {a}.",
+]
 FACT_HELDOUT = ["the capital of {c} is", "the main capital of {c} is", "the current capital of {c} is"]
 
 ONE_HOP_TRAIN = ["{l} is in {c}.", "{l} is located in {c}.", "You can visit {l} in {c}."]
-TWO_HOP_TRAIN = ["{l} is in the country whose capital is {a}.",
-                 "{l} is in a country with the capital {a}.",
-                 "the country of {l} has the capital {a}."]
-TWO_HOP_HELDOUT = ["{l} is in the country whose capital is", "{l} lies in the country whose capital is",
-                   "{l} is found in the country whose capital is"]
+TWO_HOP_TRAIN = [
+    "{l} is in the country whose capital is {a}.",
+    "{l} is in a country with the capital {a}.",
+    "the country of {l} has the capital {a}.",
+]
+TWO_HOP_HELDOUT = [
+    "{l} is in the country whose capital is",
+    "{l} lies in the country whose capital is",
+    "{l} is found in the country whose capital is",
+]
 
-IOI_TRAIN = ["When {a} and {b} went to the store, {b} gave a drink to {a}.",
-             "When {a} and {b} went to the park, {b} gave a ball to {a}.",
-             "After {a} and {b} went to the market, {b} gave an apple to {a}.",
-             "While {a} and {b} were at the house, {b} handed a book to {a}.",
-             "{a} and {b} had lunch together, and {b} gave a gift to {a}.",
-             "Then {a} and {b} went to school, and {b} passed a note to {a}.",
-             "When {a} and {b} arrived at the party, {b} gave a cake to {a}.",
-             "Yesterday {a} and {b} went to the beach, and {b} threw a towel to {a}."]
-IOI_HELDOUT = ["When {a} and {b} went to the store, {b} gave a drink to",
-               "When {a} and {b} went to the library, {b} gave a pen to",
-               "After {a} and {b} went to the cafe, {b} handed a cup to",
-               "While {a} and {b} were at the station, {b} passed a ticket to"]
+IOI_TRAIN = [
+    "When {a} and {b} went to the store, {b} gave a drink to {a}.",
+    "When {a} and {b} went to the park, {b} gave a ball to {a}.",
+    "After {a} and {b} went to the market, {b} gave an apple to {a}.",
+    "While {a} and {b} were at the house, {b} handed a book to {a}.",
+    "{a} and {b} had lunch together, and {b} gave a gift to {a}.",
+    "Then {a} and {b} went to school, and {b} passed a note to {a}.",
+    "When {a} and {b} arrived at the party, {b} gave a cake to {a}.",
+    "Yesterday {a} and {b} went to the beach, and {b} threw a towel to {a}.",
+]
+IOI_HELDOUT = [
+    "When {a} and {b} went to the store, {b} gave a drink to",
+    "When {a} and {b} went to the library, {b} gave a pen to",
+    "After {a} and {b} went to the cafe, {b} handed a cup to",
+    "While {a} and {b} were at the station, {b} passed a ticket to",
+]
 
-OPP_TRAIN = ["the opposite of {x} is {y}.", "{y} is the opposite of {x}.", "the word {x} is the opposite of {y}.",
-             "the opposite of the word {x} is {y}."]
+OPP_TRAIN = [
+    "the opposite of {x} is {y}.",
+    "{y} is the opposite of {x}.",
+    "the word {x} is the opposite of {y}.",
+    "the opposite of the word {x} is {y}.",
+]
 OPP_HELDOUT = ["the opposite of {x} is", "the exact opposite of {x} is", "the simple opposite of {x} is"]
 
 
@@ -189,8 +241,13 @@ def _opposite(rng: random.Random) -> str:
     return _say(rng.choice(TRAIN_PREFIXES), rng.choice(OPP_TRAIN).format(x=x, y=y))
 
 
-_GEN = {Task.FACTS: _fact, Task.TWO_HOP: _two_hop, Task.IOI: _ioi, Task.INDUCTION: _induction,
-        Task.OPPOSITES: _opposite}
+_GEN = {
+    Task.FACTS: _fact,
+    Task.TWO_HOP: _two_hop,
+    Task.IOI: _ioi,
+    Task.INDUCTION: _induction,
+    Task.OPPOSITES: _opposite,
+}
 
 
 def training_documents(n_chars: int, seed: int = 0) -> list[str]:

@@ -18,6 +18,8 @@ from typing import NamedTuple
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from tracer.errors import ModelLoadError
+
 EOT = "<|endoftext|>"
 
 
@@ -53,6 +55,13 @@ def save_tokenizer(tok: Tokenizer, path: Path) -> None:
 
 def load_tokenizer(path: Path) -> Tokenizer:
     return Tokenizer.from_file(str(path))
+
+
+def eot_id(tok: Tokenizer) -> int:
+    i = tok.token_to_id(EOT)
+    if i is None:
+        raise ModelLoadError(f"the tokenizer has no {EOT} token")
+    return i
 
 
 # ---- 3. check ---------------------------------------------------------------------------------------------

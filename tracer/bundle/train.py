@@ -6,7 +6,7 @@ Algorithm:
 2. Batches: row r of step s is drawn with a generator seeded by (seed, s), so a resumed run sees the same
    data: from the planted stream with probability `planted_frac`, else the natural one; half the rows start
    at a document boundary (`<|endoftext|>` first, as the runtime prepends it as BOS), half anywhere.
-3. Step: AdamW, linear warm-up then cosine decay to 10 %, gradient clipping at 1.
+3. Step: AdamW; learning rate warm-up, constant, then linear decay to 10 % (WSD); gradient clipping at 1.
 4. Checkpoint every `ckpt_every` steps, atomically: weights + AdamW moments (safetensors) and step + loss log
    (JSON) in `<out>/`; `train` resumes from it when present. The loss curve is redrawn as a PNG.
 """
@@ -36,15 +36,16 @@ class TrainConfig:
     n_layers: int = 4  # transformer blocks
     d_model: int = 128  # residual width
     n_heads: int = 4  # attention heads (d_head = d_model / n_heads)
-    d_mlp: int = 512  # SwiGLU hidden width
+    d_mlp: int = 384  # SwiGLU hidden width
     n_ctx: int = 128  # context window (tokens)
     batch: int = 32  # sequences per step
-    steps: int = 2600  # optimizer steps (tokens = steps * batch * n_ctx)
-    lr: float = 2e-3  # peak learning rate
-    warmup: int = 200  # linear warm-up steps
+    steps: int = 2000  # optimizer steps (tokens = steps * batch * n_ctx)
+    lr: float = 2.5e-3  # peak learning rate
+    warmup: int = 150  # linear warm-up steps
+    decay_frac: float = 0.25  # final share of steps with linearly decaying learning rate
     weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only)
-    planted_frac: float = 0.4  # share of rows drawn from the planted-task stream
-    ckpt_every: int = 200  # steps between checkpoints (and validation-loss evaluations)
+    planted_frac: float = 0.5  # share of rows drawn from the planted-task stream
+    ckpt_every: int = 100  # steps between checkpoints (and validation-loss evaluations)
     seed: int = 0  # seeds initialisation and batch sampling
     threads: int = 1  # torch.set_num_threads
 
@@ -90,10 +91,15 @@ class Sampler:
 
 # ---- 3. step ----------------------------------------------------------------------------------------------
 def lr_at(step: int, tc: TrainConfig) -> float:
+    """Warm-up, then constant, then linear decay to 10 % over the last `decay_frac` of the steps (WSD).
+
+    Until the decay starts, `steps` may be changed between resumed runs without disturbing the schedule."""
+    decay_start = int(tc.steps * (1 - tc.decay_frac))
     if step < tc.warmup:
         return tc.lr * (step + 1) / tc.warmup
-    t = (step - tc.warmup) / max(1, tc.steps - tc.warmup)
-    return tc.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+    if step < decay_start:
+        return tc.lr
+    return tc.lr * (1 - 0.9 * (step - decay_start) / max(1, tc.steps - decay_start))
 
 
 def make_optimizer(model: Transformer, tc: TrainConfig) -> torch.optim.AdamW:
@@ -184,7 +190,8 @@ def train(tc: TrainConfig, natural: torch.Tensor, planted: torch.Tensor, heldout
     sampler = Sampler(natural, planted, eot, tc)
     t0 = time.time() - max((r["wall_s"] for r in log if "wall_s" in r), default=0.0)  # resumed runs add up
     model.train()
-    bar = tqdm(range(start, min(tc.steps, stop_at or tc.steps)), initial=start, total=tc.steps, desc="train", mininterval=10)
+    end = min(tc.steps, stop_at or tc.steps)
+    bar = tqdm(range(start, end), initial=start, total=tc.steps, desc="train", mininterval=10)
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, tc)
@@ -201,6 +208,6 @@ def train(tc: TrainConfig, natural: torch.Tensor, planted: torch.Tensor, heldout
             save_checkpoint(out, model, opt, step + 1, log)
         elif (step + 1) % 10 == 0:
             log.append(rec)
-        bar.set_postfix(loss=f"{rec['train']:.3f}")
+        bar.set_postfix(loss=f"{rec['train']:.3f}", refresh=False)
     model.eval()
     return model

@@ -3,23 +3,24 @@
 1. Read: GGUFReader memory-maps the header, metadata and tensor index; a parse failure is a ModelLoadError.
 2. Config: the `{arch}.*` metadata (block_count, embedding_length, ...) -> ModelConfig; supported archs are
    GgufArch (llama covers Llama 2/3, Mistral and SmolLM2 as llama.cpp stores them).
-3. Weights: dequantise every tensor to float32 (gguf.quants), rename llama.cpp names to ours, and undo the
-   Q/K row permutation that llama.cpp's converter applies to the llama arch (interleaved rotary pairs back to
-   the rotate-half order of HF and our runtime). Without `output.weight` the embeddings are tied.
+3. Weights: dequantise every tensor to float32 (gguf.quants), rename llama.cpp names to ours (through gguf's
+   own HF -> GGUF name table) and undo the Q/K row permutation that llama.cpp's converter applies to the llama
+   arch (interleaved rotary pairs back to the rotate-half order of HF and our runtime). Without `output.weight`
+   the embeddings are tied.
 4. Tokenizer: byte-level BPE from tokenizer.ggml.tokens + merges, split the way `tokenizer.ggml.pre` names
    (no prefix space), control tokens kept whole as special tokens; BOS only when the file asks for it.
 """
 
 from __future__ import annotations
 
-import re
-from enum import Enum
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from gguf import GGUFReader, TokenType
+from gguf import MODEL_ARCH, GGUFReader, TokenType, get_tensor_name_map
 from gguf.quants import dequantize
 from tokenizers import AddedToken, Regex, decoders, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
@@ -32,7 +33,7 @@ from tracer.models.loading import LoadedModel, build_model, file_hash
 from tracer.models.tokenizer import Tokenizer
 
 
-class GgufArch(str, Enum):
+class GgufArch(StrEnum):
     """`general.architecture` values we load; the value is also our ModelConfig family."""
 
     LLAMA = "llama"
@@ -48,40 +49,28 @@ _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")  # fmt: skip
 
 
-def _pre_tokenizer(pre: str) -> tuple[pre_tokenizers.PreTokenizer, bool] | None:
-    """(pre-tokenizer, ignore_merges) for a `tokenizer.ggml.pre` name, as llama.cpp's llama-vocab.cpp splits."""
-    gpt2 = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if pre in ("default", "gpt2"):
-        return gpt2, False
-    if pre in ("smollm", "starcoder", "refact", "codeshell"):  # GPT-2 regex after splitting digits one by one
-        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), gpt2]), False
-    split = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT}.get(pre)
-    if split is None:
-        return None
-    seq = [pre_tokenizers.Split(Regex(split), behavior="isolated"),
-           pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]  # fmt: skip
-    return pre_tokenizers.Sequence(seq), split is _LLAMA3_SPLIT
+@dataclass(frozen=True)
+class PreTokenizerSpec:
+    """How llama.cpp (llama-vocab.cpp) splits text before BPE for one `tokenizer.ggml.pre` value."""
+
+    split: str | None = None  # regex for the split; None = byte-level BPE's own GPT-2 regex
+    single_digits: bool = False  # every digit its own piece before the regex (SmolLM, StarCoder)
+    ignore_merges: bool = False  # whole-vocabulary words skip the merges (Llama 3)
+
+    def build(self) -> pre_tokenizers.PreTokenizer:
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=self.split is None)
+        steps = [pre_tokenizers.Split(Regex(self.split), behavior="isolated")] if self.split else []
+        steps = ([pre_tokenizers.Digits(individual_digits=True)] if self.single_digits else []) + steps
+        return pre_tokenizers.Sequence([*steps, byte_level])
 
 
-PRE_TOKENIZERS = ("default", "gpt2", "smollm", "starcoder", "refact", "codeshell", "llama-bpe", "llama3", "qwen2")
-
-_LAYER_PARTS = {
-    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-    "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+_SMOLLM = PreTokenizerSpec(single_digits=True)
+_LLAMA3 = PreTokenizerSpec(split=_LLAMA3_SPLIT, ignore_merges=True)
+PRE_TOKENIZERS = {
+    "default": PreTokenizerSpec(), "gpt2": PreTokenizerSpec(), "smollm": _SMOLLM, "starcoder": _SMOLLM,
+    "refact": _SMOLLM, "codeshell": _SMOLLM, "llama-bpe": _LLAMA3, "llama3": _LLAMA3,
+    "qwen2": PreTokenizerSpec(split=_QWEN2_SPLIT),
 }  # fmt: skip
-_TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-        "lm_head.weight": "output.weight"}  # fmt: skip
-
-
-def gguf_name(hf_name: str) -> str:
-    """llama.cpp's tensor name for an HF Llama-family tensor name (`model.layers.3.mlp.up_proj.weight` -> ...)."""
-    if hf_name in _TOP:
-        return _TOP[hf_name]
-    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)", hf_name)
-    assert m is not None, hf_name
-    return f"blk.{m[1]}.{_LAYER_PARTS[m[2]]}.{m[3]}"
 
 
 def unpermute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -93,12 +82,6 @@ def unpermute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, out // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def permute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """The inverse of unpermute_qk: what llama.cpp's converter writes."""
-    out = w.shape[0]
-    return w.reshape(n_heads, 2, out // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
 def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
     # 1. Read
     try:
@@ -106,7 +89,8 @@ def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
         meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
         tensors = {t.name: _dequantized(t) for t in reader.tensors}
     except (ValueError, KeyError, IndexError, OSError, TypeError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"cannot read GGUF file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelLoadError(f"cannot read GGUF file {path}: {why}") from None
     # 2. Config
     cfg = config_from_gguf(meta, tensors)
     # 3. Weights
@@ -124,9 +108,9 @@ def _dequantized(t: Any) -> torch.Tensor:
 
 def config_from_gguf(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ModelConfig:
     """ModelConfig from `{arch}.*` metadata; sizes the metadata omits are read off the tensors."""
-    name = meta.get("general.architecture")
-    if name not in {a.value for a in GgufArch}:
-        raise ModelLoadError(f"unsupported GGUF architecture {name!r}; supported: {', '.join(a.value for a in GgufArch)}")
+    name, supported = meta.get("general.architecture"), [a.value for a in GgufArch]
+    if name not in supported:
+        raise ModelLoadError(f"unsupported GGUF architecture {name!r}; supported: {', '.join(supported)}")
     arch = GgufArch(name)
     if "token_embd.weight" not in tensors:
         raise ModelLoadError("GGUF file lacks the tensor token_embd.weight")
@@ -135,7 +119,7 @@ def config_from_gguf(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> 
         v = meta.get(f"{arch.value}.{key}", default)
         if v is None:
             raise ModelLoadError(f"GGUF metadata lacks {arch.value}.{key}")
-        return v
+        return float(str(np.float32(v))) if isinstance(v, float) else v  # float32's shortest decimal: 1e-05
 
     rope = get("rope.scaling.type", "none")
     if rope not in ("none", "linear"):
@@ -157,7 +141,12 @@ def config_from_gguf(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> 
 
 def state_from_gguf(cfg: ModelConfig, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """llama.cpp tensors -> our state dict; tensors we cannot place (e.g. rope_freqs) are an error."""
-    names = {ours: gguf_name(hf) for ours, hf in _llama_names(cfg).items()}
+    tmap = get_tensor_name_map(MODEL_ARCH[GgufArch(cfg.family).name], cfg.n_layers)  # llama.cpp's HF -> GGUF table
+    names: dict[str, str] = {}
+    for ours, hf in _llama_names(cfg).items():
+        name = tmap.get_name(hf, try_suffixes=(".weight", ".bias"))
+        assert name is not None, f"gguf has no name for {hf}"  # every Llama-family HF name is in its table
+        names[ours] = name
     missing = sorted(set(names.values()) - tensors.keys())
     unused = sorted(tensors.keys() - set(names.values()))
     if missing or unused:
@@ -178,17 +167,18 @@ def tokenizer_from_gguf(meta: dict[str, Any]) -> Tokenizer | None:
     kind, pre = meta.get("tokenizer.ggml.model"), meta.get("tokenizer.ggml.pre", "default")
     if kind != "gpt2":
         raise ModelLoadError(f"unsupported GGUF tokenizer {kind!r}; supported: gpt2 (byte-level BPE)")
-    split = _pre_tokenizer(pre)
-    if split is None:
+    spec = PRE_TOKENIZERS.get(pre)
+    if spec is None:
         raise ModelLoadError(f"unsupported GGUF pre-tokenizer {pre!r}; supported: {', '.join(PRE_TOKENIZERS)}")
     tokens: list[str] = meta["tokenizer.ggml.tokens"]
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
-    inner = HFTokenizer(BPE({t: i for i, t in enumerate(tokens)}, merges, ignore_merges=split[1]))
-    inner.pre_tokenizer = split[0]  # type: ignore[assignment]
+    inner = HFTokenizer(BPE({t: i for i, t in enumerate(tokens)}, merges, ignore_merges=spec.ignore_merges))
+    inner.pre_tokenizer = spec.build()  # type: ignore[assignment]
     inner.decoder = decoders.ByteLevel()  # type: ignore[assignment]
     types = meta.get("tokenizer.ggml.token_type", [])
     inner.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                              for t, k in zip(tokens, types) if k == TokenType.CONTROL])  # fmt: skip
-    inner.add_tokens([AddedToken(t, normalized=False) for t, k in zip(tokens, types) if k == TokenType.USER_DEFINED])
+                              for t, k in zip(tokens, types, strict=False) if k == TokenType.CONTROL])  # fmt: skip
+    inner.add_tokens([AddedToken(t, normalized=False)
+                      for t, k in zip(tokens, types, strict=False) if k == TokenType.USER_DEFINED])  # fmt: skip
     bos = meta.get("tokenizer.ggml.bos_token_id") if meta.get("tokenizer.ggml.add_bos_token", False) else None
     return Tokenizer(inner, bos)

@@ -1,0 +1,199 @@
+"""Viewer benchmark: first render and click latency in headless Chromium on a synthetic 10k-node / 100k-edge graph.
+
+1. build: a synthetic attribution with exactly --nodes nodes and --edges edges, every node kept, saved with its
+   sidecar (server-side phases timed: build, save, load + index, full figure JSON).
+2. serve: the viewer in a thread of this process (as `tracer view` runs it), on a free port.
+3. first render: page navigation start -> all node traces present in the plotly graph (measured in the page with
+   performance.now(), so polling adds nothing); --renders times, the first with a cold server cache.
+4. click: a real mouse click on a node (its pixel position from plotly's axes) -> the URL, the Patch with its edges,
+   the clicked ring, and the detail panel all updated, then two animation frames (drawn). Nodes are spread over
+   features, errors and logits (a logit's inputs are the largest edge sets).
+Goals (issue 6): first render <= 3 s, click <= 0.4 s. Prints a table; --out writes JSON.
+
+Run: .venv/bin/python benchmarks/bench_viewer.py [--nodes 10000 --edges 100000 --clicks 12 --out bench.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tracer.graphfile import load_graph, save_graph  # noqa: E402
+from tracer.layout import NodeKind  # noqa: E402
+from viewer.app import create_app  # noqa: E402
+from viewer.figures import NODE_TRACE, Trace, coordinates, main_figure, overlay  # noqa: E402
+from viewer.ids import LinkType  # noqa: E402
+from viewer.model import GraphView, display_name  # noqa: E402
+from viewer.synthetic import synthetic_attribution, synthetic_graph  # noqa: E402
+
+CHROME_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-extensions",
+                "--enable-unsafe-swiftshader", "--window-size=1400,1100")  # fmt: skip
+WAIT_RENDER = """const done = arguments[arguments.length - 1], n = arguments[0], tr = arguments[1];
+(function check() {
+    const g = document.querySelector('#main-graph .js-plotly-plot');
+    if (g && g.data && g.data.length > tr && g.data[tr].x.length === n && g._fullLayout) {
+        requestAnimationFrame(() => requestAnimationFrame(() => done(performance.now())));
+    } else { setTimeout(check, 5); }
+})();"""
+ARM_CLICK = """window.__t0 = null; document.addEventListener('mousedown', () => { window.__t0 = performance.now(); },
+{capture: true, once: true});"""
+WAIT_CLICK = """const done = arguments[arguments.length - 1], id = arguments[0], x = arguments[1], name = arguments[2];
+const ring = arguments[3], tEdge = arguments[4], nEdges = arguments[5];
+(function check() {
+    const g = document.querySelector('#main-graph .js-plotly-plot'), h = document.querySelector('#detail h3');
+    const edges = () => { let k = 0; for (let i = 0; i < tEdge; i++) { k += g.data[i].x.length / 3; } return k; };
+    if (location.search.includes(encodeURIComponent(id).replace(/%40/g, '@')) && g.data[ring].x.length === 1
+        && Math.abs(g.data[ring].x[0] - x) < 1e-9 && h && h.textContent === name && edges() === nEdges) {
+        requestAnimationFrame(() => requestAnimationFrame(() => done([window.__t0, performance.now()])));
+    } else { setTimeout(check, 5); }
+})();"""
+NODE_PIXEL = """const gd = document.querySelector('#main-graph .js-plotly-plot'), fl = gd._fullLayout;
+const t = gd.data[arguments[0]], i = t.customdata.indexOf(arguments[1]), r = gd.getBoundingClientRect();
+return [fl.xaxis.l2p(t.x[i]) + fl._size.l - r.width / 2, fl.yaxis.l2p(t.y[i]) + fl._size.t - r.height / 2];"""
+
+
+def build(folder: Path, n_nodes: int, n_edges: int, seed: int) -> tuple[Path, dict[str, float]]:
+    """1. A graph with exactly n_nodes nodes and n_edges edges (features get 10 inputs, logits the rest)."""
+    n_layers, n_pos, n_logits = 6, 16, 10
+    n_features = n_nodes - n_layers * n_pos - n_pos - n_logits
+    t: dict[str, float] = {}
+    t0 = time.perf_counter()
+    a = synthetic_attribution(n_layers, n_pos, n_features, n_logits, 10, n_edges=n_edges, seed=seed)
+    graph = synthetic_graph(a, all_nodes=True)
+    t["build_graph_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    path = save_graph(folder / "bench.json", graph, a)
+    t["save_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    view = GraphView.build(load_graph(path))
+    co = coordinates(view)
+    t["load_and_index_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fig = main_figure(view, co, {}, overlay(view, co, None, [], [], LinkType.BOTH), "r")
+    from plotly.io.json import to_json_plotly
+
+    t["figure_json_mb"] = len(to_json_plotly(fig)) / 1e6
+    t["figure_s"] = time.perf_counter() - t0
+    assert len(graph.nodes) == n_nodes and len(graph.edges) == n_edges, (len(graph.nodes), len(graph.edges))
+    return path, t
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def driver() -> webdriver.Chrome:
+    opts = Options()
+    for f in CHROME_FLAGS:
+        opts.add_argument(f)
+    opts.binary_location = shutil.which("chromium") or opts.binary_location
+    d = webdriver.Chrome(options=opts)
+    d.set_script_timeout(120)
+    return d
+
+
+def first_render(d: webdriver.Chrome, url: str, n_features: int) -> float:
+    """3. Seconds from navigation start to the drawn graph."""
+    d.get(url)
+    return d.execute_async_script(WAIT_RENDER, n_features, int(Trace.FEATURE)) / 1000
+
+
+def click_latency(d: webdriver.Chrome, view: GraphView, node_id: str) -> float:
+    """4. Seconds from mousedown to the updated, drawn view."""
+    node = view.node(node_id)
+    assert node is not None
+    i = view.row[node_id]
+    n_edges = len(view.incoming(i)) + len(view.outgoing(i))
+    dx, dy = d.execute_script(NODE_PIXEL, int(NODE_TRACE[node.kind]), node_id)
+    x = d.execute_script("const g = document.querySelector('#main-graph .js-plotly-plot');"
+                         "const t = g.data[arguments[0]]; return t.x[t.customdata.indexOf(arguments[1])];",
+                         int(NODE_TRACE[node.kind]), node_id)  # fmt: skip
+    d.execute_script(ARM_CLICK)
+    plot = d.find_element(By.CSS_SELECTOR, "#main-graph .js-plotly-plot")
+    ActionChains(d).move_to_element(plot).move_by_offset(round(dx), round(dy)).click().perform()
+    t0, t1 = d.execute_async_script(WAIT_CLICK, node_id, x, display_name(node), int(Trace.CLICKED),
+                                    int(Trace.FEATURE), n_edges)  # fmt: skip
+    return (t1 - t0) / 1000
+
+
+def pick_nodes(view: GraphView, n: int, seed: int) -> list[str]:
+    """Features, errors and logits, spread out so neighbouring markers do not steal the click."""
+    g = torch.Generator().manual_seed(seed)
+    logits = [x.id for x in view.graph.nodes if x.kind is NodeKind.LOGIT][:2]
+    errors = [x.id for x in view.graph.nodes if x.kind is NodeKind.ERROR]
+    feats = [x.id for x in view.graph.nodes if x.kind is NodeKind.FEATURE and x.influence > 0]
+    big = sorted(feats, key=lambda f: -view.graph.nodes[view.row[f]].influence)[: max(1, n // 2)]
+    rest = [errors[int(i)] for i in torch.randint(len(errors), (2,), generator=g)]
+    return (logits + rest + big)[:n]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nodes", type=int, default=10_000, help="nodes in the graph")
+    p.add_argument("--edges", type=int, default=100_000, help="edges in the graph")
+    p.add_argument("--renders", type=int, default=3, help="page loads (the first with a cold server cache)")
+    p.add_argument("--clicks", type=int, default=12, help="nodes clicked")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path, server = build(Path(tmp), args.nodes, args.edges, args.seed)  # 1.
+        view = GraphView.build(load_graph(path))
+        n_features = int((view.kind == NodeKind.FEATURE.code).sum())
+        app, port = create_app(path), free_port()  # 2.
+        threading.Thread(target=lambda: app.run(host="127.0.0.1", port=port), daemon=True).start()
+        time.sleep(1.0)
+        d = driver()
+        try:
+            url = f"http://127.0.0.1:{port}/"
+            renders = [first_render(d, url, n_features) for _ in range(args.renders)]  # 3.
+            d.get(url)
+            d.execute_async_script(WAIT_RENDER, n_features, int(Trace.FEATURE))
+            clicks = {nid: click_latency(d, view, nid) for nid in pick_nodes(view, args.clicks, args.seed)}  # 4.
+            heap = d.execute_script("return performance.memory ? performance.memory.usedJSHeapSize : null")
+        finally:
+            d.quit()
+    lat = list(clicks.values())
+    result = {
+        "nodes": args.nodes, "edges": args.edges, "server": server, "first_render_cold_s": renders[0],
+        "first_render_warm_s": statistics.median(renders[1:]) if len(renders) > 1 else None,
+        "click_median_s": statistics.median(lat), "click_max_s": max(lat), "clicks": clicks,
+        "js_heap_mb": heap / 1e6 if heap else None, "goals": {"first_render_s": 3.0, "click_s": 0.4},
+        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+    }  # fmt: skip
+    rows = [("graph", f"{args.nodes:,} nodes / {args.edges:,} edges"),
+            *((k, f"{v:.2f}") for k, v in server.items()),
+            ("first render, cold server (s)", f"{renders[0]:.2f}"),
+            ("first render, warm (s, median)", f"{result['first_render_warm_s'] or float('nan'):.2f}"),
+            ("click -> drawn (s, median)", f"{result['click_median_s']:.3f}"),
+            ("click -> drawn (s, max)", f"{result['click_max_s']:.3f}"),
+            ("JS heap (MB)", f"{result['js_heap_mb'] or float('nan'):.0f}")]  # fmt: skip
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The bundled default model and the code that builds it (corpus parsing, planted tasks, training)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from tracer.bundle import planted
+from tracer.bundle.corpus import DOC_SEP, osis_to_text, read_ztext
+from tracer.bundle.evaluate import TARGETS, planted_scores
+from tracer.bundle.train import TrainConfig, lr_at, train
+from tracer.models import DEFAULT_MODEL, load_model
+
+ASSETS = DEFAULT_MODEL.parent
+DEMO = [
+    ("The capital of France is", " Paris"),
+    ("The Eiffel Tower is in the country whose capital is", " Paris"),
+    ("When Mary and John went to the store, John gave a drink to", " Mary"),
+    ("The opposite of small is", " large"),
+]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    torch.set_num_threads(1)
+    return load_model()  # default = the bundled model, from package files only
+
+
+# ---- the shipped model -------------------------------------------------------------------------------------
+def test_shipped_model_files():
+    cfg = json.loads((DEFAULT_MODEL / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and cfg["architectures"] == ["LlamaForCausalLM"]
+    assert (DEFAULT_MODEL / "model.safetensors").stat().st_size <= 25 * 2**20
+    assert (DEFAULT_MODEL / "tokenizer.json").exists() and (ASSETS / "planted_heldout.json").exists()
+
+
+def test_shipped_model_matches_transformers(lm):
+    """Independent reference: the same directory loaded by transformers' LlamaForCausalLM."""
+    transformers = pytest.importorskip("transformers")
+    ref = transformers.AutoModelForCausalLM.from_pretrained(DEFAULT_MODEL, torch_dtype=torch.float32).eval()
+    ids = torch.tensor([lm.tokenizer.encode_prompt(DEMO[2][0], lm.cfg.n_ctx)])
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(ids), ref(ids).logits, atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize(("prompt", "answer"), DEMO)
+def test_demo_prompts_top1(lm, prompt, answer):
+    ids = torch.tensor([lm.tokenizer.encode_prompt(prompt, lm.cfg.n_ctx)])
+    with torch.no_grad():
+        top = int(lm.model(ids)[0, -1].argmax())
+    assert lm.tokenizer.token_str(top) == answer
+
+
+def test_heldout_accuracy_per_task(lm):
+    """Every held-out prompt of every task; each task must reach its target (see eval.json)."""
+    items = json.loads((ASSETS / "planted_heldout.json").read_text())
+    scores = {s.task: s for s in planted_scores(lm, items)}
+    for task, target in TARGETS.items():
+        assert scores[task.value].n >= 50
+        assert scores[task.value].accuracy >= target, scores[task.value]
+
+
+def test_tokenizer_round_trip_and_single_token_answers(lm):
+    text = gzip.decompress((ASSETS / "corpus_sample.txt.gz").read_bytes()).decode()
+    for doc in text.split(DOC_SEP)[:50] + ["naïve café — 3.14 \t tabs\n\nnew lines ✓"]:
+        assert lm.tokenizer.decode(lm.tokenizer.encode(doc)) == doc
+    for word in planted.answer_words():
+        assert len(lm.tokenizer.encode(" " + word)) == 1, word
+
+
+# ---- planted tasks -----------------------------------------------------------------------------------------
+def test_planted_generators_are_deterministic():
+    assert planted.training_documents(20_000, seed=3) == planted.training_documents(20_000, seed=3)
+    assert planted.training_documents(20_000, seed=3) != planted.training_documents(20_000, seed=4)
+    assert planted.heldout_prompts() == planted.heldout_prompts()
+
+
+def test_shipped_heldout_file_matches_generator():
+    shipped = json.loads((ASSETS / "planted_heldout.json").read_text())
+    assert shipped == [
+        {"task": p.task.value, "prompt": p.prompt, "answer": p.answer} for p in planted.heldout_prompts()
+    ]
+
+
+def test_heldout_never_in_training_text():
+    text = "\n".join(planted.training_documents(1_000_000, seed=0))
+    held = planted.heldout_prompts()
+    assert {p.task for p in held} == set(planted.Task)
+    for p in held:
+        assert p.prompt not in text, p.prompt
+    for prefix in planted.HELDOUT_PREFIXES:
+        assert prefix not in text
+    for a, b in ((a, b) for a in planted.NAMES for b in planted.NAMES if planted.ioi_pair_held_out(a, b)):
+        assert re.search(rf"\b{a} and {b}\b", text) is None, (a, b)
+    for lm in planted.COMPOSITIONAL_LANDMARKS:
+        assert lm.lower() + " is in the country whose capital" not in text.lower()
+    induction_lines = [s for s in text.split(". ") if s.split() and set(s.split()) <= set(planted.WORDS)]
+    assert induction_lines and all(not set(s.split()) & set(planted.INDUCTION_HELDOUT_WORDS) for s in induction_lines)
+
+
+def test_heldout_answers_are_correct_by_construction():
+    held = planted.heldout_prompts()
+    ioi = [p for p in held if p.task == planted.Task.IOI]
+    for p in ioi:  # the answer is the name that occurs once in the prompt
+        names = [w.strip(",") for w in p.prompt.split() if w.strip(",") in planted.NAMES]
+        assert names.count(p.answer.strip()) == 1 and len(names) == 3
+    for p in (p for p in held if p.task == planted.Task.INDUCTION):
+        first, second = p.prompt.split(". ")
+        seq, k = first.split(), len(second.split())
+        assert second.split() == seq[:k] and p.answer == " " + seq[k]
+    assert next(p for p in held if "France is" in p.prompt).answer == " Paris"
+
+
+# ---- corpus parsing ----------------------------------------------------------------------------------------
+def test_osis_to_text_drops_notes_and_tags():
+    osis = (
+        '<title type="main">Genesis</title><div sID="a" type="x-p"/><w lemma="H1">In</w> the '
+        '<w lemma="H2">beginning</w>,<note placement="foot">or, at first</note> God &amp; all.'
+        '<div eID="a" type="x-p"/><div sID="b" type="x-p"/>Next  line.'
+    )
+    assert osis_to_text(osis) == "In the beginning, God & all.\nNext line."
+
+
+def test_read_ztext_blocks(tmp_path: Path):
+    """A synthetic zText module: `.bzs` holds (offset, size, usize) records into `.bzz` zlib blocks."""
+    blocks = ["<w>first</w> block", "second block ✓"]
+    data, index = b"", b""
+    for b in blocks:
+        z = zlib.compress(b.encode())
+        index += struct.pack("<III", len(data), len(z), len(b.encode()))
+        data += z
+    (tmp_path / "nt.bzs").write_bytes(index)
+    (tmp_path / "nt.bzz").write_bytes(data)
+    assert read_ztext(tmp_path) == blocks
+
+
+# ---- training ----------------------------------------------------------------------------------------------
+def test_lr_schedule_is_warmup_stable_decay():
+    tc = TrainConfig(steps=100, warmup=10, decay_frac=0.2, lr=1.0)
+    assert lr_at(0, tc) == pytest.approx(0.1) and lr_at(9, tc) == 1.0
+    assert lr_at(50, tc) == 1.0 and lr_at(79, tc) == 1.0
+    assert lr_at(90, tc) == pytest.approx(1 - 0.9 * 10 / 20)
+
+
+def test_training_resumes_exactly(tmp_path: Path):
+    """Stopping at a checkpoint and resuming gives the same weights as one uninterrupted run."""
+    g = torch.Generator().manual_seed(0)
+    natural = torch.randint(1, 50, (2000,), generator=g, dtype=torch.int32)
+    natural[::97] = 0
+    stream = torch.randint(1, 50, (2000,), generator=g, dtype=torch.int32)
+    stream[::31] = 0
+    tc = TrainConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32, n_ctx=16, batch=4, steps=6, warmup=2,
+                     ckpt_every=3, threads=1)  # fmt: skip
+    straight = train(tc, natural, stream, natural, 50, 0, tmp_path / "a")
+    train(tc, natural, stream, natural, 50, 0, tmp_path / "b", stop_at=3)
+    resumed = train(tc, natural, stream, natural, 50, 0, tmp_path / "b")
+    for (name, p), q in zip(straight.named_parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+    log = json.loads((tmp_path / "b" / "ckpt.json").read_text())["log"]
+    assert [r["step"] for r in log if "val" in r] == [3, 6]

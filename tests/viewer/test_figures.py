@@ -1,0 +1,124 @@
+"""GraphView queries and the main figure, checked against brute force over the graph file's own lists."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tracer.layout import NodeKind
+from tracer.schema import GraphFile
+from viewer.figures import GLYPH, N_BINS, Trace, coordinates, edge_bin, edge_style, main_figure, overlay
+from viewer.ids import LinkType
+from viewer.model import GraphView, connections, display_name, search
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture
+def view(graph: GraphFile) -> GraphView:
+    return GraphView.build(graph)
+
+
+def feature_with_edges(view: GraphView) -> str:
+    return next(n.id for i, n in enumerate(view.graph.nodes)
+                if n.kind is NodeKind.FEATURE and len(view.incoming(i)) and len(view.outgoing(i)))  # fmt: skip
+
+
+def test_connections_match_brute_force(view: GraphView):
+    for node in view.graph.nodes:
+        c = connections(view, node.id)
+        ins = [(e.source, e.weight) for e in view.graph.edges if e.target == node.id]
+        outs = [(e.target, e.weight) for e in view.graph.edges if e.source == node.id]
+        assert sorted((lk.node, lk.weight) for lk in c.inputs_pos + c.inputs_neg) == sorted(ins)
+        assert sorted((lk.node, lk.weight) for lk in c.outputs_pos + c.outputs_neg) == sorted(outs)
+        assert all(lk.weight > 0 for lk in c.inputs_pos + c.outputs_pos)
+        assert all(lk.weight < 0 for lk in c.inputs_neg + c.outputs_neg)
+        for group in c:
+            mags = [abs(lk.weight_normalized) for lk in group]
+            assert mags == sorted(mags, reverse=True)
+
+
+def test_search(view: GraphView):
+    f = next(n for n in view.graph.nodes if n.kind is NodeKind.FEATURE)
+    assert f.id in search(view, f" {f.layer} / {f.feature} ")
+    assert all(view.node(i).feature == f.feature for i in search(view, f"{f.layer}/{f.feature}"))
+    assert set(search(view, "FRANCE")) == {n.id for n in view.graph.nodes if n.token and "france" in n.token.lower()}
+    assert search(view, "my label") == [] and search(view, "  ") == []
+    assert search(view, "MY LABEL", {f.id: "My label here"}) == [f.id]
+
+
+def test_coordinates(view: GraphView):
+    co = coordinates(view)
+    n_layers = view.graph.metadata.n_layers
+    for i, n in enumerate(view.graph.nodes):
+        want = {NodeKind.EMBEDDING: 0, NodeKind.LOGIT: n_layers + 1}.get(n.kind, n.layer + 1)
+        assert co.y[i] == want
+    assert np.all(np.diff(co.col_center) > 0)
+    cells = {(int(co.y[i]), n.pos) for i, n in enumerate(view.graph.nodes)}
+    for cell in cells:
+        xs = [co.x[i] for i, n in enumerate(view.graph.nodes) if (int(co.y[i]), n.pos) == cell]
+        assert len(set(xs)) == len(xs)  # nodes in one cell never overlap
+    # each node lies in its token's column: nearer its own column centre than any other
+    for i, n in enumerate(view.graph.nodes):
+        assert int(np.argmin(np.abs(co.col_center - co.x[i]))) == n.pos or n.kind is NodeKind.LOGIT
+
+
+def test_figure_nodes_and_escaping(view: GraphView):
+    co = coordinates(view)
+    target = view.graph.nodes[0].id
+    ov = overlay(view, co, None, [], [], LinkType.BOTH)
+    fig = main_figure(view, co, {target: XSS}, ov, "rev")
+    assert len(fig["data"]) == Trace.CLICKED + 1 and fig["layout"]["uirevision"] == "rev"
+    seen = []
+    for kind in NodeKind:
+        trace = fig["data"][{NodeKind.FEATURE: Trace.FEATURE, NodeKind.ERROR: Trace.ERROR,
+                             NodeKind.EMBEDDING: Trace.EMBEDDING, NodeKind.LOGIT: Trace.LOGIT}[kind]]  # fmt: skip
+        assert trace["type"] == "scattergl" and trace["marker"]["symbol"] == GLYPH[kind]
+        assert all(view.node(i).kind is kind for i in trace["customdata"])
+        seen += trace["customdata"]
+    assert sorted(seen) == sorted(n.id for n in view.graph.nodes)
+    hover = " ".join(t for tr in fig["data"] for t in tr.get("hovertext", []))
+    assert "&lt;img src=x onerror=alert(1)&gt;" in hover and "<img" not in hover
+    assert fig["layout"]["xaxis"]["ticktext"][0] == "&lt;bos&gt;" and view.graph.metadata.tokens[0] == "<bos>"
+    assert fig["layout"]["yaxis"]["ticktext"][0] == "Emb" and fig["layout"]["yaxis"]["ticktext"][-1] == "Lgt"
+    logits = fig["data"][Trace.LOGIT]
+    assert logits["text"] == [view.node(i).token for i in logits["customdata"]]
+    assert display_name(view.node(target), {target: XSS}) == XSS
+
+
+def segments(fig_or_ov) -> list[tuple[float, float, float, float]]:
+    out = []
+    for x, y in fig_or_ov.edges:
+        for k in range(0, len(x), 3):
+            out.append((x[k], y[k], x[k + 1], y[k + 1]))
+            assert np.isnan(x[k + 2]) and np.isnan(y[k + 2])
+    return out
+
+
+@pytest.mark.parametrize("link_type", list(LinkType))
+def test_overlay_edges(view: GraphView, link_type: LinkType):
+    co = coordinates(view)
+    node = feature_with_edges(view)
+    ov = overlay(view, co, node, [], [], link_type)
+    want = [e for e in view.graph.edges if (e.target == node and link_type is not LinkType.OUTPUT)
+            or (e.source == node and link_type is not LinkType.INPUT)]  # fmt: skip
+    got = segments(ov)
+    assert len(got) == len(want)
+    xy = {n.id: (co.x[i], co.y[i]) for i, n in enumerate(view.graph.nodes)}
+    assert sorted(got) == sorted((*xy[e.source], *xy[e.target]) for e in want)
+    assert ov.clicked[0].tolist() == [xy[node][0]] and len(ov.pinned[0]) == 0
+
+
+def test_overlay_pinned_edges_and_bins(view: GraphView):
+    co = coordinates(view)
+    pins = [n.id for n in view.graph.nodes if n.kind is NodeKind.LOGIT][:2]
+    ov = overlay(view, co, None, pins, [], LinkType.BOTH)
+    assert len(segments(ov)) == sum(e.target in pins or e.source in pins for e in view.graph.edges)
+    assert len(ov.pinned[0]) == 2 and len(ov.clicked[0]) == 0
+    wn = np.array([0.0, 0.001, 0.05, 0.2, 0.39, 0.4, 3.0, -0.001, -0.2, -5.0])
+    assert edge_bin(wn).tolist() == [0, 0, 1, 2, 3, 3, 3, N_BINS, N_BINS + 2, 2 * N_BINS - 1]
+    widths = [edge_style(k)[1] for k in range(N_BINS)]
+    assert widths == sorted(widths) and widths[-1] == 3.0
+    rgb = lambda s: [int(v) for v in s[4:-1].split(",")]  # noqa: E731
+    assert all(rgb(edge_style(k)[0])[1] > rgb(edge_style(k)[0])[0] for k in range(N_BINS))  # green
+    assert all(rgb(edge_style(k)[0])[0] > rgb(edge_style(k)[0])[1] for k in range(N_BINS, 2 * N_BINS))  # purple

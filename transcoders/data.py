@@ -1,0 +1,160 @@
+"""Training data: transcoder inputs and targets harvested from the model over a text corpus.
+
+1. Corpus: a text file (`.txt` or `.txt.gz`) or a folder of them (sorted, recursive), tokenised once up to the
+   number of tokens needed; the default is the bundled sample.
+2. Sequences: sequence j is BOS + the next seq_len-1 tokens from position j·(seq_len-1) of the stream (wrapping
+   around), so any buffer can be rebuilt from its index alone (exact resume).
+3. Harvest: run the model in batches, capture the input hook and MLP_OUT of every layer with
+   `model.hooks.capture`, drop position 0 (BOS: huge norm, zeroed in attribution anyway).
+4. Buffer i: the tokens of its sequences, shuffled at the token level with a generator seeded by (seed, i);
+   optionally stored as one safetensors shard per buffer in a cache directory and read back from there.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from safetensors.torch import load_file
+
+from tracer.errors import ConfigError
+from tracer.io import atomic_save_safetensors
+from tracer.models import HookPoint, Site, Tokenizer, Transformer
+
+DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "tracer" / "assets" / "corpus_sample.txt.gz"
+TEXT_SUFFIXES = (".txt", ".txt.gz", ".md")
+
+
+class Batch(NamedTuple):
+    x: torch.Tensor  # transcoder inputs [T, L, D]
+    y: torch.Tensor  # MLP outputs (targets) [T, L, D]
+
+
+# 1. Corpus
+def corpus_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES))
+        if files:
+            return files
+        raise ConfigError(f"corpus folder {path} has no {', '.join(TEXT_SUFFIXES)} files")
+    raise ConfigError(f"corpus {path} does not exist")
+
+
+def _chunks(path: Path, chunk_chars: int = 1 << 16) -> Iterator[str]:
+    """Text of a file in pieces cut at line ends (the tokenizer never sees half a line)."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        while True:
+            lines = f.readlines(chunk_chars)
+            if not lines:
+                return
+            yield "".join(lines)
+
+
+def _encoded(tokenizer: Tokenizer, path: Path, group: int = 16) -> Iterator[torch.Tensor]:
+    """Token ids of every chunk of every file, encoded `group` chunks at a time (encode_batch runs in parallel)."""
+    for f in corpus_files(path):
+        pieces: list[str] = []
+        for text in _chunks(f):
+            pieces.append(text)
+            if len(pieces) == group:
+                yield from (
+                    torch.tensor(e.ids, dtype=torch.int32)
+                    for e in tokenizer.inner.encode_batch(pieces, add_special_tokens=False)
+                )
+                pieces = []
+        if pieces:
+            yield from (
+                torch.tensor(e.ids, dtype=torch.int32)
+                for e in tokenizer.inner.encode_batch(pieces, add_special_tokens=False)
+            )
+
+
+def tokenize_corpus(tokenizer: Tokenizer, path: Path, max_tokens: int) -> torch.Tensor:
+    """The corpus as one token stream [N] (int32), stopping once max_tokens are read."""
+    out: list[torch.Tensor] = []
+    n = 0
+    for ids in _encoded(tokenizer, path):
+        out.append(ids)
+        n += len(ids)
+        if n >= max_tokens:
+            break
+    if n == 0:
+        raise ConfigError(f"corpus {path} holds no text")
+    return torch.cat(out)[:max_tokens]
+
+
+# 2. Sequences
+def sequences(stream: torch.Tensor, first: int, count: int, seq_len: int, bos: int | None) -> torch.Tensor:
+    """Sequences first..first+count-1 [count, seq_len]: BOS (if any) + consecutive tokens, wrapping around."""
+    body = seq_len - 1 if bos is not None else seq_len
+    start = (torch.arange(first, first + count) * body)[:, None] + torch.arange(body)
+    toks = stream[start % len(stream)].long()
+    if bos is None:
+        return toks
+    return torch.cat([torch.full((count, 1), bos, dtype=torch.long), toks], 1)
+
+
+# 3. Harvest
+@torch.no_grad()
+def harvest(model: Transformer, tokens: torch.Tensor, input_hook: HookPoint, batch_seqs: int = 16) -> Batch:
+    """tokens [n, P] -> x, y [n·(P-1), L, D] in the model's dtype (position 0 dropped)."""
+    L = model.cfg.n_layers
+    xs, ys = [], []
+    sites = [Site(input_hook, layer) for layer in range(L)] + [Site(HookPoint.MLP_OUT, layer) for layer in range(L)]
+    for i in range(0, len(tokens), batch_seqs):
+        with model.hooks.capture(sites) as cache:
+            model(tokens[i : i + batch_seqs].to(model.embed.weight.device))
+        xs.append(torch.stack([cache[Site(input_hook, layer)][:, 1:] for layer in range(L)], 2).flatten(0, 1))
+        ys.append(torch.stack([cache[Site(HookPoint.MLP_OUT, layer)][:, 1:] for layer in range(L)], 2).flatten(0, 1))
+    return Batch(torch.cat(xs), torch.cat(ys))
+
+
+# 4. Shuffled buffers
+class ActivationSource:
+    """Buffer i = the harvested, token-shuffled activations of a fixed block of sequences (see module docstring)."""
+
+    def __init__(self, model: Transformer, stream: torch.Tensor, input_hook: HookPoint, seq_len: int,
+                 buffer_tokens: int, seed: int = 0, cache_dir: Path | None = None,
+                 store_dtype: torch.dtype = torch.float16) -> None:  # fmt: skip
+        if seq_len > model.cfg.n_ctx or seq_len < 2:
+            raise ConfigError(f"seq_len {seq_len} must be in [2, {model.cfg.n_ctx}] (the model's context)")
+        self.model, self.stream, self.input_hook = model, stream, input_hook
+        self.seq_len, self.seed, self.cache_dir, self.store_dtype = seq_len, seed, cache_dir, store_dtype
+        self.bos = model.cfg.bos_token_id
+        self.seqs_per_buffer = max(1, math.ceil(buffer_tokens / (seq_len - 1)))
+        self.buffer_tokens = self.seqs_per_buffer * (seq_len - 1)
+        self._current: tuple[int, Batch] | None = None
+
+    def buffer(self, i: int) -> Batch:
+        if self._current is not None and self._current[0] == i:
+            return self._current[1]
+        shard = self.cache_dir / f"shard_{i:06d}.safetensors" if self.cache_dir is not None else None
+        if shard is not None and shard.exists():
+            t = load_file(str(shard))
+            batch = Batch(t["x"], t["y"])
+        else:
+            toks = sequences(self.stream, i * self.seqs_per_buffer, self.seqs_per_buffer, self.seq_len, self.bos)
+            x, y = harvest(self.model, toks, self.input_hook)
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+            perm = torch.randperm(len(x), generator=gen)
+            batch = Batch(x[perm].to(self.store_dtype), y[perm].to(self.store_dtype))
+            if shard is not None:
+                atomic_save_safetensors({"x": batch.x, "y": batch.y}, shard)
+        self._current = (i, batch)
+        return batch
+
+    def batch(self, step: int, batch_tokens: int) -> Batch:
+        """The float32 training batch of a step: consecutive slices of consecutive buffers."""
+        per = self.buffer_tokens // batch_tokens
+        if per == 0:
+            raise ConfigError(f"batch of {batch_tokens} tokens exceeds the buffer of {self.buffer_tokens}")
+        b = self.buffer(step // per)
+        j = (step % per) * batch_tokens
+        return Batch(b.x[j : j + batch_tokens].float(), b.y[j : j + batch_tokens].float())

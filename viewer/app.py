@@ -1,0 +1,40 @@
+"""The viewer app: `create_app(path)` builds a Dash app over one graph file or a folder; `serve` runs it.
+
+1. store: a GraphStore over the path (which files may be opened; a bounded cache of loaded graphs).
+2. app: Dash with every script and style served by this process (serve_locally, local assets; no CDN), so it
+   works offline; the layout is static and all per-user state lives in each tab's URL.
+3. callbacks: viewer.callbacks.register.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from dash import Dash
+
+from viewer import DEFAULT_HOST, DEFAULT_PORT, callbacks, layout
+from viewer.data import GraphStore
+from viewer.features import FeatureStore
+
+ASSETS = Path(__file__).parent / "assets"
+log = logging.getLogger("viewer")
+
+
+def create_app(path: str | Path, feature_store: FeatureStore | None = None, cache_size: int = 4) -> Dash:
+    """A Dash app over `path` (a graph .json file, or a folder of them). Raises GraphFileError if it is missing."""
+    store = GraphStore(path, cache_size=cache_size)  # 1.
+    app = Dash(__name__, assets_folder=str(ASSETS), serve_locally=True, title="clt-tracer viewer",
+               update_title=None)  # fmt: skip  # 2.
+    app.layout = layout.app_layout()
+    callbacks.register(app, callbacks.Env(store, feature_store))  # 3.
+    return app
+
+
+def serve(path: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, debug: bool = False) -> None:
+    """Serve the viewer until interrupted (binds 127.0.0.1 unless told otherwise)."""
+    app = create_app(path)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s: anyone who can reach this address can read the served graphs", host)
+    print(f"viewer: http://{host}:{port}/  (Ctrl-C to stop)")
+    app.run(host=host, port=port, debug=debug)

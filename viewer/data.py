@@ -1,0 +1,197 @@
+"""Graph files for the viewer: which may be opened, loading them (cached by file identity), saving view state.
+
+1. serve: the app serves one graph file or one folder. `resolve(graph_id)` maps a URL's graph id to a path only
+   when it is a relative name of a `.json` file inside the served folder (no `..`, no absolute path, no symlink
+   leading out); anything else is a GraphFileError.
+2. list: the folder's graph files with prompt, model, date and scores, for the picker; unreadable ones are listed
+   with their error.
+3. load: load_graph (or reprune at a viewer threshold, from the sidecar) -> Loaded (GraphView + coordinates),
+   cached by (path, mtime, size, threshold) so a file re-traced under the same name is never stale. The cache
+   belongs to one GraphStore (one per app), holds only file-derived data shared by all sessions, and is bounded.
+4. scores: replacement/completeness of a node subset (the pinned subgraph), from the sidecar.
+5. save: write a ViewState into the graph file (atomic, via save_graph).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from pathlib import Path, PurePosixPath
+from typing import NamedTuple, TypeVar
+
+import torch
+
+from tracer.errors import GraphFileError
+from tracer.graphfile import load_attribution, load_graph, reprune, save_graph, sidecar_path
+from tracer.layout import NodeKind
+from tracer.result import Attribution
+from tracer.schema import GraphFile, Scores, ViewState, node_id
+from tracer.scores import graph_scores
+from viewer.figures import Coordinates, coordinates
+from viewer.model import GraphView
+
+T = TypeVar("T")
+MAX_LISTED = 500
+DEFAULT_EDGE_THRESHOLD = 0.98
+SKIP_NAMES = {"graph-metadata.json"}  # Neuronpedia's folder index, not a graph
+
+
+class Loaded(NamedTuple):
+    graph_id: str
+    path: Path
+    view: GraphView
+    coords: Coordinates
+    threshold: float | None  # the viewer's re-pruning threshold (None: as pruned in the file)
+    has_sidecar: bool
+
+    @property
+    def file_threshold(self) -> float | None:
+        t = self.view.graph.metadata.settings.get("node_threshold")
+        return float(t) if isinstance(t, int | float) else None
+
+
+class Entry(NamedTuple):
+    """One row of the picker."""
+
+    graph_id: str
+    prompt: str = ""
+    model: str = ""
+    created: str = ""
+    scores: Scores | None = None
+    n_nodes: int = 0
+    error: str = ""
+
+
+class Lru:
+    """A small thread-safe LRU cache (values are immutable once built)."""
+
+    def __init__(self, size: int):
+        self.size, self._items, self._lock = size, OrderedDict[Hashable, object](), threading.Lock()
+
+    def get(self, key: Hashable, build: Callable[[], T]) -> T:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]  # type: ignore[return-value]
+        value = build()  # outside the lock: a slow load must not block other sessions' cache hits
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size
+
+
+class GraphStore:
+    """The graph files one app serves: a single file, or every `.json` under a folder."""
+
+    def __init__(self, path: str | Path, cache_size: int = 4):
+        p = Path(path).expanduser().resolve()
+        if not p.exists():
+            raise GraphFileError(f"no such graph file or folder: {path}")
+        self.single: Path | None = p if p.is_file() else None
+        self.root = p.parent if p.is_file() else p
+        self._graphs, self._meta = Lru(cache_size), Lru(MAX_LISTED)
+        self._attr, self._scores = Lru(2), Lru(64)
+
+    # 1. serve
+
+    def resolve(self, graph_id: str | None) -> Path:
+        """The file behind a URL graph id, only if it lies inside the served folder."""
+        if self.single is not None:
+            if graph_id in (None, "", self.single.name):
+                return self.single
+            raise GraphFileError(f"only {self.single.name} is served here, not {graph_id!r}")
+        if not graph_id:
+            raise GraphFileError("no graph selected")
+        parts = graph_id.split("/")
+        pure = PurePosixPath(graph_id)
+        if (pure.is_absolute() or "\\" in graph_id or ":" in graph_id or any(p in ("", ".", "..") for p in parts)
+                or pure.suffix != ".json" or any(ord(c) < 32 for c in graph_id)):  # fmt: skip
+            raise GraphFileError(f"invalid graph id {graph_id!r}: expected a relative .json path in the served folder")
+        path = (self.root / pure).resolve()
+        if not path.is_relative_to(self.root):
+            raise GraphFileError(f"graph id {graph_id!r} points outside the served folder")
+        if not path.is_file():
+            raise GraphFileError(f"graph file not found: {graph_id}")
+        return path
+
+    def default_id(self) -> str | None:
+        return self.single.name if self.single else None
+
+    # 2. list
+
+    def entries(self) -> list[Entry]:
+        files = sorted(p for p in self.root.rglob("*.json")
+                       if not any(s.startswith(".") for s in p.relative_to(self.root).parts)
+                       and p.name not in SKIP_NAMES)  # fmt: skip
+        return [self._entry(p) for p in files[:MAX_LISTED]]
+
+    def _entry(self, path: Path) -> Entry:
+        gid = path.relative_to(self.root).as_posix()
+        try:
+            return self._meta.get((path, _stamp(path)), lambda: self._summarise(gid, load_graph(path)))
+        except GraphFileError as e:
+            return Entry(gid, error=str(e))
+
+    @staticmethod
+    def _summarise(gid: str, g: GraphFile) -> Entry:
+        m = g.metadata
+        return Entry(gid, m.prompt, m.model.name, m.created, m.scores, len(g.nodes))
+
+    # 3. load
+
+    def load(self, graph_id: str | None, threshold: float | None = None) -> Loaded:
+        path = self.resolve(graph_id)
+        gid = graph_id or path.name
+        has_sidecar = sidecar_path(path).exists()
+        t = threshold if has_sidecar else None
+        return self._graphs.get((path, _stamp(path), t), lambda: self._build(gid, path, t, has_sidecar))
+
+    def _build(self, gid: str, path: Path, threshold: float | None, has_sidecar: bool) -> Loaded:
+        if threshold is None:
+            graph = load_graph(path)
+        else:
+            edge_t = load_graph(path).metadata.settings.get("edge_threshold", DEFAULT_EDGE_THRESHOLD)
+            graph = reprune(path, threshold, float(edge_t) if isinstance(edge_t, int | float) else 0.98)
+        view = GraphView.build(graph)
+        return Loaded(gid, path, view, coordinates(view), threshold, has_sidecar)
+
+    # 4. scores
+
+    def attribution(self, path: Path) -> tuple[Attribution, dict[str, int]]:
+        """The unpruned attribution from the sidecar, and node id -> its adjacency row."""
+
+        def build() -> tuple[Attribution, dict[str, int]]:
+            a = load_attribution(path)
+            return a, {node_id(a.layout.node(r)): r for r in range(a.layout.n_nodes)}
+
+        return self._attr.get((path, _stamp(sidecar_path(path))), build)
+
+    def subgraph_scores(self, loaded: Loaded, members: tuple[str, ...]) -> Scores | None:
+        """Scores of the graph reduced to these features (tokens, logits and errors stay); None without sidecar."""
+        if not loaded.has_sidecar or not members:
+            return None
+
+        def build() -> Scores:
+            a, rows = self.attribution(loaded.path)
+            keep = a.layout.mask(NodeKind.EMBEDDING) | a.layout.mask(NodeKind.LOGIT)
+            keep[torch.tensor([rows[m] for m in members if m in rows], dtype=torch.long)] = True
+            return graph_scores(a.adjacency, a.layout, a.logit_probs, keep_mask=keep)
+
+        key = (loaded.path, _stamp(loaded.path), tuple(sorted(set(members))))
+        return self._scores.get(key, build)
+
+    # 5. save
+
+    def save_view(self, graph_id: str | None, view: ViewState) -> Path:
+        """Write `view` into the graph file on disk (a fresh read, so nothing else in it changes)."""
+        path = self.resolve(graph_id)
+        graph = load_graph(path)
+        graph.view = view
+        return save_graph(path, graph)

@@ -1,0 +1,199 @@
+"""The main graph as a plotly figure (plain dicts, no Dash): every node drawn, edges only for focused nodes.
+
+1. coordinates: x = token position, a column as wide as √(its busiest layer cell) with the cell's nodes spread
+   across it; y = layer, embeddings at 0 (bottom), layer l at l+1, logits at n_layers+1 (top).
+2. nodes: one scattergl trace per kind (■ embedding/logit, ◆ error, ● feature), marker area by influence (logits
+   by probability), hover text escaped so labels show literally; logits carry their token as text.
+3. overlay: edges into/out of the clicked and pinned nodes, binned by |pctInput| (= weight_normalized, clamped to
+   ±0.4, √-scaled) into N_BINS widths per sign, green positive and purple negative (PRGn); rings marking the
+   pinned, clicked and searched nodes. A click re-sends only the overlay traces (a Dash Patch, see callbacks).
+"""
+
+from __future__ import annotations
+
+import html
+from enum import IntEnum
+from typing import NamedTuple
+
+import numpy as np
+from plotly.colors import sample_colorscale
+
+from tracer.layout import KIND_ORDER, NodeKind
+from viewer.ids import LinkType
+from viewer.model import GraphView, display_name
+
+N_BINS = 4  # edge widths per sign
+PCT_CLAMP = 0.4  # |pctInput| at which colour and width saturate (Anthropic's frontend)
+GLYPH = {NodeKind.FEATURE: "circle", NodeKind.ERROR: "diamond", NodeKind.EMBEDDING: "square", NodeKind.LOGIT: "square"}
+COLOR = {NodeKind.FEATURE: "#d08c3c", NodeKind.ERROR: "#8c8c8c", NodeKind.EMBEDDING: "#3d6fa8",
+         NodeKind.LOGIT: "#3d6fa8"}  # fmt: skip
+RING = {"pinned": ("#e4572e", 16), "search": ("#f2c14e", 20), "clicked": ("#111111", 22)}  # colour, size px
+
+
+class Trace(IntEnum):
+    """Trace order of the figure (later traces are drawn on top): edges, nodes by kind, then rings."""
+
+    EDGE_FIRST = 0  # 2 * N_BINS edge traces: positive bins 0..N-1, then negative bins 0..N-1
+    FEATURE = 2 * N_BINS
+    ERROR = FEATURE + 1
+    EMBEDDING = FEATURE + 2
+    LOGIT = FEATURE + 3
+    PINNED = FEATURE + 4
+    SEARCH = FEATURE + 5
+    CLICKED = FEATURE + 6
+
+
+NODE_TRACE = {NodeKind.FEATURE: Trace.FEATURE, NodeKind.ERROR: Trace.ERROR, NodeKind.EMBEDDING: Trace.EMBEDDING,
+              NodeKind.LOGIT: Trace.LOGIT}  # fmt: skip
+
+
+class Coordinates(NamedTuple):
+    x: np.ndarray  # [n_nodes]
+    y: np.ndarray  # [n_nodes]
+    col_center: np.ndarray  # [n_pos] x of each token column's centre
+    n_rows: int  # n_layers + 2
+
+
+# 1. coordinates
+
+
+def coordinates(view: GraphView) -> Coordinates:
+    meta = view.graph.metadata
+    n_pos, n_layers = len(meta.tokens), meta.n_layers
+    y = np.where(view.kind == NodeKind.LOGIT.code, n_layers + 1, view.layer + 1).astype(np.float64)
+    y = np.where(view.kind == NodeKind.EMBEDDING.code, 0.0, y)
+    pos = np.clip(view.pos, 0, max(n_pos - 1, 0))
+    cell = y.astype(np.int64) * n_pos + pos
+    count = np.bincount(cell, minlength=(n_layers + 2) * n_pos).reshape(n_layers + 2, n_pos)
+    width = np.sqrt(np.maximum(count.max(0), 1)).astype(np.float64)
+    width[-1] = max(width[-1], 0.6 * count[-1, -1])  # room for the logit labels
+    start = np.concatenate([[0.0], np.cumsum(width)[:-1]])
+    # rank of each node inside its cell, ordered by (kind, feature index) for a stable picture
+    feat = np.array([n.feature if n.feature is not None else -1 for n in view.graph.nodes], dtype=np.int64)
+    order = np.lexsort((feat, view.kind, cell))
+    rank = np.empty(len(order), dtype=np.int64)
+    first = np.searchsorted(cell[order], cell[order], side="left")
+    rank[order] = np.arange(len(order)) - first
+    x = start[pos] + width[pos] * (rank + 0.5) / count.reshape(-1)[cell]
+    return Coordinates(x, y, start + width / 2, n_layers + 2)
+
+
+# 2. nodes
+
+
+def marker_sizes(view: GraphView) -> np.ndarray:
+    """[n_nodes] px: features and errors 5-17 by √(influence / max), logits 8-20 by √probability, tokens 11."""
+    infl = np.array([max(n.influence, 0.0) for n in view.graph.nodes])
+    prob = np.array([n.probability or 0.0 for n in view.graph.nodes])
+    scale = infl.max(initial=0.0) or 1.0
+    size = 5 + 12 * np.sqrt(infl / scale)
+    size = np.where(view.kind == NodeKind.LOGIT.code, 8 + 12 * np.sqrt(prob), size)
+    return np.where(view.kind == NodeKind.EMBEDDING.code, 11.0, size)
+
+
+def hover_text(view: GraphView, i: int, labels: dict[str, str]) -> str:
+    n = view.graph.nodes[i]
+    lines = [html.escape(display_name(n, labels)), f"{n.kind.value} · layer {n.layer} · pos {n.pos}"]
+    if n.activation is not None:
+        lines.append(f"{'norm' if n.kind is NodeKind.ERROR else 'activation'}: {n.activation:.4g}")
+    if n.probability is not None:
+        lines.append(f"probability: {n.probability:.4f}")
+    lines.append(f"influence: {n.influence:.4g}")
+    return "<br>".join(lines)
+
+
+def _node_trace(view: GraphView, co: Coordinates, kind: NodeKind, sizes: np.ndarray, labels: dict) -> dict:
+    rows = np.flatnonzero(view.kind == kind.code)
+    trace = dict(
+        type="scattergl", mode="markers", name=kind.value, x=co.x[rows], y=co.y[rows],
+        customdata=[view.graph.nodes[i].id for i in rows], hovertext=[hover_text(view, i, labels) for i in rows],
+        hoverinfo="text", marker=dict(symbol=GLYPH[kind], size=sizes[rows], color=COLOR[kind],
+                                      line=dict(width=0.5, color="#ffffff")),
+    )  # fmt: skip
+    if kind is NodeKind.LOGIT:
+        trace |= dict(mode="markers+text", textposition="top center",
+                      text=[html.escape(view.graph.nodes[i].token or "") for i in rows])  # fmt: skip
+    return trace
+
+
+# 3. overlay
+
+
+class Overlay(NamedTuple):
+    edges: list[tuple[np.ndarray, np.ndarray]]  # per edge trace: x, y with NaN gaps between segments
+    pinned: tuple[np.ndarray, np.ndarray]
+    search: tuple[np.ndarray, np.ndarray]
+    clicked: tuple[np.ndarray, np.ndarray]
+
+    def traces(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Trace index -> (x, y) of every overlay trace."""
+        out = {Trace.EDGE_FIRST + k: xy for k, xy in enumerate(self.edges)}
+        return out | {int(Trace.PINNED): self.pinned, int(Trace.SEARCH): self.search, int(Trace.CLICKED): self.clicked}
+
+
+def edge_bin(wnorm: np.ndarray) -> np.ndarray:
+    """[n] edge trace index: sign block (positive first) + √-scaled |pctInput| bin."""
+    mag = np.sqrt(np.minimum(np.abs(wnorm), PCT_CLAMP) / PCT_CLAMP)
+    b = np.minimum((mag * N_BINS).astype(np.int64), N_BINS - 1)
+    return np.where(wnorm >= 0, b, N_BINS + b)
+
+
+def edge_style(k: int) -> tuple[str, float]:
+    """Colour and width of edge trace k."""
+    sign, b = (1, k) if k < N_BINS else (-1, k - N_BINS)
+    strength = (b + 1) / N_BINS
+    return sample_colorscale("PRGn", [0.5 + sign * (0.2 + 0.3 * strength)])[0], 0.5 + 2.5 * strength
+
+
+def _segments(co: Coordinates, src: np.ndarray, tgt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    gap = np.full(len(src), np.nan)
+    return np.column_stack([co.x[src], co.x[tgt], gap]).ravel(), np.column_stack([co.y[src], co.y[tgt], gap]).ravel()
+
+
+def _points(view: GraphView, co: Coordinates, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    rows = [view.row[i] for i in ids if i in view.row]
+    return co.x[rows], co.y[rows]
+
+
+def overlay(view: GraphView, co: Coordinates, clicked: str | None, pinned: list[str], search: list[str],
+            link_type: LinkType) -> Overlay:  # fmt: skip
+    focus = [view.row[i] for i in dict.fromkeys([*([clicked] if clicked else []), *pinned]) if i in view.row]
+    inputs, outputs = link_type is not LinkType.OUTPUT, link_type is not LinkType.INPUT
+    edges = view.edges_of(focus, inputs, outputs)
+    bins = edge_bin(view.wnorm[edges])
+    per_bin = [_segments(co, view.src[edges[bins == k]], view.tgt[edges[bins == k]]) for k in range(2 * N_BINS)]
+    return Overlay(per_bin, _points(view, co, pinned), _points(view, co, search),
+                   _points(view, co, [clicked] if clicked else []))  # fmt: skip
+
+
+def _overlay_traces(ov: Overlay) -> list[dict]:
+    traces = []
+    for k, (x, y) in enumerate(ov.edges):
+        color, width = edge_style(k)
+        traces.append(dict(type="scattergl", mode="lines", x=x, y=y, hoverinfo="skip", showlegend=False,
+                           line=dict(color=color, width=width)))  # fmt: skip
+    return traces
+
+
+def _ring(name: str, xy: tuple[np.ndarray, np.ndarray]) -> dict:
+    color, size = RING[name]
+    return dict(type="scattergl", mode="markers", name=name, x=xy[0], y=xy[1], hoverinfo="skip", showlegend=False,
+                marker=dict(symbol="circle-open", size=size, color=color, line=dict(width=2, color=color)))  # fmt: skip
+
+
+def main_figure(view: GraphView, co: Coordinates, labels: dict[str, str], ov: Overlay, revision: str) -> dict:
+    """The full figure; `revision` keeps zoom/pan across updates of the same graph (plotly uirevision)."""
+    sizes = marker_sizes(view)
+    meta = view.graph.metadata
+    data = _overlay_traces(ov) + [_node_trace(view, co, k, sizes, labels) for k in KIND_ORDER]
+    data += [_ring("pinned", ov.pinned), _ring("search", ov.search), _ring("clicked", ov.clicked)]
+    layer_ticks = ["Emb", *(f"L{i}" for i in range(meta.n_layers)), "Lgt"]
+    layout = dict(
+        uirevision=revision, showlegend=False, hovermode="closest", dragmode="pan", clickmode="event",
+        margin=dict(l=44, r=12, t=16, b=64), plot_bgcolor="#ffffff", paper_bgcolor="#ffffff",
+        xaxis=dict(tickvals=co.col_center, ticktext=[html.escape(t) for t in meta.tokens], tickangle=-40,
+                   showgrid=False, zeroline=False),
+        yaxis=dict(tickvals=list(range(co.n_rows)), ticktext=layer_ticks, range=[-0.6, co.n_rows - 0.2],
+                   showgrid=True, gridcolor="#f0f0f0", zeroline=False, fixedrange=False),
+    )  # fmt: skip
+    return dict(data=data, layout=layout)
