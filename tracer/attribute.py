@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -135,7 +136,9 @@ class RowBuilder:
         dest = crow[rows] + torch.arange(len(rows)) - start
         out_cols, out_vals = torch.empty_like(cols), torch.empty_like(vals)
         out_cols[dest], out_vals[dest] = cols, vals
-        csr = torch.sparse_csr_tensor(crow, out_cols.long(), out_vals, (n, n), check_invariants=False)
+        with warnings.catch_warnings():  # "sparse CSR is in beta": we only use it to build a COO tensor
+            warnings.simplefilter("ignore", UserWarning)
+            csr = torch.sparse_csr_tensor(crow, out_cols.long(), out_vals, (n, n), check_invariants=False)
         return csr.to_sparse_coo()
 
     def row_mass(self) -> torch.Tensor | None:

@@ -69,10 +69,12 @@ class ReplacementBackward:
         cfg, blk = self.cfg, self.model.blocks[layer]
         B, P, _ = g.shape
         self.flops += 2 * B * P * (cfg.d_model * cfg.n_heads * cfg.d_head * 2 + cfg.n_heads * P * cfg.d_head)
-        u = (g @ blk.attn.o.weight).view(B, P, cfg.n_heads, cfg.d_head).transpose(1, 2)  # [B, H, P, dh]
-        v = self.rec.patterns[layer][:, :P, :P].transpose(-1, -2) @ u  # grads of each head's values
-        v = v.view(B, cfg.n_kv_heads, cfg.n_heads // cfg.n_kv_heads, P, cfg.d_head).sum(2)  # GQA: sum groups
-        xn = v.transpose(1, 2).reshape(B, P, -1) @ blk.attn.v.weight  # [B, P, D]
+        H, KV, dh = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+        # heads outermost and batch folded into columns: one bmm of [P, P] x [P, B*dh] per head
+        u = (g.reshape(B * P, -1) @ blk.attn.o.weight).view(B, P, H, dh).permute(2, 1, 0, 3).reshape(H, P, B * dh)
+        v = torch.bmm(self.rec.patterns[layer][:, :P, :P].transpose(1, 2), u)  # grads of each head's values
+        v = v.view(KV, H // KV, P, B, dh).sum(1)  # GQA: heads of a group share values
+        xn = (v.permute(2, 1, 0, 3).reshape(B * P, KV * dh) @ blk.attn.v.weight).view(B, P, -1)
         return norm_transpose(blk.ln1, self.rec.ln1_scale[layer, :P], xn)
 
     def _attn_transpose_at(self, layer: int, pos: torch.Tensor, g_BD: torch.Tensor, n_pos: int) -> torch.Tensor:
