@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from kernels.reference import plan_edges_torch
+from kernels.reference import ONE_PER_POSITION, SPLIT_ALL, plan_edges_torch
 from tracer.io import atomic_write_text
 
 B, L = 128, 4
@@ -123,8 +123,8 @@ def bench_case(kind: Kind, n_pos: int, d: int, n: int, repeats: int, device: tor
         "plan [B,P,L,D] grads": lambda: plan.attribute(grads),
         "plan [B,L,P,D] grads": lambda: plan.attribute(blpd),
     }
-    for name, ov in (("group per position", math.inf), ("group per span", 0.0)):
-        other = plan_edges_torch(dec, layer, pos, act, overhead_rows=ov)
+    for name, cost in (("group per position", ONE_PER_POSITION), ("group per span", SPLIT_ALL)):
+        other = plan_edges_torch(dec, layer, pos, act, cost)
         variants[name] = lambda other=other: other.attribute(grads)
     variants["padded bmm"] = padded_bmm(grads, dec, layer, pos, act)
     if device.type == "cuda":

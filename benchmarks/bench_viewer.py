@@ -27,10 +27,12 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.common.action_chains import ActionChains
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.by import By
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,6 +45,7 @@ from viewer.ids import LinkType  # noqa: E402
 from viewer.model import GraphView, display_name  # noqa: E402
 from viewer.synthetic import synthetic_attribution, synthetic_graph  # noqa: E402
 
+SCRIPT_TIMEOUT_S = 60
 CHROME_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--disable-default-apps", "--disable-extensions",
                 "--enable-unsafe-swiftshader", "--window-size=1400,1100")  # fmt: skip
@@ -55,14 +58,16 @@ WAIT_RENDER = """const done = arguments[arguments.length - 1], n = arguments[0],
 })();"""
 ARM_CLICK = """window.__t0 = null; document.addEventListener('mousedown', () => { window.__t0 = performance.now(); },
 {capture: true, once: true});"""
-WAIT_CLICK = """const done = arguments[arguments.length - 1], id = arguments[0], x = arguments[1], name = arguments[2];
-const ring = arguments[3], tEdge = arguments[4], nEdges = arguments[5];
+WAIT_CLICK = """const done = arguments[arguments.length - 1], prev = arguments[0], ring = arguments[1];
+const tEdge = arguments[2];
 (function check() {
     const g = document.querySelector('#main-graph .js-plotly-plot'), h = document.querySelector('#detail h3');
-    const edges = () => { let k = 0; for (let i = 0; i < tEdge; i++) { k += g.data[i].x.length / 3; } return k; };
-    if (location.search.includes(encodeURIComponent(id).replace(/%40/g, '@')) && g.data[ring].x.length === 1
-        && Math.abs(g.data[ring].x[0] - x) < 1e-9 && h && h.textContent === name && edges() === nEdges) {
-        requestAnimationFrame(() => requestAnimationFrame(() => done([window.__t0, performance.now()])));
+    const id = new URLSearchParams(location.search).get('clickedId'), want = window.__nodes[id];
+    let edges = 0;
+    for (let i = 0; i < tEdge; i++) { edges += g.data[i].x.length / 3; }
+    if (id && id !== prev && want && g.data[ring].x.length === 1 && Math.abs(g.data[ring].x[0] - want[0]) < 1e-9
+        && h && h.textContent === want[1] && edges === want[2]) {
+        requestAnimationFrame(() => requestAnimationFrame(() => done([window.__t0, performance.now(), id])));
     } else { setTimeout(check, 5); }
 })();"""
 NODE_PIXEL = """const gd = document.querySelector('#main-graph .js-plotly-plot'), fl = gd._fullLayout;
@@ -108,7 +113,7 @@ def driver() -> webdriver.Chrome:
         opts.add_argument(f)
     opts.binary_location = shutil.which("chromium") or opts.binary_location
     d = webdriver.Chrome(options=opts)
-    d.set_script_timeout(120)
+    d.set_script_timeout(SCRIPT_TIMEOUT_S)
     return d
 
 
@@ -118,22 +123,22 @@ def first_render(d: webdriver.Chrome, url: str, n_features: int) -> float:
     return d.execute_async_script(WAIT_RENDER, n_features, int(Trace.FEATURE)) / 1000
 
 
-def click_latency(d: webdriver.Chrome, view: GraphView, node_id: str) -> float:
-    """4. Seconds from mousedown to the updated, drawn view."""
+def expectations(view: GraphView, co) -> dict[str, list]:
+    """Node id -> (x, detail title, number of drawn edges): what a finished click on it shows."""
+    n_edges = np.diff(view.in_csr[0]) + np.diff(view.out_csr[0])
+    return {n.id: [float(co.x[i]), display_name(n), int(n_edges[i])] for i, n in enumerate(view.graph.nodes)}
+
+
+def click_latency(d: webdriver.Chrome, view: GraphView, node_id: str, prev: str | None) -> tuple[str, float]:
+    """4. (node actually clicked, seconds from mousedown to the updated and drawn view)."""
     node = view.node(node_id)
     assert node is not None
-    i = view.row[node_id]
-    n_edges = len(view.incoming(i)) + len(view.outgoing(i))
     dx, dy = d.execute_script(NODE_PIXEL, int(NODE_TRACE[node.kind]), node_id)
-    x = d.execute_script("const g = document.querySelector('#main-graph .js-plotly-plot');"
-                         "const t = g.data[arguments[0]]; return t.x[t.customdata.indexOf(arguments[1])];",
-                         int(NODE_TRACE[node.kind]), node_id)  # fmt: skip
     d.execute_script(ARM_CLICK)
     plot = d.find_element(By.CSS_SELECTOR, "#main-graph .js-plotly-plot")
     ActionChains(d).move_to_element(plot).move_by_offset(round(dx), round(dy)).click().perform()
-    t0, t1 = d.execute_async_script(WAIT_CLICK, node_id, x, display_name(node), int(Trace.CLICKED),
-                                    int(Trace.FEATURE), n_edges)  # fmt: skip
-    return (t1 - t0) / 1000
+    t0, t1, hit = d.execute_async_script(WAIT_CLICK, prev, int(Trace.CLICKED), int(Trace.FEATURE))
+    return hit, (t1 - t0) / 1000
 
 
 def pick_nodes(view: GraphView, n: int, seed: int) -> list[str]:
@@ -170,7 +175,16 @@ def main() -> None:
             renders = [first_render(d, url, n_features) for _ in range(args.renders)]  # 3.
             d.get(url)
             d.execute_async_script(WAIT_RENDER, n_features, int(Trace.FEATURE))
-            clicks = {nid: click_latency(d, view, nid) for nid in pick_nodes(view, args.clicks, args.seed)}  # 4.
+            d.execute_script("window.__nodes = arguments[0];", expectations(view, coordinates(view)))
+            clicks, prev = {}, None
+            for nid in pick_nodes(view, args.clicks, args.seed):  # 4.
+                try:
+                    prev, clicks[nid] = click_latency(d, view, nid, prev)
+                except TimeoutException:
+                    print(f"note: clicking {nid} selected nothing within {SCRIPT_TIMEOUT_S} s", file=sys.stderr)
+                    continue
+                if prev != nid:
+                    print(f"note: clicking {nid} hit the neighbouring {prev}", file=sys.stderr)
             heap = d.execute_script("return performance.memory ? performance.memory.usedJSHeapSize : null")
         finally:
             d.quit()

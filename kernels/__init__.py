@@ -4,12 +4,12 @@ See kernels/README.md for the math, the shape contract and when each path pays.
 """
 
 from kernels.dispatch import ENV_VAR, EdgePlan, KernelBackend, edge_attribution, plan_edges, resolve_backend
-from kernels.reference import OVERHEAD_ROWS, TorchEdgePlan, plan_edges_torch
+from kernels.reference import GroupCost, TorchEdgePlan, plan_edges_torch
 
 __all__ = [
     "ENV_VAR",
-    "OVERHEAD_ROWS",
     "EdgePlan",
+    "GroupCost",
     "KernelBackend",
     "TorchEdgePlan",
     "edge_attribution",

@@ -9,8 +9,8 @@ Plan (once per prompt, `plan_edges_torch`):
 2. Span: each feature's decoder is non-zero only on output layers [lo, hi): lo = its layer, hi = one past its
    last non-zero row (L for a CLT, lo + 1 for a per-layer transcoder). All-zero features get no span.
 3. Sort features by (position, lo, hi) and count each distinct span at each position.
-4. Merge: at each position, partition the sorted spans into runs minimising sum over runs of
-   (rows + overhead_rows) * width, where width = union of the run's spans; one matmul per run ("group").
+4. Merge: at each position, partition the sorted spans into runs of least total `GroupCost`; width = the union
+   of the run's spans; one matmul per run ("group").
 5. Pack: each group's decoder rows, scaled by the activations and zeroed below each feature's own layer,
    as one [rows, width * D] matrix.
 
@@ -35,10 +35,21 @@ from torch import Tensor
 
 from tracer.errors import ConfigError
 
-# Cost of one extra matmul call, in decoder rows of the same width (fit on this CPU by benchmarks/bench_kernel.py:
-# splitting a position's CLT features by layer pays only when groups stay larger than this).
-OVERHEAD_ROWS = 32.0
 FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class GroupCost:
+    """Time of one group's matmul as (rows + width_rows) * width + call, in units of one decoder row times one
+    output layer. Fit by benchmarks/bench_kernel.py on this CPU (B=128, D=128..256): a CLT stays one group per
+    position unless its groups are large, a PLT splits by layer unless only a few features share a position."""
+
+    width_rows: float = 24.0  # per-call cost that grows with the width (packing the [width*D, B] gradient block)
+    call: float = 48.0  # fixed per-call cost (Python and dispatch)
+
+
+SPLIT_ALL = GroupCost(0.0, 0.0)  # one group per distinct span (least arithmetic)
+ONE_PER_POSITION = GroupCost(0.0, 1e12)  # one group per position (fewest calls)
 
 
 class EdgeGroup(NamedTuple):
@@ -130,7 +141,7 @@ def feature_spans(dec_NLD: Tensor, layer_N: Tensor) -> tuple[Tensor, Tensor]:
     return lo_N, torch.maximum(last_N + 1, lo_N)
 
 
-def merge_spans(spans: list[tuple[int, int, int]], overhead_rows: float) -> list[tuple[int, int]]:
+def merge_spans(spans: list[tuple[int, int, int]], cost: GroupCost) -> list[tuple[int, int]]:
     """Plan phase 4 at one position: split sorted (lo, hi, count) runs into [i, j) ranges of minimal cost."""
     s = len(spans)
     best = [0.0] + [math.inf] * s  # best[j] = cheapest cost of spans[:j]
@@ -139,9 +150,9 @@ def merge_spans(spans: list[tuple[int, int, int]], overhead_rows: float) -> list
         rows, lo, hi = 0, spans[j - 1][0], 0
         for i in range(j - 1, -1, -1):  # try the run spans[i:j]
             rows, lo, hi = rows + spans[i][2], min(lo, spans[i][0]), max(hi, spans[i][1])
-            cost = best[i] + (rows + overhead_rows) * (hi - lo)
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
+            total = best[i] + (rows + cost.width_rows) * (hi - lo) + cost.call
+            if total < best[j]:
+                best[j], cut[j] = total, i
     ranges, j = [], s
     while j > 0:
         ranges.append((cut[j], j))
@@ -150,7 +161,7 @@ def merge_spans(spans: list[tuple[int, int, int]], overhead_rows: float) -> list
 
 
 def plan_edges_torch(
-    dec_NLD: Tensor, layer_N: Tensor, pos_N: Tensor, act_N: Tensor, overhead_rows: float = OVERHEAD_ROWS
+    dec_NLD: Tensor, layer_N: Tensor, pos_N: Tensor, act_N: Tensor, cost: GroupCost = GroupCost()
 ) -> TorchEdgePlan:
     """Group features for `TorchEdgePlan.attribute` (module docstring, plan steps 1-5)."""
     check_features(dec_NLD, layer_N, pos_N, act_N)
@@ -171,7 +182,7 @@ def plan_edges_torch(
     start = 0
     for p, at_p in itertools.groupby(runs, key=lambda r: r[0]):
         spans = [(lo, hi, c) for _, lo, hi, c in at_p]
-        for i, j in merge_spans(spans, overhead_rows):  # phase 4
+        for i, j in merge_spans(spans, cost):  # phase 4
             lo, hi = min(x[0] for x in spans[i:j]), max(x[1] for x in spans[i:j])
             end = start + sum(x[2] for x in spans[i:j])
             packed = _pack(dec_NLD, act_N, lo_N, order_N[start:end], lo, hi)

@@ -199,7 +199,8 @@ def attribute(
         layout=layout, adjacency=adjacency, activations=rec.acts[rec.features[:, 1], rec.features[:, 0],
         rec.features[:, 2]], logit_probs=targets.weights, error_norms=builder.errors_PLD.norm(dim=-1).T,
         token_strs=[names(int(i)) for i in tokens], logit_strs=targets.labels, timings=t,
-        stats={"replacement_max_abs_logit_error": check, "rows_gflop": (builder.flops + builder.backward.flops) / 1e9}, row_mass_kept=builder.row_mass(),
+        stats={"replacement_max_abs_logit_error": check, "rows_gflop": (builder.flops + builder.backward.flops) / 1e9},
+        row_mass_kept=builder.row_mass(),
     )  # fmt: skip
 
 

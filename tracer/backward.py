@@ -56,17 +56,17 @@ class ReplacementBackward:
         """J^T of the transcoder's input hook w.r.t. resid_mid, for g [B, P', D]."""
         if not self.reads_normalised:
             return g
-        return norm_transpose(self.model.blocks[layer].ln2, self.rec.ln2_scale[layer, :p], g)
+        return norm_transpose(self.model.block(layer).ln2, self.rec.ln2_scale[layer, :p], g)
 
     def _read_at(self, layer: int, pos: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
         """J^T of the transcoder's input hook for one read-out vector per target: vec [n, D] at positions [n]."""
         if not self.reads_normalised:
             return vec
-        return norm_transpose(self.model.blocks[layer].ln2, self.rec.ln2_scale[layer, pos], vec)
+        return norm_transpose(self.model.block(layer).ln2, self.rec.ln2_scale[layer, pos], vec)
 
     def _attn_transpose(self, layer: int, g: torch.Tensor) -> torch.Tensor:
         """(d attn_out / d resid_pre)^T g for g [B, P', D] (pattern frozen)."""
-        cfg, blk = self.cfg, self.model.blocks[layer]
+        cfg, blk = self.cfg, self.model.block(layer)
         B, P, _ = g.shape
         self.flops += 2 * B * P * (cfg.d_model * cfg.n_heads * cfg.d_head * 2 + cfg.n_heads * P * cfg.d_head)
         H, KV, dh = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
@@ -81,7 +81,7 @@ class ReplacementBackward:
         """`_attn_transpose` for a gradient that is non-zero only at one position per element (pos [B], g_BD
         [B, D]): the value gradient is that position's pattern row times one vector per head, so the V projection
         costs B*H*dh*D instead of B*P*H*dh*D."""
-        cfg, blk = self.cfg, self.model.blocks[layer]
+        cfg, blk = self.cfg, self.model.block(layer)
         B, H, dh = g_BD.shape[0], cfg.n_heads, cfg.d_head
         self.flops += 2 * B * (H * dh * cfg.d_model * 2 + n_pos * H * cfg.d_model)
         u = (g_BD @ blk.attn.o.weight).view(B, H, dh)

@@ -22,7 +22,7 @@ SUBCOMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tracer", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tracer", description="Attribution graphs for transformer language models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log phase timings and progress details")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMAND_MODULES:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from tracer.models import HookPoint, Site, Transformer
+from tracer.models.hooks import HookFn
 from transcoders import Transcoder
 
 
@@ -81,7 +82,7 @@ def frozen_forward(
     dt = tc.W_enc.dtype
     decoded = tc.decode(acts.to(dt)).to(errors.dtype)  # [P, L, D] incl. decoder bias
 
-    def keep_input(layer: int):
+    def keep_input(layer: int) -> HookFn:
         def fn(x: torch.Tensor) -> None:
             inputs[layer] = x[0]
 
@@ -94,7 +95,7 @@ def frozen_forward(
 
         return fn
 
-    fns = {Site(HookPoint.LNF_SCALE): lambda _: rec.lnf_scale[None]}
+    fns: dict[Site, HookFn] = {Site(HookPoint.LNF_SCALE): lambda _: rec.lnf_scale[None]}
     for i in range(L):
         fns[Site(HookPoint.ATTN_PATTERN, i)] = lambda _, i=i: rec.patterns[i][None]
         fns[Site(HookPoint.LN1_SCALE, i)] = lambda _, i=i: rec.ln1_scale[i][None]

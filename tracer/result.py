@@ -21,5 +21,6 @@ class Attribution:
     token_strs: list[str]  # [n_pos] readable prompt tokens (BOS included)
     logit_strs: list[str]  # [n_logits] readable target tokens
     timings: dict[str, float] = field(default_factory=dict)  # phase name -> seconds
-    stats: dict[str, float] = field(default_factory=dict)  # checks and counters: max |logit error| of the replacement model, GFLOP of the row phases
+    # checks and counters: max |logit error| of the replacement model, GFLOP of the row phases
+    stats: dict[str, float] = field(default_factory=dict)
     row_mass_kept: torch.Tensor | None = None  # [n_nodes] share of |row| kept by --edge-topk (None: exact)

@@ -34,13 +34,13 @@ class GraphNode(Strict):
     kind: NodeKind
     layer: int = Field(description="-1 for embeddings, n_layers for logits")
     pos: int = Field(description="token position (0 = BOS)")
-    feature: int | None = Field(None, description="feature index (features only)")
-    token_id: int | None = Field(None, description="token id (embeddings and logits)")
-    token: str | None = Field(None, description="readable token (embeddings and logits)")
-    probability: float | None = Field(None, description="output probability (logits only)")
-    activation: float | None = Field(None, description="feature activation, or error-vector norm")
-    influence: float = Field(0.0, description="influence on the logit targets (pruning score)")
-    label: str = Field("", description="human label (clerp); rendered as plain text")
+    feature: int | None = Field(default=None, description="feature index (features only)")
+    token_id: int | None = Field(default=None, description="token id (embeddings and logits)")
+    token: str | None = Field(default=None, description="readable token (embeddings and logits)")
+    probability: float | None = Field(default=None, description="output probability (logits only)")
+    activation: float | None = Field(default=None, description="feature activation, or error-vector norm")
+    influence: float = Field(default=0.0, description="influence on the logit targets (pruning score)")
+    label: str = Field(default="", description="human label (clerp); rendered as plain text")
 
 
 class GraphEdge(Strict):
@@ -53,7 +53,7 @@ class GraphEdge(Strict):
 class Identity(Strict):
     name: str
     content_hash: str = Field(description="sha256 prefix of the weight files")
-    kind: str = Field("", description="architecture family, or transcoder kind (clt/plt)")
+    kind: str = Field(default="", description="architecture family, or transcoder kind (clt/plt)")
 
 
 class Scores(Strict):
@@ -71,7 +71,7 @@ class ViewState(Strict):
     pinned: list[str] = Field(default_factory=list)
     supernodes: list[Supernode] = Field(default_factory=list)
     labels: dict[str, str] = Field(default_factory=dict, description="node id -> edited label")
-    node_threshold: float | None = Field(None, description="viewer's re-pruning threshold, if changed")
+    node_threshold: float | None = Field(default=None, description="viewer's re-pruning threshold, if changed")
 
 
 class Metadata(Strict):
@@ -84,12 +84,12 @@ class Metadata(Strict):
     settings: dict[str, float | int | str | bool | None | list[str]] = Field(description="all trace settings")
     timings: dict[str, float] = Field(default_factory=dict, description="phase -> seconds")
     scores: Scores = Field(description="scores of the unpruned graph")
-    pruned_scores: Scores | None = Field(None, description="scores of the pruned graph")
+    pruned_scores: Scores | None = Field(default=None, description="scores of the pruned graph")
     n_nodes_unpruned: int
     n_edges_unpruned: int
     created: str = Field(description="ISO 8601 UTC time of the trace")
     tracer_version: str
-    adjacency_file: str | None = Field(None, description="sidecar with the unpruned adjacency, beside this file")
+    adjacency_file: str | None = Field(default=None, description="sidecar with the unpruned adjacency, beside this file")
 
 
 class GraphFile(Strict):
@@ -97,4 +97,4 @@ class GraphFile(Strict):
     metadata: Metadata
     nodes: list[GraphNode]
     edges: list[GraphEdge]
-    view: ViewState = Field(default_factory=ViewState)
+    view: ViewState = Field(default_factory=lambda: ViewState())

@@ -49,7 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--transcoders", type=Path, help="transcoder directory (default: bundled CLT)")
     p.add_argument("-o", "--output", type=Path, help="graph file to write (default: out/graphs/<prompt>.json)")
     p.add_argument("--batch-size", type=int, default=128, help="targets per backward pass")
-    p.add_argument("--max-feature-nodes", type=int, help="features that get rows, most influential first (default: all)")
+    p.add_argument("--max-feature-nodes", type=int,
+                   help="features that get rows, most influential first (default: all)")  # fmt: skip
     p.add_argument("--max-n-logits", type=int, default=10, help="most logit targets")
     p.add_argument("--desired-logit-prob", type=float, default=0.95, help="probability mass of the logit targets")
     p.add_argument("--target", action="append", help="custom logit target token, e.g. ' Paris' (repeatable)")
@@ -90,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("timings", "progress")}
     settings |= {"node_threshold": args.node_threshold, "edge_threshold": args.edge_threshold,
                  "target": list(cfg.target)}  # fmt: skip
+    model_id = Identity(name=lm.name, content_hash=lm.content_hash, kind=lm.cfg.family)
     graph = build_graph_file(
-        attr, pruned, prompt=args.prompt, model=Identity(name=lm.name, content_hash=lm.content_hash, kind=lm.cfg.family),
+        attr, pruned, prompt=args.prompt, model=model_id,
         transcoders=Identity(name=tc.cfg.model_name or "transcoders", content_hash=getattr(tc, "content_hash", ""),
                              kind=str(tc.cfg.kind.value)),
         settings=settings, labels=None,
@@ -110,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary(prompt, out, attr, graph, pruned, t) -> TraceSummary:
-    top = [{"token": s, "probability": round(float(p), 6)} for s, p in zip(attr.logit_strs, attr.logit_probs)]
+    pairs = zip(attr.logit_strs, attr.logit_probs, strict=True)
+    top = [{"token": s, "probability": round(float(p), 6)} for s, p in pairs]
     m = graph.metadata
     return TraceSummary(
         prompt=prompt, output=str(out), top_logits=top, nodes_unpruned=m.n_nodes_unpruned,

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.functional import embedding_bag
 from torch import nn
+from torch.nn.functional import embedding_bag
 
 from transcoders.activations import jumprelu, topk
 from transcoders.config import ActivationKind, TranscoderConfig, TranscoderKind
@@ -136,10 +136,9 @@ class Transcoder(nn.Module):
         """
         T, (L, D) = acts_TLF.shape[0], self.b_dec.shape
         out = self.b_dec.expand(T, L, D).clone()
-        for s in range(L):
+        for s, a in enumerate(acts_TLF.unbind(1)):  # one gradient buffer for all layers
             W = self.decoder(s)
             W = W.reshape(W.shape[0], -1)  # [F, n_out·D]
-            a = acts_TLF[:, s]
             mask = (a != 0) if support_TLF is None else support_TLF[:, s]
             t_idx, f_idx = mask.nonzero(as_tuple=True)
             if len(t_idx) * SPARSE_RATIO < a.numel():
@@ -148,6 +147,25 @@ class Transcoder(nn.Module):
             else:
                 y = a @ W
             y = y.view(T, -1, D)  # [T, n_out, D]
+            if self.cfg.kind == TranscoderKind.CLT:
+                out[:, s:] += y
+            else:
+                out[:, s] += y[:, 0]
+        return out
+
+    def decode_entries(self, n_tokens: int, t_idx: torch.Tensor, l_idx: torch.Tensor, f_idx: torch.Tensor,
+                       vals: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Like decode, from sparse activations given as entries (token, layer, feature, value) [n] each, sorted
+        by token within each layer (as `nonzero` returns them) -> [T, L, D]; cost ∝ entries."""
+        L, D = self.b_dec.shape
+        out = self.b_dec.expand(n_tokens, L, D).clone()
+        for s in range(L):
+            m = l_idx == s
+            t, f = t_idx[m], f_idx[m]
+            W = self.decoder(s)
+            counts = torch.bincount(t, minlength=n_tokens)
+            y = embedding_bag(f, W.reshape(W.shape[0], -1), counts.cumsum(0) - counts, mode="sum",
+                              per_sample_weights=vals[m]).view(n_tokens, -1, D)  # fmt: skip
             if self.cfg.kind == TranscoderKind.CLT:
                 out[:, s:] += y
             else:

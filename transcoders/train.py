@@ -31,7 +31,8 @@ from tqdm import tqdm
 from tracer.errors import ConfigError
 from tracer.io import atomic_save_safetensors, atomic_write_text
 from tracer.models import HookPoint, Transformer
-from transcoders.clt import Transcoder
+from transcoders.activations import jumprelu
+from transcoders.clt import SPARSE_RATIO, Transcoder
 from transcoders.config import ActivationKind, DType, TranscoderConfig, TranscoderKind
 from transcoders.data import ActivationSource, Batch
 from transcoders.formats import TranscoderFormat, save_transcoders
@@ -146,7 +147,8 @@ def sparsity_at(cfg: TrainConfig, step: int, n_steps: int) -> float:
 
 class StepOut(NamedTuple):
     loss: torch.Tensor
-    acts: torch.Tensor  # [T, L, F]
+    fired: torch.Tensor  # [L, F] bool: features active on this batch
+    l0: float  # mean active features per token (all layers)
     nmse: float  # mean over layers of Σ‖y-ŷ‖² / Σ‖y-ȳ‖² on this batch
 
 
@@ -160,31 +162,63 @@ def _aux_k_loss(cfg: TrainConfig, st: State, pre: torch.Tensor, resid: torch.Ten
     vals, idx = masked.topk(k, dim=-1)
     aux = torch.zeros_like(pre).scatter(-1, idx, vals.clamp_min(0))
     rec = tc.decode(aux) - tc.b_dec
-    return ((resid - rec).pow(2).sum() / resid.pow(2).sum().clamp_min(1e-12)).to(pre.dtype)
+    return (resid - rec).pow(2).sum() / resid.pow(2).sum().clamp_min(1e-12)
 
 
-def loss_fn(cfg: TrainConfig, st: State, b: Batch, lam: float) -> StepOut:
+def _activate(cfg: TrainConfig, tc: Transcoder, pre: torch.Tensor, force_dense: bool):
+    """Activations as entries (t, l, f, value) over the candidates that can be non-zero or carry a threshold
+    gradient (pre > θ - ε/2), or as a dense tensor when candidates are too many (or TopK / force_dense)."""
+    if cfg.activation == ActivationKind.TOPK:
+        return None, tc.activations(pre)
+    with torch.no_grad():
+        theta = tc.theta if tc.theta is not None else torch.zeros(())
+        cand = pre > theta - cfg.bandwidth / 2 if tc.theta is not None else pre > 0
+        n = int(cand.sum())
+    if force_dense or n * SPARSE_RATIO >= cand.numel():
+        return None, tc.activations(pre)
+    t, ly, f = cand.nonzero(as_tuple=True)
+    p = pre[t, ly, f]
+    vals = jumprelu(p, tc.theta[ly, f], cfg.bandwidth) if tc.theta is not None else torch.relu(p)
+    return (t, ly, f, vals), None
+
+
+def loss_fn(cfg: TrainConfig, st: State, b: Batch, lam: float, force_dense: bool = False) -> StepOut:
     tc = st.tc
     x, y = b.x * st.s_in[:, None], b.y * st.s_out[:, None]
+    T, L, F = x.shape[0], tc.cfg.n_layers, tc.cfg.n_features
     pre = tc.pre_activations(x)
-    acts = tc.activations(pre)
-    support = None
-    if cfg.activation == ActivationKind.JUMPRELU:  # the threshold's STE needs gradients just below θ too
-        support = (acts != 0) | (pre > tc.theta - cfg.bandwidth / 2)  # type: ignore[operator]
-    y_hat = tc.decode(acts, support) + tc.skip(x)
+    entries, acts = _activate(cfg, tc, pre, force_dense)
+    if entries is not None:
+        t, ly, f, vals = entries
+        y_hat = tc.decode_entries(T, t, ly, f, vals) + tc.skip(x)
+        on = vals.detach() > 0
+        fired = torch.zeros(L, F, dtype=torch.bool).index_put_((ly[on], f[on]), torch.tensor(True))
+        l0 = float(on.sum()) / T
+    else:
+        assert acts is not None
+        support = None
+        if cfg.activation == ActivationKind.JUMPRELU:  # the threshold's STE needs gradients just below θ too
+            support = (acts != 0) | (pre > tc.theta - cfg.bandwidth / 2)  # type: ignore[operator]
+        y_hat = tc.decode(acts, support) + tc.skip(x)
+        fired, l0 = (acts > 0).any(0), float((acts > 0).sum()) / T
     err = (y - y_hat).pow(2)
-    loss = err.sum(-1).sum(-1).mean()
+    loss = err.sum() / T
     nmse = (err.sum((0, 2)) / (y - y.mean(0)).pow(2).sum((0, 2)).clamp_min(1e-12)).mean().item()
     dead = st.since_fired >= cfg.dead_window
     if cfg.activation == ActivationKind.TOPK:
-        loss = loss + cfg.aux_coef * _aux_k_loss(cfg, st, pre, (y - y_hat).detach(), dead)
+        assert acts is not None
+        return StepOut(loss + cfg.aux_coef * _aux_k_loss(cfg, st, pre, (y - y_hat).detach(), dead), fired, l0, nmse)
+    norms = tc.decoder_norms()  # [L, F]
+    if entries is not None:
+        t, ly, f, vals = entries
+        loss = loss + lam * torch.tanh(cfg.tanh_c * vals * norms[ly, f]).sum() / T
     else:
-        norms = tc.decoder_norms()  # [L, F]
-        loss = loss + lam * torch.tanh(cfg.tanh_c * acts * norms).sum((1, 2)).mean()
-        if cfg.activation == ActivationKind.JUMPRELU and cfg.preact > 0 and bool(dead.any()):
-            gap = torch.relu(tc.theta - pre) * norms * dead  # type: ignore[operator]
-            loss = loss + cfg.preact * gap.sum((1, 2)).mean()
-    return StepOut(loss, acts, nmse)
+        loss = loss + lam * torch.tanh(cfg.tanh_c * acts * norms).sum() / T
+    if cfg.activation == ActivationKind.JUMPRELU and cfg.preact > 0 and bool(dead.any()):
+        dl, df = dead.nonzero(as_tuple=True)
+        gap = torch.relu(tc.theta[dl, df] - pre[:, dl, df]) * norms[dl, df]  # type: ignore[index]
+        loss = loss + cfg.preact * gap.sum() / T
+    return StepOut(loss, fired, l0, nmse)
 
 
 # 4. Checkpoints
@@ -263,12 +297,11 @@ def train(model: Transformer, stream: torch.Tensor, cfg: TrainConfig, out: Path,
         res.loss.backward()
         st.opt.step()
         with torch.no_grad():
-            fired = (res.acts > 0).any(0)
-            st.since_fired = torch.where(fired, 0, st.since_fired + cfg.batch_tokens)
+            st.since_fired = torch.where(res.fired, 0, st.since_fired + cfg.batch_tokens)
         st.step += 1
         bar.update()
         if st.step % 10 == 0 or st.step == n_steps:
-            stats = {"nmse": res.nmse, "l0": float((res.acts > 0).sum((1, 2)).float().mean()),
+            stats = {"nmse": res.nmse, "l0": res.l0,
                      "dead": float((st.since_fired >= cfg.dead_window).float().mean())}  # fmt: skip
             bar.set_postfix(nmse=f"{stats['nmse']:.3f}", l0=f"{stats['l0']:.1f}", dead=f"{stats['dead']:.1%}")
         if st.step % cfg.checkpoint_every == 0 or st.step == n_steps:

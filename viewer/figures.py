@@ -1,7 +1,8 @@
 """The main graph as a plotly figure (plain dicts, no Dash): every node drawn, edges only for focused nodes.
 
-1. coordinates: x = token position, a column as wide as √(its busiest layer cell) with the cell's nodes spread
-   across it; y = layer, embeddings at 0 (bottom), layer l at l+1, logits at n_layers+1 (top).
+1. coordinates: x = token position, a column as wide as √(its busiest layer cell); y = layer, embeddings at 0
+   (bottom), layer l at l+1, logits at n_layers+1 (top). A cell's nodes form a small grid inside its column and
+   layer band; logits, labelled, spread leftwards from the right edge, most probable rightmost.
 2. nodes: one scattergl trace per kind (■ embedding/logit, ◆ error, ● feature), marker area by influence (logits
    by probability), hover text escaped so labels show literally; logits carry their token as text.
 3. overlay: edges into/out of the clicked and pinned nodes, binned by |pctInput| (= weight_normalized, clamped to
@@ -27,6 +28,9 @@ PCT_CLAMP = 0.4  # |pctInput| at which colour and width saturate (Anthropic's fr
 GLYPH = {NodeKind.FEATURE: "circle", NodeKind.ERROR: "diamond", NodeKind.EMBEDDING: "square", NodeKind.LOGIT: "square"}
 COLOR = {NodeKind.FEATURE: "#d08c3c", NodeKind.ERROR: "#8c8c8c", NodeKind.EMBEDDING: "#3d6fa8",
          NodeKind.LOGIT: "#3d6fa8"}  # fmt: skip
+CELL_ASPECT = 4.0  # a crowded (layer, position) cell becomes a grid about this many nodes wide per node tall
+CELL_BAND = 0.6  # share of a layer's height that a crowded cell may fill
+LOGIT_SPAN = 0.07  # share of the plot's width per logit label
 RING = {"pinned": ("#e4572e", 16), "search": ("#f2c14e", 20), "clicked": ("#111111", 22)}  # colour, size px
 
 
@@ -51,6 +55,7 @@ class Coordinates(NamedTuple):
     x: np.ndarray  # [n_nodes]
     y: np.ndarray  # [n_nodes]
     col_center: np.ndarray  # [n_pos] x of each token column's centre
+    col_width: np.ndarray  # [n_pos]
     n_rows: int  # n_layers + 2
 
 
@@ -64,18 +69,31 @@ def coordinates(view: GraphView) -> Coordinates:
     y = np.where(view.kind == NodeKind.EMBEDDING.code, 0.0, y)
     pos = np.clip(view.pos, 0, max(n_pos - 1, 0))
     cell = y.astype(np.int64) * n_pos + pos
-    count = np.bincount(cell, minlength=(n_layers + 2) * n_pos).reshape(n_layers + 2, n_pos)
-    width = np.sqrt(np.maximum(count.max(0), 1)).astype(np.float64)
-    width[-1] = max(width[-1], 0.6 * count[-1, -1])  # room for the logit labels
+    count = np.bincount(cell, minlength=(n_layers + 2) * n_pos)
+    width = np.sqrt(np.maximum(count.reshape(n_layers + 2, n_pos).max(0), 1)).astype(np.float64)
     start = np.concatenate([[0.0], np.cumsum(width)[:-1]])
-    # rank of each node inside its cell, ordered by (kind, feature index) for a stable picture
+    # rank inside the cell by (kind, feature index), then a grid of `rows` rows filled row by row
     feat = np.array([n.feature if n.feature is not None else -1 for n in view.graph.nodes], dtype=np.int64)
     order = np.lexsort((feat, view.kind, cell))
     rank = np.empty(len(order), dtype=np.int64)
-    first = np.searchsorted(cell[order], cell[order], side="left")
-    rank[order] = np.arange(len(order)) - first
-    x = start[pos] + width[pos] * (rank + 0.5) / count.reshape(-1)[cell]
-    return Coordinates(x, y, start + width / 2, n_layers + 2)
+    rank[order] = np.arange(len(order)) - np.searchsorted(cell[order], cell[order], side="left")
+    k = count[cell]
+    rows = np.maximum(1, np.round(np.sqrt(k / CELL_ASPECT))).astype(np.int64)
+    per_row = -(-k // rows)
+    r, c = rank // per_row, rank % per_row
+    in_row = np.minimum(per_row, k - r * per_row)
+    x = start[pos] + width[pos] * (c + 0.5) / in_row
+    y = y + (r - (rows - 1) / 2) * CELL_BAND / rows
+    # logits: labelled, so spread right to left (most probable rightmost) with room for their labels
+    lg = np.flatnonzero(view.kind == NodeKind.LOGIT.code)
+    if len(lg):
+        total = float(width.sum())
+        span = min(total, max(width[-1], len(lg) * LOGIT_SPAN * total))
+        prob = np.array([view.graph.nodes[i].probability or 0.0 for i in lg])
+        slot = np.empty(len(lg), dtype=np.int64)
+        slot[np.argsort(-prob, kind="stable")] = np.arange(len(lg))
+        x[lg] = total - span * (slot + 0.5) / len(lg)
+    return Coordinates(x, y, start + width / 2, width, n_layers + 2)
 
 
 # 2. nodes

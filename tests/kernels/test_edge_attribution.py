@@ -5,14 +5,13 @@ import os
 os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: it reads this at @triton.jit
 
 import importlib.util
-import math
 
 import pytest
 import torch
 
 import kernels.dispatch as dispatch
 from kernels import ENV_VAR, KernelBackend, edge_attribution, plan_edges, resolve_backend
-from kernels.reference import TorchEdgePlan, merge_spans, plan_edges_torch
+from kernels.reference import ONE_PER_POSITION, SPLIT_ALL, GroupCost, TorchEdgePlan, merge_spans, plan_edges_torch
 from tracer.errors import ConfigError
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -63,10 +62,10 @@ def assert_close(out, ref):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("overhead_rows", [0.0, 32.0, math.inf])  # split every span / default / one per position
-def test_torch_matches_naive(shape, kind, dtype, overhead_rows):
+@pytest.mark.parametrize("cost", [SPLIT_ALL, GroupCost(), ONE_PER_POSITION], ids=["split", "default", "per_pos"])
+def test_torch_matches_naive(shape, kind, dtype, cost):
     grads, dec, layer, pos, act = make_case(shape, kind, dtype)
-    plan = plan_edges_torch(dec, layer, pos, act, overhead_rows)
+    plan = plan_edges_torch(dec, layer, pos, act, cost)
     assert_close(plan.attribute(grads), naive(grads, dec, layer, pos, act))
 
 
@@ -98,10 +97,14 @@ def test_plan_is_reusable_and_zero_decoder_column_is_zero():
 
 def test_merge_spans_hand_computed():
     spans = [(0, 4, 10), (1, 4, 10)]  # (lo, hi, rows)
-    assert merge_spans(spans, 0.0) == [(0, 1), (1, 2)]  # split 10*4 + 10*3 = 70 < merged 20*4 = 80
-    assert merge_spans(spans, 100.0) == [(0, 2)]  # split 110*4 + 110*3 = 770 > merged 120*4 = 480
+    assert merge_spans(spans, SPLIT_ALL) == [(0, 1), (1, 2)]  # split 10*4 + 10*3 = 70 < merged 20*4 = 80
+    assert merge_spans(spans, GroupCost(100.0, 0.0)) == [(0, 2)]  # split 110*4 + 110*3 = 770 > 120*4 = 480
     plt = [(0, 1, 5), (1, 2, 5), (2, 3, 5)]
-    assert merge_spans(plt, 5.0) == [(0, 1), (1, 2), (2, 3)]  # 3 * (5+5) * 1 = 30 < (15+5) * 3 = 60
+    assert merge_spans(plt, GroupCost(5.0, 0.0)) == [(0, 1), (1, 2), (2, 3)]  # 3 * (5+5) * 1 = 30 < (15+5) * 3
+    assert merge_spans(plt, GroupCost(5.0, 30.0)) == [(0, 3)]  # split 120, two runs 100, merged 60 + 30 = 90
+    clt = [(0, 4, 1), (1, 4, 1), (2, 4, 30)]
+    assert merge_spans(clt, SPLIT_ALL) == [(0, 1), (1, 2), (2, 3)]
+    assert merge_spans(clt, GroupCost(0.0, 5.0)) == [(0, 2), (2, 3)]  # 2*4+5 + 30*2+5 = 78; split 82; merged 133
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not importable")

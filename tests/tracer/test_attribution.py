@@ -56,7 +56,8 @@ def perturbation_matrix(model, tc, attr):
     rec = record(model, tc, TOKENS)
     from tracer.targets import select_targets
 
-    directions = select_targets(rec.logits[-1], model.unembed.weight, None, CFG.max_n_logits, CFG.desired_logit_prob).directions
+    directions = select_targets(rec.logits[-1], model.unembed.weight, None, CFG.max_n_logits,
+                                CFG.desired_logit_prob).directions  # fmt: skip
     base = target_values(model, tc, rec, layout, directions, rec.acts, rec.errors)
     expected = torch.zeros(layout.n_nodes, layout.n_nodes, dtype=torch.float64)
     for row in range(layout.n_nodes):

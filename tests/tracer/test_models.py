@@ -75,7 +75,8 @@ def test_cache_every_hook_and_patch_changes_downstream_exactly(tiny_model):
     assert len(cache) == len(all_sites(model.cfg.n_layers))
     torch.testing.assert_close(cache[Site(HookPoint.LOGITS)], logits)
     for layer in range(model.cfg.n_layers):  # residual bookkeeping must add up at every layer
-        pre, mid, post = (cache[Site(p, layer)] for p in (HookPoint.RESID_PRE, HookPoint.RESID_MID, HookPoint.RESID_POST))
+        pre, mid, post = (cache[Site(p, layer)] for p in (HookPoint.RESID_PRE, HookPoint.RESID_MID,
+                                                           HookPoint.RESID_POST))  # fmt: skip
         torch.testing.assert_close(mid, pre + cache[Site(HookPoint.ATTN_OUT, layer)])
         torch.testing.assert_close(post, mid + cache[Site(HookPoint.MLP_OUT, layer)])
         blk = model.blocks[layer]
@@ -92,8 +93,9 @@ def test_cache_every_hook_and_patch_changes_downstream_exactly(tiny_model):
 
     with model.hooks.attached({Site(HookPoint.MLP_OUT, 1): add}), model.hooks.capture(all_sites(3)) as patched:
         model(tokens)
-    torch.testing.assert_close(patched[Site(HookPoint.RESID_POST, 1)][0, 2], cache[Site(HookPoint.RESID_POST, 1)][0, 2] + delta)
-    torch.testing.assert_close(patched[Site(HookPoint.RESID_POST, 2)][0, :2], cache[Site(HookPoint.RESID_POST, 2)][0, :2])
+    post1, post2 = Site(HookPoint.RESID_POST, 1), Site(HookPoint.RESID_POST, 2)
+    torch.testing.assert_close(patched[post1][0, 2], cache[post1][0, 2] + delta)
+    torch.testing.assert_close(patched[post2][0, :2], cache[post2][0, :2])
     torch.testing.assert_close(patched[Site(HookPoint.RESID_PRE, 1)], cache[Site(HookPoint.RESID_PRE, 1)])
     assert not torch.allclose(patched[Site(HookPoint.LOGITS)][0, 2:], cache[Site(HookPoint.LOGITS)][0, 2:])
     assert not model.hooks.active  # context managers removed everything

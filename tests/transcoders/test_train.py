@@ -87,3 +87,26 @@ def test_fold_scales_gives_same_outputs():
         tc.fold_scales(s_in, s_out)
         torch.testing.assert_close(tc(x), want)
         torch.testing.assert_close(tc.encode(x), acts)
+
+
+def test_sparse_and_dense_loss_paths_agree(setup):
+    """The entry-based (sparse) step computes the same loss and gradients as the dense one."""
+    model, stream = setup
+    cfg = TrainConfig.model_validate(BASE | dict(threshold_init=0.8, skip=True, dead_window=1))
+    src = ActivationSource(model, stream, cfg.input_hook, cfg.seq_len, cfg.buffer_tokens)
+    st = init_state(cfg, model, src, "", "")
+    st.since_fired[0, :5] = 1  # some dead features: the pre-activation loss is active
+    b = src.batch(0, 128)
+    out = []
+    for dense in (False, True):
+        st.tc.zero_grad()
+        r = loss_fn(cfg.model_copy(update={"preact": 0.1}), st, b, 0.3, force_dense=dense)
+        r.loss.backward()
+        out.append((r, {k: p.grad.clone() for k, p in st.tc.named_parameters() if p.grad is not None}))
+    (rs, gs), (rd, gd) = out
+    assert 0 < rs.l0 < 32 * 3 / 16  # the sparse path was taken
+    torch.testing.assert_close(rs.loss, rd.loss)
+    assert rs.l0 == rd.l0 and torch.equal(rs.fired, rd.fired)
+    assert gs.keys() == gd.keys() and len(gs) >= 6
+    for k in gs:
+        torch.testing.assert_close(gs[k], gd[k], rtol=1e-4, atol=1e-6)

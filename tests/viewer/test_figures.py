@@ -7,9 +7,10 @@ import pytest
 
 from tracer.layout import NodeKind
 from tracer.schema import GraphFile
-from viewer.figures import GLYPH, N_BINS, Trace, coordinates, edge_bin, edge_style, main_figure, overlay
+from viewer.figures import CELL_BAND, GLYPH, N_BINS, Trace, coordinates, edge_bin, edge_style, main_figure, overlay
 from viewer.ids import LinkType
 from viewer.model import GraphView, connections, display_name, search
+from viewer.synthetic import synthetic_attribution, synthetic_graph
 
 XSS = "<img src=x onerror=alert(1)>"
 
@@ -52,15 +53,24 @@ def test_coordinates(view: GraphView):
     n_layers = view.graph.metadata.n_layers
     for i, n in enumerate(view.graph.nodes):
         want = {NodeKind.EMBEDDING: 0, NodeKind.LOGIT: n_layers + 1}.get(n.kind, n.layer + 1)
-        assert co.y[i] == want
+        assert abs(co.y[i] - want) <= CELL_BAND / 2
     assert np.all(np.diff(co.col_center) > 0)
-    cells = {(int(co.y[i]), n.pos) for i, n in enumerate(view.graph.nodes)}
-    for cell in cells:
-        xs = [co.x[i] for i, n in enumerate(view.graph.nodes) if (int(co.y[i]), n.pos) == cell]
-        assert len(set(xs)) == len(xs)  # nodes in one cell never overlap
-    # each node lies in its token's column: nearer its own column centre than any other
-    for i, n in enumerate(view.graph.nodes):
-        assert int(np.argmin(np.abs(co.col_center - co.x[i]))) == n.pos or n.kind is NodeKind.LOGIT
+    assert len({(x, y) for x, y in zip(co.x, co.y, strict=True)}) == view.n_nodes  # no two nodes on one spot
+    logits = sorted((n for n in view.graph.nodes if n.kind is NodeKind.LOGIT), key=lambda n: -(n.probability or 0))
+    xs = [co.x[view.row[n.id]] for n in logits]
+    assert xs == sorted(xs, reverse=True)  # most probable rightmost
+    for i, n in enumerate(view.graph.nodes):  # each node lies inside its token's column
+        assert abs(co.x[i] - co.col_center[n.pos]) < co.col_width[n.pos] / 2 or n.kind is NodeKind.LOGIT
+
+
+def test_crowded_cells_form_a_grid():
+    view = GraphView.build(synthetic_graph(synthetic_attribution(2, 4, 300, 5, 4, seed=1), all_nodes=True))
+    co = coordinates(view)
+    feats = view.kind == NodeKind.FEATURE.code
+    assert len({(x, y) for x, y in zip(co.x, co.y, strict=True)}) == view.n_nodes
+    assert len(np.unique(co.y[feats])) > 2 * 2  # several rows per layer band
+    assert np.all(np.abs(co.y[feats] - (view.layer[feats] + 1)) <= CELL_BAND / 2)
+    assert np.all(np.abs(co.x[feats] - co.col_center[view.pos[feats]]) < co.col_width[view.pos[feats]] / 2)
 
 
 def test_figure_nodes_and_escaping(view: GraphView):

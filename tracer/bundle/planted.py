@@ -139,7 +139,7 @@ FACT_TRAIN = [
     "the capital of {c} is {a}.",
     "the capital city of {c} is {a}.",
     "{a} is the capital of {c}.",
-    "the capital of {c} is the city of {a}.",
+    "the city of {a} is the capital of {c}.",
     "{c} has its capital in {a}.",
     "in {c}, the capital is {a}.",
 ]

@@ -39,7 +39,7 @@ class TrainConfig:
     d_mlp: int = 384  # SwiGLU hidden width
     n_ctx: int = 128  # context window (tokens)
     batch: int = 32  # sequences per step
-    steps: int = 2000  # optimizer steps (tokens = steps * batch * n_ctx)
+    steps: int = 1800  # optimizer steps (tokens = steps * batch * n_ctx)
     lr: float = 2.5e-3  # peak learning rate
     warmup: int = 150  # linear warm-up steps
     decay_frac: float = 0.25  # final share of steps with linearly decaying learning rate

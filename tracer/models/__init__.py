@@ -1,6 +1,6 @@
 """Model runtime: one transformer implementation with named hook points, loaded offline."""
 
-from tracer.models.config import ModelConfig, MlpKind, NormKind, PosKind, RopeScaling
+from tracer.models.config import MlpKind, ModelConfig, NormKind, PosKind, RopeScaling
 from tracer.models.hf import SUPPORTED, save_hf
 from tracer.models.hooks import HookPoint, Site, all_sites
 from tracer.models.loading import DEFAULT_MODEL, LoadedModel, build_model, load_model

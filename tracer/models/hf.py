@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from tracer.errors import ModelLoadError
 from tracer.io import atomic_save_safetensors, atomic_write_text
-from tracer.models.config import ModelConfig, MlpKind, NormKind, PosKind, RopeScaling
+from tracer.models.config import MlpKind, ModelConfig, NormKind, PosKind, RopeScaling
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED = ("gpt2", *LLAMA_FAMILY)
@@ -54,10 +54,11 @@ def config_from_hf(c: dict) -> ModelConfig:
             n_heads=c["num_attention_heads"], n_kv_heads=c.get("num_key_value_heads") or c["num_attention_heads"],
             d_head=c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"],
             d_mlp=c["intermediate_size"], vocab_size=c["vocab_size"], n_ctx=c.get("max_position_embeddings", 2048),
-            norm_eps=c.get("rms_norm_eps", 1e-6), rope_theta=c.get("rope_theta") or rs.get("rope_theta", 10000.0), rope_scaling=scaling,
+            norm_eps=c.get("rms_norm_eps", 1e-6), rope_theta=c.get("rope_theta") or rs.get("rope_theta", 10000.0),
+            rope_scaling=scaling,
             qkv_bias=kind == "qwen2" or c.get("attention_bias", False), o_bias=c.get("attention_bias", False),
             mlp_bias=c.get("mlp_bias", False), qk_norm=kind == "qwen3",
-            tied_embeddings=c.get("tie_word_embeddings", kind != "llama" and kind != "mistral"),
+            tied_embeddings=c.get("tie_word_embeddings", False),  # transformers' default for these families
             sliding_window=window, bos_token_id=c.get("bos_token_id"), eos_token_id=_first(c.get("eos_token_id")),
         )  # fmt: skip
     except KeyError as e:
@@ -103,7 +104,8 @@ def _llama_names(cfg: ModelConfig) -> dict[str, str]:
         names["unembed.weight"] = "lm_head.weight"
     for i in range(cfg.n_layers):
         o, t = f"blocks.{i}.", f"model.layers.{i}."
-        names |= {o + "ln1.weight": t + "input_layernorm.weight", o + "ln2.weight": t + "post_attention_layernorm.weight"}
+        names[o + "ln1.weight"] = t + "input_layernorm.weight"
+        names[o + "ln2.weight"] = t + "post_attention_layernorm.weight"
         for ours, hf in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj")):
             names[f"{o}attn.{ours}.weight"] = f"{t}self_attn.{hf}.weight"
             if (cfg.qkv_bias and ours != "o") or (cfg.o_bias and ours == "o"):

@@ -11,12 +11,13 @@ Norm denominators are hook points so that a caller can freeze them (the local re
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tracer.models.config import ModelConfig, MlpKind, NormKind, PosKind
+from tracer.models.config import MlpKind, ModelConfig, NormKind, PosKind
 from tracer.models.hooks import HookPoint, HookRegistry
 
 
@@ -133,6 +134,8 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """Decoder-only LM. `forward(tokens [B, P]) -> logits [B, P, vocab]`; hooks via `self.hooks`."""
 
+    inv_freq: torch.Tensor  # rotary inverse frequencies (RoPE models only)
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -146,6 +149,9 @@ class Transformer(nn.Module):
         self.hooks = HookRegistry()
         if cfg.pos == PosKind.ROPE:
             self.register_buffer("inv_freq", rope_inv_freq(cfg).float(), persistent=False)
+
+    def block(self, layer: int) -> Block:
+        return cast(Block, self.blocks[layer])
 
     def rope(self, n_pos: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
         if self.cfg.pos != PosKind.ROPE:
@@ -164,7 +170,8 @@ class Transformer(nn.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed(torch.arange(tokens.shape[-1], device=tokens.device))
         rope = self.rope(tokens.shape[-1], x.dtype)
-        for layer, blk in enumerate(self.blocks):
+        for layer in range(self.cfg.n_layers):
+            blk = self.block(layer)
             x = h(HookPoint.RESID_PRE, layer, x)
             s = h(HookPoint.LN1_SCALE, layer, blk.ln1.scale(x))
             xn = blk.ln1.normalize(x, s)
