@@ -75,6 +75,7 @@ class TorchEdgePlan:
     groups: tuple[EdgeGroup, ...]  # sorted by position
     inverse_N: Tensor  # [N] sorted row of each original feature
 
+    @torch.no_grad()  # edges are values: never part of an autograd graph
     def attribute(self, grads_BLPD: Tensor) -> Tensor:
         """Edge rows [B, N] for a batch of gradients [B, L' <= L, P', D]."""
         check_grads(grads_BLPD, self.n_layers, self.d_model, self.dtype, self.device)
@@ -160,6 +161,7 @@ def merge_spans(spans: list[tuple[int, int, int]], cost: GroupCost) -> list[tupl
     return ranges[::-1]
 
 
+@torch.no_grad()
 def plan_edges_torch(
     dec_NLD: Tensor, layer_N: Tensor, pos_N: Tensor, act_N: Tensor, cost: GroupCost = GroupCost()
 ) -> TorchEdgePlan:

@@ -89,6 +89,7 @@ class TritonEdgePlan:
     act_N: Tensor  # [N], sorted
     col_N: Tensor  # [N] int64, original column of each sorted feature
 
+    @torch.no_grad()
     def attribute(self, grads_BLPD: Tensor) -> Tensor:
         """Edge rows [B, N] for a batch of gradients [B, L' <= L, P', D]."""
         n, n_layers, d = self.dec_NLD.shape
@@ -110,6 +111,7 @@ class TritonEdgePlan:
         return out_BN
 
 
+@torch.no_grad()
 def plan_edges_triton(dec_NLD: Tensor, layer_N: Tensor, pos_N: Tensor, act_N: Tensor) -> TritonEdgePlan:
     """Plan step 1 of the module docstring."""
     check_features(dec_NLD, layer_N, pos_N, act_N)

@@ -108,8 +108,8 @@ class RowBuilder:
         reach = (Lp - self._layer_N[self._pos_N < P]).clamp_min(0).sum()
         self.flops += 2 * B * D * (int(reach) + P * Lp + P)  # kernel, error and token edges
         dense = self.layout.source_rows(feat, err, emb)
-        if self.cfg.edge_topk is not None and self.cfg.edge_topk < dense.shape[1]:
-            top = dense.abs().topk(self.cfg.edge_topk, dim=1)
+        if self.cfg.edge_topk is not None:
+            top = dense.abs().topk(min(self.cfg.edge_topk, dense.shape[1]), dim=1)
             total = dense.abs().sum(1).clamp_min(1e-30)
             self.mass.append(top.values.sum(1) / total)
             kept = torch.zeros_like(dense).scatter_(1, top.indices, dense.gather(1, top.indices))
@@ -144,8 +144,8 @@ class RowBuilder:
     def row_mass(self) -> torch.Tensor | None:
         if not self.mass:
             return None
-        out = torch.ones(self.layout.n_nodes)
-        out[torch.cat(self.target_rows)] = torch.cat(self.mass)
+        out = torch.ones(self.layout.n_nodes, dtype=torch.float64)
+        out[torch.cat(self.target_rows)] = torch.cat(self.mass).double()
         return out
 
 

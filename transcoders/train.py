@@ -165,37 +165,48 @@ def _aux_k_loss(cfg: TrainConfig, st: State, pre: torch.Tensor, resid: torch.Ten
     return (resid - rec).pow(2).sum() / resid.pow(2).sum().clamp_min(1e-12)
 
 
-def _activate(cfg: TrainConfig, tc: Transcoder, pre: torch.Tensor, force_dense: bool):
-    """Activations as entries (t, l, f, value) over the candidates that can be non-zero or carry a threshold
-    gradient (pre > θ - ε/2), or as a dense tensor when candidates are too many (or TopK / force_dense)."""
-    if cfg.activation == ActivationKind.TOPK:
-        return None, tc.activations(pre)
+def _candidates(cfg: TrainConfig, tc: Transcoder, x: torch.Tensor):
+    """Entries (t, l, f) that can be active or carry a threshold gradient (pre > θ - ε/2), from a gradient-free
+    dense encoder pass; None when they are too many for the sparse path."""
     with torch.no_grad():
-        theta = tc.theta if tc.theta is not None else torch.zeros(())
-        cand = pre > theta - cfg.bandwidth / 2 if tc.theta is not None else pre > 0
-        n = int(cand.sum())
-    if force_dense or n * SPARSE_RATIO >= cand.numel():
-        return None, tc.activations(pre)
-    t, ly, f = cand.nonzero(as_tuple=True)
-    p = pre[t, ly, f]
-    vals = jumprelu(p, tc.theta[ly, f], cfg.bandwidth) if tc.theta is not None else torch.relu(p)
-    return (t, ly, f, vals), None
+        pre = tc.pre_activations(x)
+        cand = pre > tc.theta - cfg.bandwidth / 2 if tc.theta is not None else pre > 0
+        if int(cand.sum()) * SPARSE_RATIO >= cand.numel():
+            return None
+        return cand.nonzero(as_tuple=True)
+
+
+def _preact_loss(cfg: TrainConfig, tc: Transcoder, x: torch.Tensor, norms: torch.Tensor, dead: torch.Tensor):
+    """Σ ReLU(θ - pre)·‖W_dec‖ over dead features (pre recomputed per layer for those features only)."""
+    total = x.new_zeros(())
+    for s in range(tc.cfg.n_layers):
+        idx = dead[s].nonzero().squeeze(1)
+        if len(idx):
+            pre = x[:, s] @ tc.W_enc[s, idx].T + tc.b_enc[s, idx]
+            total = total + (torch.relu(tc.theta[s, idx] - pre) * norms[s, idx]).sum()  # type: ignore[index]
+    return total / x.shape[0]
 
 
 def loss_fn(cfg: TrainConfig, st: State, b: Batch, lam: float, force_dense: bool = False) -> StepOut:
+    """One batch's loss. Sparse path (few candidates): only candidate entries are computed with gradients, so
+    encoder and decoder cost ∝ candidates; dense path otherwise (early training, TopK)."""
     tc = st.tc
     x, y = b.x * st.s_in[:, None], b.y * st.s_out[:, None]
     T, L, F = x.shape[0], tc.cfg.n_layers, tc.cfg.n_features
-    pre = tc.pre_activations(x)
-    entries, acts = _activate(cfg, tc, pre, force_dense)
+    sparse = cfg.activation != ActivationKind.TOPK and not force_dense
+    entries = _candidates(cfg, tc, x) if sparse else None
+    pre = acts = None
     if entries is not None:
-        t, ly, f, vals = entries
+        t, ly, f = entries
+        p = (tc.W_enc[ly, f] * x[t, ly]).sum(-1) + tc.b_enc[ly, f]
+        vals = jumprelu(p, tc.theta[ly, f], cfg.bandwidth) if tc.theta is not None else torch.relu(p)
         y_hat = tc.decode_entries(T, t, ly, f, vals) + tc.skip(x)
         on = vals.detach() > 0
         fired = torch.zeros(L, F, dtype=torch.bool).index_put_((ly[on], f[on]), torch.tensor(True))
         l0 = float(on.sum()) / T
     else:
-        assert acts is not None
+        pre = tc.pre_activations(x)
+        acts = tc.activations(pre)
         support = None
         if cfg.activation == ActivationKind.JUMPRELU:  # the threshold's STE needs gradients just below θ too
             support = (acts != 0) | (pre > tc.theta - cfg.bandwidth / 2)  # type: ignore[operator]
@@ -206,18 +217,15 @@ def loss_fn(cfg: TrainConfig, st: State, b: Batch, lam: float, force_dense: bool
     nmse = (err.sum((0, 2)) / (y - y.mean(0)).pow(2).sum((0, 2)).clamp_min(1e-12)).mean().item()
     dead = st.since_fired >= cfg.dead_window
     if cfg.activation == ActivationKind.TOPK:
-        assert acts is not None
+        assert pre is not None
         return StepOut(loss + cfg.aux_coef * _aux_k_loss(cfg, st, pre, (y - y_hat).detach(), dead), fired, l0, nmse)
     norms = tc.decoder_norms()  # [L, F]
     if entries is not None:
-        t, ly, f, vals = entries
         loss = loss + lam * torch.tanh(cfg.tanh_c * vals * norms[ly, f]).sum() / T
     else:
         loss = loss + lam * torch.tanh(cfg.tanh_c * acts * norms).sum() / T
     if cfg.activation == ActivationKind.JUMPRELU and cfg.preact > 0 and bool(dead.any()):
-        dl, df = dead.nonzero(as_tuple=True)
-        gap = torch.relu(tc.theta[dl, df] - pre[:, dl, df]) * norms[dl, df]  # type: ignore[index]
-        loss = loss + cfg.preact * gap.sum() / T
+        loss = loss + cfg.preact * _preact_loss(cfg, tc, x, norms, dead)
     return StepOut(loss, fired, l0, nmse)
 
 

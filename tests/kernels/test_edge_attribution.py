@@ -15,6 +15,7 @@ from kernels.reference import ONE_PER_POSITION, SPLIT_ALL, GroupCost, TorchEdgeP
 from tracer.errors import ConfigError
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
+NEEDS_TRITON = pytest.mark.skipif(not HAS_TRITON, reason="triton not importable")
 CPU = torch.device("cpu")
 
 SHAPES = [(3, 2, 5, 7, 11), (1, 4, 9, 33, 65), (2, 3, 4, 5, 0), (4, 3, 6, 16, 40)]  # (B, L, P, D, N)
@@ -95,6 +96,16 @@ def test_plan_is_reusable_and_zero_decoder_column_is_zero():
         assert out[:, 1].abs().max().item() == 0.0
 
 
+@pytest.mark.parametrize("backend", [KernelBackend.TORCH, pytest.param(KernelBackend.TRITON, marks=NEEDS_TRITON)])
+def test_inputs_requiring_grad(backend):
+    """Activations/gradients straight out of autograd still work; the result is a plain tensor."""
+    grads, dec, layer, pos, act = make_case((2, 3, 4, 6, 9), "clt", torch.float64, seed=6)
+    ref = naive(grads, dec, layer, pos, act)
+    out = edge_attribution(grads.requires_grad_(), dec, layer, pos, act.requires_grad_(), backend=backend)
+    assert not out.requires_grad
+    assert_close(out, ref)
+
+
 def test_merge_spans_hand_computed():
     spans = [(0, 4, 10), (1, 4, 10)]  # (lo, hi, rows)
     assert merge_spans(spans, SPLIT_ALL) == [(0, 1), (1, 2)]  # split 10*4 + 10*3 = 70 < merged 20*4 = 80
@@ -107,7 +118,7 @@ def test_merge_spans_hand_computed():
     assert merge_spans(clt, GroupCost(0.0, 5.0)) == [(0, 2), (2, 3)]  # 2*4+5 + 30*2+5 = 78; split 82; merged 133
 
 
-@pytest.mark.skipif(not HAS_TRITON, reason="triton not importable")
+@NEEDS_TRITON
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("shape", SHAPES)
@@ -117,7 +128,7 @@ def test_triton_matches_torch(shape, kind, dtype):
     assert_close(out, edge_attribution(grads, dec, layer, pos, act, backend=KernelBackend.TORCH))
 
 
-@pytest.mark.skipif(not HAS_TRITON, reason="triton not importable")
+@NEEDS_TRITON
 def test_triton_strided_and_truncated_grads():
     grads, dec, layer, pos, act = make_case((2, 3, 7, 40, 37), "clt", torch.float32, seed=5)
     plan = plan_edges(dec, layer, pos, act, backend=KernelBackend.TRITON)
@@ -155,7 +166,7 @@ def test_dispatch_triton_errors(monkeypatch):
     assert resolve_backend(None, torch.device("cuda")) is KernelBackend.TRITON
 
 
-@pytest.mark.skipif(not HAS_TRITON, reason="triton not importable")
+@NEEDS_TRITON
 def test_env_selects_triton_plan(monkeypatch):
     from kernels.triton_edge import TritonEdgePlan
 
