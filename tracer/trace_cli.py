@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         from tracer.errors import ModelLoadError
 
         raise ModelLoadError("the model has no tokenizer (tokenizer.json or vocab.json + merges.txt)")
-    tokens = torch.tensor(lm.tokenizer.encode_prompt(args.prompt, lm.cfg.n_ctx))
+    tokens = torch.tensor(lm.tokenizer.encode_prompt(args.prompt, lm.cfg.n_ctx, lm.cfg.bos_token_id))
     with torch.inference_mode(False):
         attr = attribute(lm.model, tc, tokens, lm.tokenizer, cfg)
     t |= attr.timings

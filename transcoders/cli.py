@@ -52,6 +52,7 @@ def add_parser(subparsers) -> None:
     tr.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="text file or folder (default: bundled)")
     tr.add_argument("--out", type=Path, required=True, help="output directory (also holds the checkpoint)")
     tr.add_argument("--cache-dir", type=Path, default=None, help="store activation shards here (default: memory)")
+    tr.add_argument("--init-from", type=Path, default=None, help="warm start: checkpoint.safetensors of a run")
     tr.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     tr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_train_options(tr)
@@ -92,7 +93,7 @@ def run_train(args: argparse.Namespace) -> int:
     lm = load_model(args.model)
     if lm.tokenizer is None:
         raise ConfigError(f"model {args.model} has no tokenizer; training needs one to read the corpus")
-    stream = tokenize_corpus(lm.tokenizer, args.corpus, cfg.tokens + cfg.buffer_tokens)
+    stream = tokenize_corpus(lm.tokenizer, args.corpus, (cfg.data_tokens or cfg.tokens) + cfg.buffer_tokens)
     res = train(
         lm.model, stream, cfg, args.out, lm.name, lm.content_hash, args.cache_dir, progress=not args.no_progress
     )

@@ -7,7 +7,9 @@
 3. Harvest: run the model in batches, capture the input hook and MLP_OUT of every layer with
    `model.hooks.capture`, drop position 0 (BOS: huge norm, zeroed in attribution anyway).
 4. Buffer i: the tokens of its sequences, shuffled at the token level with a generator seeded by (seed, i);
-   optionally stored as one safetensors shard per buffer in a cache directory and read back from there.
+   optionally stored as one safetensors shard per buffer in a cache directory and read back from there (one
+   directory per model and settings: shards are not checked against the model). With `n_unique` buffers of
+   distinct data, buffer i reuses buffer i mod n_unique, reshuffled with (seed, i) (several epochs, cheap).
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ class ActivationSource:
 
     def __init__(self, model: Transformer, stream: torch.Tensor, input_hook: HookPoint, seq_len: int,
                  buffer_tokens: int, seed: int = 0, cache_dir: Path | None = None,
-                 store_dtype: torch.dtype = torch.float16) -> None:  # fmt: skip
+                 store_dtype: torch.dtype = torch.float16, n_unique: int | None = None) -> None:  # fmt: skip
         if seq_len > model.cfg.n_ctx or seq_len < 2:
             raise ConfigError(f"seq_len {seq_len} must be in [2, {model.cfg.n_ctx}] (the model's context)")
         self.model, self.stream, self.input_hook = model, stream, input_hook
@@ -130,11 +132,25 @@ class ActivationSource:
         self.bos = model.cfg.bos_token_id
         self.seqs_per_buffer = max(1, math.ceil(buffer_tokens / (seq_len - 1)))
         self.buffer_tokens = self.seqs_per_buffer * (seq_len - 1)
+        self.n_unique = n_unique
         self._current: tuple[int, Batch] | None = None
+        self._kept: dict[int, Batch] = {}  # distinct buffers kept in memory when reused without a cache dir
 
     def buffer(self, i: int) -> Batch:
         if self._current is not None and self._current[0] == i:
             return self._current[1]
+        if self.n_unique is None or i < self.n_unique:
+            batch = self._distinct(i)
+        else:
+            b = self._distinct(i % self.n_unique)
+            perm = torch.randperm(len(b.x), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + i))
+            batch = Batch(b.x[perm], b.y[perm])
+        self._current = (i, batch)
+        return batch
+
+    def _distinct(self, i: int) -> Batch:
+        if i in self._kept:
+            return self._kept[i]
         shard = self.cache_dir / f"shard_{i:06d}.safetensors" if self.cache_dir is not None else None
         if shard is not None and shard.exists():
             t = load_file(str(shard))
@@ -147,7 +163,8 @@ class ActivationSource:
             batch = Batch(x[perm].to(self.store_dtype), y[perm].to(self.store_dtype))
             if shard is not None:
                 atomic_save_safetensors({"x": batch.x, "y": batch.y}, shard)
-        self._current = (i, batch)
+        if self.n_unique is not None and self.cache_dir is None:
+            self._kept[i] = batch
         return batch
 
     def batch(self, step: int, batch_tokens: int) -> Batch:

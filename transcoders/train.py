@@ -56,6 +56,7 @@ class TrainConfig(BaseModel):
     batch_tokens: int = Field(default=1024, gt=0, description="tokens per optimiser step")
     seq_len: int = Field(default=128, ge=2, description="harvest sequence length incl. BOS")
     buffer_tokens: int = Field(default=1 << 18, gt=0, description="tokens per shuffled activation buffer")
+    data_tokens: int = Field(default=0, ge=0, description="distinct tokens to harvest, cycled over (0 = tokens)")
     lr: float = Field(default=1e-3, gt=0, description="Adam learning rate after warm-up")
     warmup_steps: int = Field(default=50, ge=0, description="linear learning-rate warm-up")
     decay_frac: float = Field(default=0.2, ge=0, le=1, description="final fraction of steps with linear decay to 0")
@@ -108,7 +109,10 @@ def _scales(b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return (math.sqrt(d) / b.x.float().norm(dim=-1).mean(0), math.sqrt(d) / b.y.float().norm(dim=-1).mean(0))
 
 
-def init_state(cfg: TrainConfig, model: Transformer, src: ActivationSource, name: str, content_hash: str) -> State:
+def init_state(cfg: TrainConfig, model: Transformer, src: ActivationSource, name: str, content_hash: str,
+               init_from: Path | None = None) -> State:  # fmt: skip
+    """Fresh training state; `init_from` (a checkpoint of a run with the same shapes) supplies the initial
+    weights instead of the random ones (a warm start, e.g. from a CLT of an earlier checkpoint of the model)."""
     first = src.buffer(0)
     s_in, s_out = _scales(first)
     mc = model.cfg
@@ -128,6 +132,12 @@ def init_state(cfg: TrainConfig, model: Transformer, src: ActivationSource, name
             tc.theta.fill_(cfg.threshold_init)
     if tc.theta is not None:
         parametrize.register_parametrization(tc, "theta", _Exp())
+    if init_from is not None:
+        warm = load_file(str(init_from))
+        try:
+            tc.load_state_dict({k[3:]: v for k, v in warm.items() if k.startswith("tc.")})
+        except RuntimeError as e:
+            raise ConfigError(f"cannot warm-start from {init_from}: {str(e).splitlines()[0]}") from None
     opt = torch.optim.Adam(tc.parameters(), lr=cfg.lr)
     return State(tc, opt, s_in, s_out)
 
@@ -167,13 +177,12 @@ def _aux_k_loss(cfg: TrainConfig, st: State, pre: torch.Tensor, resid: torch.Ten
 
 def _candidates(cfg: TrainConfig, tc: Transcoder, x: torch.Tensor):
     """Entries (t, l, f) that can be active or carry a threshold gradient (pre > θ - ε/2), from a gradient-free
-    dense encoder pass; None when they are too many for the sparse path."""
+    dense encoder pass in layer-major layout; None when they are too many for the sparse path."""
     with torch.no_grad():
-        pre = tc.pre_activations(x)
-        cand = pre > tc.theta - cfg.bandwidth / 2 if tc.theta is not None else pre > 0
-        if int(cand.sum()) * SPARSE_RATIO >= cand.numel():
-            return None
-        return cand.nonzero(as_tuple=True)
+        raw = torch.bmm(x.transpose(0, 1), tc.W_enc.transpose(1, 2))  # [L, T, F], pre-activation minus b_enc
+        lim = -tc.b_enc if tc.theta is None else tc.theta - cfg.bandwidth / 2 - tc.b_enc
+        ly, t, f = (raw > lim[:, None]).nonzero(as_tuple=True)
+        return None if len(t) * SPARSE_RATIO >= raw.numel() else (t, ly, f)
 
 
 def _preact_loss(cfg: TrainConfig, tc: Transcoder, x: torch.Tensor, norms: torch.Tensor, dead: torch.Tensor):
@@ -223,6 +232,7 @@ def loss_fn(cfg: TrainConfig, st: State, b: Batch, lam: float, force_dense: bool
     if entries is not None:
         loss = loss + lam * torch.tanh(cfg.tanh_c * vals * norms[ly, f]).sum() / T
     else:
+        assert acts is not None
         loss = loss + lam * torch.tanh(cfg.tanh_c * acts * norms).sum() / T
     if cfg.activation == ActivationKind.JUMPRELU and cfg.preact > 0 and bool(dead.any()):
         loss = loss + cfg.preact * _preact_loss(cfg, tc, x, norms, dead)
@@ -284,14 +294,16 @@ def finished(st: State, dtype: DType) -> Transcoder:
 
 def train(model: Transformer, stream: torch.Tensor, cfg: TrainConfig, out: Path, name: str = "",
           content_hash: str = "", cache_dir: Path | None = None, stop_after: int | None = None,
-          progress: bool = True) -> TrainResult | None:  # fmt: skip
+          progress: bool = True, init_from: Path | None = None) -> TrainResult | None:  # fmt: skip
     """Train (or resume from out/checkpoint.safetensors) and save to `out`; stop_after simulates a kill (None)."""
-    src = ActivationSource(model, stream, cfg.input_hook, cfg.seq_len, cfg.buffer_tokens, cfg.seed, cache_dir)
+    n_unique = -(-cfg.data_tokens // cfg.buffer_tokens) if cfg.data_tokens else None
+    src = ActivationSource(model, stream, cfg.input_hook, cfg.seq_len, cfg.buffer_tokens, cfg.seed, cache_dir,
+                           n_unique=n_unique)  # fmt: skip
     n_steps = cfg.tokens // cfg.batch_tokens
     if n_steps == 0:
         raise ConfigError(f"{cfg.tokens} tokens make no batch of {cfg.batch_tokens}")
     ckpt = out / CHECKPOINT
-    st = load_checkpoint(ckpt, cfg) if ckpt.exists() else init_state(cfg, model, src, name, content_hash)
+    st = load_checkpoint(ckpt, cfg) if ckpt.exists() else init_state(cfg, model, src, name, content_hash, init_from)
     first, t0, stats = st.step, time.perf_counter(), {"nmse": float("nan"), "l0": float("nan"), "dead": 0.0}
     bar = tqdm(total=n_steps, initial=st.step, disable=not progress, unit="step", dynamic_ncols=True)
     while st.step < n_steps:

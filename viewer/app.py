@@ -16,6 +16,7 @@ from dash import Dash
 from viewer import DEFAULT_HOST, DEFAULT_PORT, callbacks, layout
 from viewer.data import GraphStore
 from viewer.features import FeatureStore
+from viewer.handlers import Env
 
 ASSETS = Path(__file__).parent / "assets"
 log = logging.getLogger("viewer")
@@ -27,7 +28,7 @@ def create_app(path: str | Path, feature_store: FeatureStore | None = None, cach
     app = Dash(__name__, assets_folder=str(ASSETS), serve_locally=True, title="clt-tracer viewer",
                update_title=None)  # fmt: skip  # 2.
     app.layout = layout.app_layout()
-    callbacks.register(app, callbacks.Env(store, feature_store))  # 3.
+    callbacks.register(app, Env(store, feature_store))  # 3.
     return app
 
 

@@ -44,6 +44,7 @@ class Loaded(NamedTuple):
     coords: Coordinates
     threshold: float | None  # the viewer's re-pruning threshold (None: as pruned in the file)
     has_sidecar: bool
+    stamp: tuple[int, int]  # the file's (mtime_ns, size) when loaded
 
     @property
     def file_threshold(self) -> float | None:
@@ -150,17 +151,17 @@ class GraphStore:
         path = self.resolve(graph_id)
         gid = graph_id or path.name
         has_sidecar = sidecar_path(path).exists()
-        t = threshold if has_sidecar else None
-        return self._graphs.get((path, _stamp(path), t), lambda: self._build(gid, path, t, has_sidecar))
+        t, stamp = (threshold if has_sidecar else None), _stamp(path)
+        return self._graphs.get((path, stamp, t), lambda: self._build(gid, path, t, has_sidecar, stamp))
 
-    def _build(self, gid: str, path: Path, threshold: float | None, has_sidecar: bool) -> Loaded:
+    def _build(self, gid: str, path: Path, threshold: float | None, has_sidecar: bool, stamp: tuple) -> Loaded:
         if threshold is None:
             graph = load_graph(path)
         else:
             edge_t = load_graph(path).metadata.settings.get("edge_threshold", DEFAULT_EDGE_THRESHOLD)
             graph = reprune(path, threshold, float(edge_t) if isinstance(edge_t, int | float) else 0.98)
         view = GraphView.build(graph)
-        return Loaded(gid, path, view, coordinates(view), threshold, has_sidecar)
+        return Loaded(gid, path, view, coordinates(view), threshold, has_sidecar, stamp)
 
     # 4. scores
 

@@ -16,6 +16,7 @@ from tracer.attribute import TraceConfig, attribute
 from tracer.layout import NodeKind
 from tracer.models import HookPoint, Site
 from tracer.record import frozen_forward, record
+from tracer.targets import select_targets
 from transcoders import ActivationKind, Transcoder, TranscoderConfig, TranscoderKind
 
 TOKENS = torch.tensor([1, 5, 9, 3, 7, 11, 5])
@@ -41,7 +42,7 @@ def target_values(model, tc, rec, layout, directions, acts, errors, embed_delta=
     with frozen_forward(model, tc, rec, acts, errors) as inputs, model.hooks.attached(hooks), \
             model.hooks.capture([Site(HookPoint.FINAL)]) as cache:  # fmt: skip
         model(rec.tokens[None])
-    out = torch.zeros(layout.n_nodes, dtype=torch.float64)
+    out = torch.zeros(layout.n_nodes, dtype=rec.mlp_out.dtype)
     f = layout.features
     x = torch.stack([inputs[int(layer)][int(pos)] for layer, pos in f[:, :2]]) if len(f) else torch.zeros(0, 1)
     if len(f):
@@ -50,17 +51,15 @@ def target_values(model, tc, rec, layout, directions, acts, errors, embed_delta=
     return out
 
 
-def perturbation_matrix(model, tc, attr):
-    """Column s = change of all targets when source s is added once more."""
+def perturbation_matrix(model, tc, attr, tokens=TOKENS, cfg=CFG, tok=None, columns=None):
+    """Column s = change of all targets when source s is added once more (all columns, or the given ones)."""
     layout = attr.layout
-    rec = record(model, tc, TOKENS)
-    from tracer.targets import select_targets
-
-    directions = select_targets(rec.logits[-1], model.unembed.weight, None, CFG.max_n_logits,
-                                CFG.desired_logit_prob).directions  # fmt: skip
+    rec = record(model, tc, tokens)
+    directions = select_targets(rec.logits[-1], model.unembed.weight, tok, cfg.max_n_logits,
+                                cfg.desired_logit_prob).directions  # fmt: skip
     base = target_values(model, tc, rec, layout, directions, rec.acts, rec.errors)
-    expected = torch.zeros(layout.n_nodes, layout.n_nodes, dtype=torch.float64)
-    for row in range(layout.n_nodes):
+    expected = torch.zeros(layout.n_nodes, layout.n_nodes, dtype=base.dtype)
+    for row in range(layout.n_nodes) if columns is None else columns:
         ref = layout.node(row)
         acts, errors, delta = rec.acts.clone(), rec.errors.clone(), None
         if ref.kind == NodeKind.FEATURE:
@@ -70,7 +69,7 @@ def perturbation_matrix(model, tc, attr):
                 continue  # BOS errors are constants
             errors[ref.pos, ref.layer] *= 2
         elif ref.kind == NodeKind.EMBEDDING:
-            delta = torch.zeros(rec.n_pos, model.cfg.d_model, dtype=torch.float64)
+            delta = torch.zeros(rec.n_pos, model.cfg.d_model, dtype=rec.mlp_out.dtype)
             delta[ref.pos] = model.embed.weight[ref.index]
         else:
             continue

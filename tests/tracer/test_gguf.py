@@ -65,7 +65,14 @@ def random_model(cfg: ModelConfig) -> Transformer:
     return model.eval()
 
 
-def write_gguf(path: Path, model: Transformer, arch: str, pre: str = "smollm", extra: dict | None = None) -> None:
+def write_gguf(
+    path: Path,
+    model: Transformer,
+    arch: str,
+    pre: str = "smollm",
+    extra: dict | None = None,
+    merges: list[str] = MERGES,
+) -> None:
     """What llama.cpp's converter writes for `model`: metadata, tensors (Q/K permuted for llama), tokenizer."""
     cfg = model.cfg
     w = gguf.GGUFWriter(path, arch)
@@ -82,7 +89,7 @@ def write_gguf(path: Path, model: Transformer, arch: str, pre: str = "smollm", e
     w.add_tokenizer_pre(pre)
     w.add_token_list(TOKENS)
     w.add_token_types(TYPES)
-    w.add_token_merges(MERGES)
+    w.add_token_merges(merges)
     w.add_bos_token_id(len(TOKENS) - 1)
     w.add_eos_token_id(len(TOKENS) - 1)
     w.add_add_bos_token(True)
@@ -147,6 +154,9 @@ def test_bad_gguf_files(tmp_path):
         load_model(bad)
     write_gguf(bad, random_model(CONFIGS["llama"]), "llama", extra={"rope_freqs.weight": torch.ones(4)})
     with pytest.raises(ModelLoadError, match=r"unsupported \['rope_freqs.weight'\]"):
+        load_model(bad)
+    write_gguf(bad, random_model(CONFIGS["llama"]), "llama", merges=["t zz"])
+    with pytest.raises(ModelLoadError, match="cannot build the GGUF tokenizer"):
         load_model(bad)
 
 

@@ -110,3 +110,25 @@ def test_sparse_and_dense_loss_paths_agree(setup):
     assert gs.keys() == gd.keys() and len(gs) >= 6
     for k in gs:
         torch.testing.assert_close(gs[k], gd[k], rtol=1e-4, atol=1e-6)
+
+
+def test_reused_buffers_are_reshuffled_copies(setup, tmp_path):
+    model, stream = setup
+    for cache in (None, tmp_path):
+        src = ActivationSource(model, stream, TrainConfig().input_hook, 17, 64, cache_dir=cache, n_unique=2)
+        b0, b2 = src.buffer(0), src.buffer(2)
+        assert not torch.equal(b0.x, b2.x)  # another order ...
+        key = lambda b: sorted(map(tuple, b.x.flatten(1).tolist()))
+        assert key(b0) == key(b2)  # ... of the same tokens
+
+
+def test_warm_start_loads_weights(tmp_path, setup):
+    model, stream = setup
+    cfg = TrainConfig.model_validate(BASE)
+    train(model, stream, cfg, tmp_path / "a", progress=False)
+    src = ActivationSource(model, stream, cfg.input_hook, cfg.seq_len, cfg.buffer_tokens)
+    st = init_state(cfg, model, src, "", "", init_from=tmp_path / "a" / CHECKPOINT)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "a" / CHECKPOINT))
+    assert all(torch.equal(v, saved[f"tc.{k}"]) for k, v in st.tc.state_dict().items())

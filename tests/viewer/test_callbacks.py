@@ -15,9 +15,10 @@ from tracer.layout import NodeKind
 from tracer.schema import GraphFile
 from viewer import DEFAULT_HOST, DEFAULT_PORT
 from viewer.app import create_app
-from viewer.callbacks import (
-    Env, handle_click, handle_controls, handle_export, handle_figure, handle_page, handle_panels, handle_save,
-    handle_search, handle_subgraph, handle_subgraph_action,
+from viewer.callbacks import VIEW_OUTPUTS
+from viewer.handlers import (
+    Env, handle_click, handle_controls, handle_export, handle_page, handle_save, handle_search,
+    handle_subgraph_action, handle_view,
 )  # fmt: skip
 from viewer.data import GraphStore
 from viewer.features import Example, FeatureDescription
@@ -45,6 +46,24 @@ def ids_in(component) -> list[dict]:
     own = [component.id] if isinstance(getattr(component, "id", None), dict) else []
     children = getattr(component, "children", None)
     return own + (ids_in(children) if children is not None and not isinstance(children, str) else [])
+
+
+def view(env: Env, search: str, rendered: dict | None = None) -> dict:
+    """handle_view's outputs by (component id, property)."""
+    out = handle_view(env, search, rendered, "", [])
+    assert len(out) == len(VIEW_OUTPUTS)
+    return {(i.value, prop): v for (i, prop), v in zip(VIEW_OUTPUTS, out, strict=True)}
+
+
+def handle_panels(env: Env, search: str) -> tuple:
+    v = view(env, search)
+    return v["detail", "children"], v["connections", "children"], v["pin-button", "children"], v["scores", "children"]
+
+
+def handle_subgraph(env: Env, search: str, checked: list[str]) -> tuple:
+    out = handle_view(env, search, None, "", checked)
+    v = {(i.value, prop): x for (i, prop), x in zip(VIEW_OUTPUTS, out, strict=True)}
+    return v["subgraph", "elements"], v["pinned-list", "options"], v["pinned-list", "value"]
 
 
 def node_of(graph: GraphFile, kind: NodeKind) -> str:
@@ -118,25 +137,36 @@ def test_group_label_and_subgraph(env: Env, graph: GraphFile):
     assert parse_query(q).labels == {a: "renamed"}
 
 
-def test_figure_full_then_patch(env: Env, graph: GraphFile):
-    fig, rendered = handle_figure(env, G, None, "")
-    assert isinstance(fig, dict) and rendered["key"][0] == "small.json"
+def test_view_sends_only_changed_parts(env: Env, graph: GraphFile):
+    first = view(env, G)
+    fig, rendered = first["main-graph", "figure"], first["rendered", "data"]
+    assert isinstance(fig, dict) and first["graph-page", "style"]["display"] == "block"
     rendered = json.loads(json.dumps(rendered))  # as it comes back from the browser
+    assert all(v is no_update for v in view(env, G, rendered).values() if v != rendered)
     nid = node_of(graph, NodeKind.FEATURE)
-    patch, again = handle_figure(env, f"{G}&clickedId={nid}", rendered, "")
-    assert isinstance(patch, Patch) and again is no_update
-    relabeled, key = handle_figure(env, f"{G}&clerps=[[\"{nid}\",\"x\"]]", rendered, "")
-    assert isinstance(relabeled, dict) and key != rendered
+    click = view(env, f"{G}&clickedId={nid}", rendered)
+    assert isinstance(click["main-graph", "figure"], Patch) and click["header", "children"] is no_update
+    assert click["subgraph", "elements"] is no_update and click["scores", "children"] is no_update
+    assert click["detail", "children"] is not no_update
+    pinned = view(env, f"{G}&clickedId={nid}&pinnedIds={nid}", rendered)
+    assert pinned["subgraph", "elements"] is not no_update and pinned["scores", "children"] is not no_update
+    relabeled = view(env, f"{G}&clerps=[[\"{nid}\",\"x\"]]", rendered)
+    assert isinstance(relabeled["main-graph", "figure"], dict)
+    repruned = view(env, f"{G}&pruningThreshold=0.5", rendered)
+    assert isinstance(repruned["main-graph", "figure"], dict) and repruned["header", "children"] is not no_update
     results, search_patch = handle_search(env, "France", G)
     assert isinstance(search_patch, Patch) and any("France" in t for t in texts(results))
+    broken = view(env, "?graph=nope.json", rendered)
+    assert broken["rendered", "data"] == {} and any("not found" in t for t in texts(broken["error-card", "children"]))
 
 
 def test_controls(env: Env):
     q, value, disabled, link = handle_controls(env, None, G, None, None)
     assert (q, value, disabled, link) == (no_update, 0.95, False, "both")  # the file was pruned at 0.95
+    assert handle_controls(env, None, G, 0.95, "both") == (no_update, no_update, False, no_update)
     q, *_ = handle_controls(env, Id.THRESHOLD.value, G, 0.6, "both")
     assert parse_query(q).threshold == 0.6
-    assert handle_controls(env, None, q, None, None)[1] == 0.6
+    assert handle_controls(env, None, q, 0.95, "both")[1] == 0.6
     assert handle_controls(env, Id.THRESHOLD.value, G, 0.95, "both")[0] is no_update
     assert parse_query(handle_controls(env, Id.LINK_TYPE.value, G, 0.95, "input")[0]).link_type.value == "input"
 

@@ -2,7 +2,7 @@
 
 1. Read: GGUFReader memory-maps the header, metadata and tensor index; a parse failure is a ModelLoadError.
 2. Config: the `{arch}.*` metadata (block_count, embedding_length, ...) -> ModelConfig; supported archs are
-   GgufArch (llama covers Llama 2/3, Mistral and SmolLM2 as llama.cpp stores them).
+   GgufArch (llama covers SmolLM2 and Llama 3; Llama 3.1's rope_freqs and SentencePiece vocabularies are refused).
 3. Weights: dequantise every tensor to float32 (gguf.quants), rename llama.cpp names to ours (through gguf's
    own HF -> GGUF name table) and undo the Q/K row permutation that llama.cpp's converter applies to the llama
    arch (interleaved rotary pairs back to the rotate-half order of HF and our runtime). Without `output.weight`
@@ -172,7 +172,10 @@ def tokenizer_from_gguf(meta: dict[str, Any]) -> Tokenizer | None:
         raise ModelLoadError(f"unsupported GGUF pre-tokenizer {pre!r}; supported: {', '.join(PRE_TOKENIZERS)}")
     tokens: list[str] = meta["tokenizer.ggml.tokens"]
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
-    inner = HFTokenizer(BPE({t: i for i, t in enumerate(tokens)}, merges, ignore_merges=spec.ignore_merges))
+    try:
+        inner = HFTokenizer(BPE({t: i for i, t in enumerate(tokens)}, merges, ignore_merges=spec.ignore_merges))
+    except Exception as e:  # the tokenizers library raises plain Exception on bad vocabularies
+        raise ModelLoadError(f"cannot build the GGUF tokenizer: {str(e).splitlines()[0]}") from None
     inner.pre_tokenizer = spec.build()  # type: ignore[assignment]
     inner.decoder = decoders.ByteLevel()  # type: ignore[assignment]
     types = meta.get("tokenizer.ggml.token_type", [])

@@ -28,13 +28,15 @@ class Tokenizer:
         """Readable text of one token (byte-level BPE pieces decoded)."""
         return self.inner.decode([token_id], skip_special_tokens=False)
 
-    def encode_prompt(self, text: str, n_ctx: int, add_bos: bool = True) -> list[int]:
-        """Token ids for a prompt, with BOS first when the model has one; rejects empty or over-long prompts."""
+    def encode_prompt(self, text: str, n_ctx: int, fallback_bos: int | None = None) -> list[int]:
+        """Token ids for a prompt with BOS first (the tokenizer's, else `fallback_bos`, e.g. the model config's:
+        attribution needs a position 0 to drop); rejects empty or over-long prompts."""
         if not text.strip():
             raise PromptError("the prompt is empty")
         ids = self.encode(text)
-        if add_bos and self.bos_id is not None and (not ids or ids[0] != self.bos_id):
-            ids = [self.bos_id, *ids]
+        bos = self.bos_id if self.bos_id is not None else fallback_bos
+        if bos is not None and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
         if len(ids) > n_ctx:
             raise PromptError(f"the prompt has {len(ids)} tokens; the model's context window is {n_ctx}")
         return ids
