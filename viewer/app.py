@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import dash_cytoscape as cyto
 from dash import Dash
 
 from viewer import DEFAULT_HOST, DEFAULT_PORT, callbacks, layout
@@ -22,11 +23,16 @@ ASSETS = Path(__file__).parent / "assets"
 log = logging.getLogger("viewer")
 
 
-def create_app(path: str | Path, feature_store: FeatureStore | None = None, cache_size: int = 4) -> Dash:
-    """A Dash app over `path` (a graph .json file, or a folder of them). Raises GraphFileError if it is missing."""
+def create_app(path: str | Path, feature_store: FeatureStore | None = None, cache_size: int = 4,
+               preload: bool = False) -> Dash:  # fmt: skip
+    """A Dash app over `path` (a graph .json file, or a folder of them). Raises GraphFileError if it is missing.
+    preload: load a single graph file now, so the first page view does not wait for it."""
     store = GraphStore(path, cache_size=cache_size)  # 1.
+    cyto.load_extra_layouts()  # the bundle with cytoscape-svg, which the SVG export needs
+    if preload and store.single is not None:
+        store.load(None)
     app = Dash(__name__, assets_folder=str(ASSETS), serve_locally=True, title="clt-tracer viewer",
-               update_title=None)  # fmt: skip  # 2.
+               update_title="")  # fmt: skip  # 2.
     app.layout = layout.app_layout()
     callbacks.register(app, Env(store, feature_store))  # 3.
     return app
@@ -34,7 +40,7 @@ def create_app(path: str | Path, feature_store: FeatureStore | None = None, cach
 
 def serve(path: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, debug: bool = False) -> None:
     """Serve the viewer until interrupted (binds 127.0.0.1 unless told otherwise)."""
-    app = create_app(path)
+    app = create_app(path, preload=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: anyone who can reach this address can read the served graphs", host)
     print(f"viewer: http://{host}:{port}/  (Ctrl-C to stop)")

@@ -1,45 +1,33 @@
 """Callbacks: wiring only. Each one reads its inputs, calls a viewer.handlers function and returns its result.
 
-1. events -> URL query: graph clicks (a clientside callback adds the Ctrl/Cmd modifier), connection/search rows,
-   subgraph taps, Escape, the Pin button, the subgraph buttons, and the controls (slider, edge type), whose callback
-   is the URL's primary writer (it also mirrors the URL into the controls); the others write duplicates.
-2. URL query -> every view part, in one callback (handle_view), so a click costs one round trip and one render.
+1. events -> URL query: graph clicks and node rows (both become a CLICK_EVENT with the Ctrl/Cmd modifier, see
+   viewer.clientside), subgraph taps, Escape, the Pin and subgraph buttons, and the controls (slider, edge type),
+   whose callback is the URL's primary writer (it also mirrors the URL into the controls); the others duplicates.
+2. URL query -> every view part, in one callback (handle_view), so a click costs one round trip and one render;
+   a clientside callback keeps the overlay figure (edges, rings) on the main figure's axes through zoom and pan.
 3. files: Save, JSON exports (dcc.Download), subgraph images (cytoscape generateImage).
 """
 
 from __future__ import annotations
 
-from dash import ALL, Dash, Input, Output, State, ctx, no_update
+from dash import Dash, Input, Output, State, ctx, no_update
 from dash.exceptions import PreventUpdate
 
 from tracer.errors import TracerError
+from viewer.clientside import FIT_SUBGRAPH, GRAPH_CLICK, INSTALL_LISTENERS, SYNC_AXES
 from viewer.handlers import (
-    Env, handle_click, handle_controls, handle_export, handle_pin, handle_save, handle_search, handle_select,
-    handle_subgraph_action, handle_view,
+    Env,
+    handle_click,
+    handle_controls,
+    handle_export,
+    handle_pin,
+    handle_save,
+    handle_search,
+    handle_select,
+    handle_subgraph_action,
+    handle_view,
 )  # fmt: skip
 from viewer.ids import Id
-
-INSTALL_LISTENERS = """
-function(_) {
-    if (!window.__tracerListeners) {
-        window.__tracerListeners = true;
-        window.__tracerPin = false;
-        document.addEventListener('mousedown', e => { window.__tracerPin = e.ctrlKey || e.metaKey; }, true);
-        document.addEventListener('keydown', e => {
-            if (e.key === 'Escape') {
-                dash_clientside.set_props('%s', {data: {key: 'Escape', t: Date.now()}});
-            }
-        });
-    }
-    return dash_clientside.no_update;
-}""" % Id.KEY_EVENT.value  # noqa: UP031 (JS braces)
-
-GRAPH_CLICK = """
-function(cd) {
-    const p = cd && cd.points && cd.points[0];
-    if (!p || typeof p.customdata !== 'string') { return dash_clientside.no_update; }
-    return {id: p.customdata, pin: !!window.__tracerPin, t: Date.now()};
-}"""
 
 
 def _out(i: Id, prop: str = "children", dup: bool = False) -> Output:
@@ -63,7 +51,7 @@ VIEW_OUTPUTS = (
     (Id.PICKER, "children"), (Id.PICKER, "style"), (Id.ERROR_CARD, "children"), (Id.GRAPH_PAGE, "style"),
     (Id.HEADER, "children"), (Id.DETAIL, "children"), (Id.CONNECTIONS, "children"), (Id.PIN_BUTTON, "children"),
     (Id.SCORES, "children"), (Id.SUBGRAPH, "elements"), (Id.PINNED_LIST, "options"), (Id.PINNED_LIST, "value"),
-    (Id.MAIN_GRAPH, "figure"), (Id.RENDERED, "data"),
+    (Id.MAIN_GRAPH, "figure"), (Id.OVERLAY_GRAPH, "figure"), (Id.RENDERED, "data"),
 )  # fmt: skip  # the order of handle_view's result
 
 
@@ -77,14 +65,8 @@ def register_events(app: Dash, env: Env) -> None:
                  _out(Id.LINK_TYPE, "value"), url, _in(Id.THRESHOLD, "value"), _in(Id.LINK_TYPE, "value"))(
         lambda search_, t, lk: handle_controls(env, ctx.triggered_id, search_, t, lk))  # fmt: skip
     app.callback(to_url, _in(Id.CLICK_EVENT, "data"), s_url, prevent_initial_call=True)(
-        lambda ev, search_: handle_click(env, ev, search_))
-
-    def on_row(_clicks, search_):
-        _clicked()
-        return handle_select(env, ctx.triggered_id["node"], search_)
-
-    app.callback(to_url, Input({"type": Id.NODE_LINK.value, "panel": ALL, "node": ALL}, "n_clicks"), s_url,
-                 prevent_initial_call=True)(on_row)  # fmt: skip
+        lambda ev, search_: handle_click(env, ev, search_)
+    )
 
     def on_tap(data, search_):
         if not data:
@@ -93,7 +75,8 @@ def register_events(app: Dash, env: Env) -> None:
 
     app.callback(to_url, _in(Id.SUBGRAPH, "tapNodeData"), s_url, prevent_initial_call=True)(on_tap)
     app.callback(to_url, _in(Id.KEY_EVENT, "data"), s_url, prevent_initial_call=True)(
-        lambda _ev, search_: handle_select(env, None, search_))
+        lambda _ev, search_: handle_select(env, None, search_)
+    )
     app.callback(to_url, _in(Id.PIN_BUTTON), s_url, prevent_initial_call=True)(lambda _n, s_: handle_pin(env, s_))
 
     def on_action(*args):
@@ -114,7 +97,11 @@ def register_views(app: Dash, env: Env) -> None:
         lambda search_, rendered, q, checked: handle_view(env, search_, rendered, q, checked))  # fmt: skip
     app.callback(_out(Id.PINNED_LIST, "value", dup=True), _in(Id.SUBGRAPH, "selectedNodeData"),
                  prevent_initial_call=True)(lambda data: [d["id"] for d in data or []])  # fmt: skip
-    app.callback(_out(Id.SEARCH_RESULTS), _out(Id.MAIN_GRAPH, "figure", dup=True), _in(Id.SEARCH, "value"), s_url,
+    app.clientside_callback(FIT_SUBGRAPH, _out(Id.SUBGRAPH_FIT, "data"), _in(Id.SUBGRAPH, "elements"))
+    app.clientside_callback(
+        SYNC_AXES, _out(Id.AXES_SYNC, "data"), _in(Id.MAIN_GRAPH, "figure"), _in(Id.OVERLAY_GRAPH, "figure")
+    )
+    app.callback(_out(Id.SEARCH_RESULTS), _out(Id.OVERLAY_GRAPH, "figure", dup=True), _in(Id.SEARCH, "value"), s_url,
                  prevent_initial_call=True)(lambda q, search_: handle_search(env, q, search_))  # fmt: skip
 
 
@@ -122,7 +109,8 @@ def register_files(app: Dash, env: Env) -> None:
     """3. Save and exports."""
     s_url = State(Id.URL.value, "search")
     app.callback(_out(Id.STATUS, dup=True), _in(Id.SAVE_BUTTON), s_url, prevent_initial_call=True)(
-        lambda _n, search_: handle_save(env, search_))
+        lambda _n, search_: handle_save(env, search_)
+    )
 
     def on_export(_a, _b, search_):
         _clicked()

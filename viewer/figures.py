@@ -7,7 +7,8 @@
    by probability), hover text escaped so labels show literally; logits carry their token as text.
 3. overlay: edges into/out of the clicked and pinned nodes, binned by |pctInput| (= weight_normalized, clamped to
    ±0.4, √-scaled) into N_BINS widths per sign, green positive and purple negative (PRGn); rings marking the
-   pinned, clicked and searched nodes. A click re-sends only the overlay traces (a Dash Patch, see callbacks).
+   pinned, clicked and searched nodes. They form a second, small SVG figure laid over the main one with the same
+   axes, so a click patches only the overlay and the 10k-node WebGL scene is never redrawn.
 """
 
 from __future__ import annotations
@@ -31,24 +32,30 @@ COLOR = {NodeKind.FEATURE: "#d08c3c", NodeKind.ERROR: "#8c8c8c", NodeKind.EMBEDD
 CELL_ASPECT = 4.0  # a crowded (layer, position) cell becomes a grid about this many nodes wide per node tall
 CELL_BAND = 0.6  # share of a layer's height that a crowded cell may fill
 LOGIT_SPAN = 0.07  # share of the plot's width per logit label
+MARGIN = dict(l=44, r=12, t=16, b=64)
 RING = {"pinned": ("#e4572e", 16), "search": ("#f2c14e", 20), "clicked": ("#111111", 22)}  # colour, size px
 
 
-class Trace(IntEnum):
-    """Trace order of the figure (later traces are drawn on top): edges, nodes by kind, then rings."""
+class NodeTrace(IntEnum):
+    """Traces of the main figure (WebGL): one per node kind."""
+
+    FEATURE = 0
+    ERROR = 1
+    EMBEDDING = 2
+    LOGIT = 3
+
+
+class OverlayTrace(IntEnum):
+    """Traces of the overlay figure (SVG, drawn over the main one): edges, then rings."""
 
     EDGE_FIRST = 0  # 2 * N_BINS edge traces: positive bins 0..N-1, then negative bins 0..N-1
-    FEATURE = 2 * N_BINS
-    ERROR = FEATURE + 1
-    EMBEDDING = FEATURE + 2
-    LOGIT = FEATURE + 3
-    PINNED = FEATURE + 4
-    SEARCH = FEATURE + 5
-    CLICKED = FEATURE + 6
+    PINNED = 2 * N_BINS
+    SEARCH = PINNED + 1
+    CLICKED = PINNED + 2
 
 
-NODE_TRACE = {NodeKind.FEATURE: Trace.FEATURE, NodeKind.ERROR: Trace.ERROR, NodeKind.EMBEDDING: Trace.EMBEDDING,
-              NodeKind.LOGIT: Trace.LOGIT}  # fmt: skip
+NODE_TRACE = {NodeKind.FEATURE: NodeTrace.FEATURE, NodeKind.ERROR: NodeTrace.ERROR,
+              NodeKind.EMBEDDING: NodeTrace.EMBEDDING, NodeKind.LOGIT: NodeTrace.LOGIT}  # fmt: skip
 
 
 class Coordinates(NamedTuple):
@@ -124,7 +131,7 @@ def _node_trace(view: GraphView, co: Coordinates, kind: NodeKind, sizes: np.ndar
     rows = np.flatnonzero(view.kind == kind.code)
     trace = dict(
         type="scattergl", mode="markers", name=kind.value, x=co.x[rows], y=co.y[rows],
-        customdata=[view.graph.nodes[i].id for i in rows], hovertext=[hover_text(view, i, labels) for i in rows],
+        customdata=[view.graph.nodes[i].id for i in rows], hovertext=[hover_text(view, int(i), labels) for i in rows],
         hoverinfo="text", marker=dict(symbol=GLYPH[kind], size=sizes[rows], color=COLOR[kind],
                                       line=dict(width=0.5, color="#ffffff")),
     )  # fmt: skip
@@ -144,9 +151,10 @@ class Overlay(NamedTuple):
     clicked: tuple[np.ndarray, np.ndarray]
 
     def traces(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """Trace index -> (x, y) of every overlay trace."""
-        out = {Trace.EDGE_FIRST + k: xy for k, xy in enumerate(self.edges)}
-        return out | {int(Trace.PINNED): self.pinned, int(Trace.SEARCH): self.search, int(Trace.CLICKED): self.clicked}
+        """Overlay trace index -> (x, y)."""
+        out = {OverlayTrace.EDGE_FIRST + k: xy for k, xy in enumerate(self.edges)}
+        return out | {int(OverlayTrace.PINNED): self.pinned, int(OverlayTrace.SEARCH): self.search,
+                      int(OverlayTrace.CLICKED): self.clicked}  # fmt: skip
 
 
 def edge_bin(wnorm: np.ndarray) -> np.ndarray:
@@ -160,7 +168,7 @@ def edge_style(k: int) -> tuple[str, float]:
     """Colour and width of edge trace k."""
     sign, b = (1, k) if k < N_BINS else (-1, k - N_BINS)
     strength = (b + 1) / N_BINS
-    return sample_colorscale("PRGn", [0.5 + sign * (0.2 + 0.3 * strength)])[0], 0.5 + 2.5 * strength
+    return str(sample_colorscale("PRGn", [0.5 + sign * (0.2 + 0.3 * strength)])[0]), 0.5 + 2.5 * strength
 
 
 def _segments(co: Coordinates, src: np.ndarray, tgt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +183,8 @@ def _points(view: GraphView, co: Coordinates, ids: list[str]) -> tuple[np.ndarra
 
 def overlay(view: GraphView, co: Coordinates, clicked: str | None, pinned: list[str], search: list[str],
             link_type: LinkType) -> Overlay:  # fmt: skip
-    focus = [view.row[i] for i in dict.fromkeys([*([clicked] if clicked else []), *pinned]) if i in view.row]
+    ids: list[str] = [clicked, *pinned] if clicked else list(pinned)
+    focus = [view.row[i] for i in dict.fromkeys(ids) if i in view.row]
     inputs, outputs = link_type is not LinkType.OUTPUT, link_type is not LinkType.INPUT
     edges = view.edges_of(focus, inputs, outputs)
     bins = edge_bin(view.wnorm[edges])
@@ -184,34 +193,45 @@ def overlay(view: GraphView, co: Coordinates, clicked: str | None, pinned: list[
                    _points(view, co, [clicked] if clicked else []))  # fmt: skip
 
 
-def _overlay_traces(ov: Overlay) -> list[dict]:
-    traces = []
-    for k, (x, y) in enumerate(ov.edges):
-        color, width = edge_style(k)
-        traces.append(dict(type="scattergl", mode="lines", x=x, y=y, hoverinfo="skip", showlegend=False,
-                           line=dict(color=color, width=width)))  # fmt: skip
-    return traces
+def _axes(view: GraphView, co: Coordinates, ticks: bool) -> dict:
+    """Both figures share these axes (explicit ranges, so the overlay lines up before any zoom)."""
+    meta = view.graph.metadata
+    pad = 0.5
+    xr = [float(co.x.min(initial=0.0)) - pad, float(co.x.max(initial=1.0)) + pad]
+    common = dict(zeroline=False, showticklabels=ticks, ticks="", showgrid=False)
+    layer_ticks = ["Emb", *(f"L{i}" for i in range(meta.n_layers)), "Lgt"]
+    return dict(
+        margin=MARGIN, xaxis=dict(range=xr, tickvals=co.col_center, ticktext=[html.escape(t) for t in meta.tokens],
+                                  tickangle=-40, **common),
+        yaxis=dict(range=[-0.6, co.n_rows - 0.4], tickvals=list(range(co.n_rows)), ticktext=layer_ticks,
+                   **common | dict(showgrid=ticks, gridcolor="#f0f0f0")),
+    )  # fmt: skip
+
+
+def main_figure(view: GraphView, co: Coordinates, labels: dict[str, str], revision: str) -> dict:
+    """Every node, in WebGL (NodeTrace order); `revision` keeps zoom/pan across redraws of one graph."""
+    sizes = marker_sizes(view)
+    data = [_node_trace(view, co, k, sizes, labels) for k in KIND_ORDER]
+    layout = dict(uirevision=revision, showlegend=False, hovermode="closest", dragmode="pan", clickmode="event",
+                  plot_bgcolor="#ffffff", paper_bgcolor="#ffffff", **_axes(view, co, ticks=True))  # fmt: skip
+    return dict(data=data, layout=layout)
 
 
 def _ring(name: str, xy: tuple[np.ndarray, np.ndarray]) -> dict:
     color, size = RING[name]
-    return dict(type="scattergl", mode="markers", name=name, x=xy[0], y=xy[1], hoverinfo="skip", showlegend=False,
+    return dict(type="scatter", mode="markers", name=name, x=xy[0], y=xy[1], hoverinfo="skip",
                 marker=dict(symbol="circle-open", size=size, color=color, line=dict(width=2, color=color)))  # fmt: skip
 
 
-def main_figure(view: GraphView, co: Coordinates, labels: dict[str, str], ov: Overlay, revision: str) -> dict:
-    """The full figure; `revision` keeps zoom/pan across updates of the same graph (plotly uirevision)."""
-    sizes = marker_sizes(view)
-    meta = view.graph.metadata
-    data = _overlay_traces(ov) + [_node_trace(view, co, k, sizes, labels) for k in KIND_ORDER]
+def overlay_figure(view: GraphView, co: Coordinates, ov: Overlay) -> dict:
+    """Edges and rings (OverlayTrace order) in SVG on a transparent plot with the main figure's axes: a click
+    redraws only this small figure, never the WebGL nodes."""
+    data = []
+    for k, (x, y) in enumerate(ov.edges):
+        color, width = edge_style(k)
+        data.append(dict(type="scatter", mode="lines", x=x, y=y, hoverinfo="skip", opacity=0.8,
+                         line=dict(color=color, width=width)))  # fmt: skip
     data += [_ring("pinned", ov.pinned), _ring("search", ov.search), _ring("clicked", ov.clicked)]
-    layer_ticks = ["Emb", *(f"L{i}" for i in range(meta.n_layers)), "Lgt"]
-    layout = dict(
-        uirevision=revision, showlegend=False, hovermode="closest", dragmode="pan", clickmode="event",
-        margin=dict(l=44, r=12, t=16, b=64), plot_bgcolor="#ffffff", paper_bgcolor="#ffffff",
-        xaxis=dict(tickvals=co.col_center, ticktext=[html.escape(t) for t in meta.tokens], tickangle=-40,
-                   showgrid=False, zeroline=False),
-        yaxis=dict(tickvals=list(range(co.n_rows)), ticktext=layer_ticks, range=[-0.6, co.n_rows - 0.2],
-                   showgrid=True, gridcolor="#f0f0f0", zeroline=False, fixedrange=False),
-    )  # fmt: skip
+    layout = dict(showlegend=False, plot_bgcolor="rgba(0,0,0,0)", paper_bgcolor="rgba(0,0,0,0)",
+                  **_axes(view, co, ticks=False))  # fmt: skip
     return dict(data=data, layout=layout)

@@ -4,7 +4,7 @@ The URL query is the only per-user state. Data flows one way:
 1. events (graph click, row click, buttons, Escape, slider) -> handle_<event> -> a new URL query;
 2. URL query -> handle_view: every view part (page: picker / error card / header; panels; scores; subgraph; main
    figure) carries a key in the browser's RENDERED store, and a part is re-sent only when its key changed. The
-   figure is sent in full only when graph, threshold or labels change, else patched (overlay traces only).
+   figures are sent in full only when graph, threshold or labels change; a click patches the overlay only.
 3. files: save the view into the graph file, export ours / Neuronpedia JSON.
 Controls mirroring the URL (threshold slider, edge type) are set and read in one function (`handle_controls`).
 """
@@ -26,7 +26,7 @@ from tracer.layout import NodeKind
 from viewer import layout, state
 from viewer.data import GraphStore, Loaded
 from viewer.features import FeatureStore
-from viewer.figures import Overlay, main_figure, overlay
+from viewer.figures import Overlay, main_figure, overlay, overlay_figure
 from viewer.ids import Id
 from viewer.model import connections, search
 from viewer.state import UrlState, effective_state, parse_query, to_query
@@ -182,7 +182,8 @@ def overlay_patch(ov: Overlay) -> Patch:
 
 def _keys(st: UrlState, loaded: Loaded) -> dict[str, Any]:
     """What each view part depends on (JSON-normalised, to compare with the browser's RENDERED store)."""
-    page = [loaded.graph_id, loaded.threshold, "%d:%d" % loaded.stamp]  # a string: mtime_ns exceeds JS integers
+    stamp = f"{loaded.stamp[0]}:{loaded.stamp[1]}"  # a string: mtime_ns is beyond JavaScript's exact integers
+    page = [loaded.graph_id, loaded.threshold, stamp]
     labels = sorted(st.labels.items())
     groups = [g.model_dump() for g in st.supernodes]
     keys = dict(page=page, panels=[page, st.clicked, labels, st.clicked in st.pinned],
@@ -191,20 +192,20 @@ def _keys(st: UrlState, loaded: Loaded) -> dict[str, Any]:
     return json.loads(json.dumps(keys))
 
 
-VIEW_PARTS = (("page", 5), ("panels", 3), ("scores", 1), ("subgraph", 3), ("figure", 1))
+VIEW_PARTS = (("page", 5), ("panels", 3), ("scores", 1), ("subgraph", 3), ("figure", 2))
 
 
 def handle_view(env: Env, search_: str | None, rendered: dict | None, query: str | None,
                 checked: list[str] | None) -> tuple:  # fmt: skip
-    """Every view output, in VIEW_PARTS order, then the new RENDERED keys; parts whose key is unchanged are
-    no_update, and an unchanged figure gets a Patch of its overlay (or nothing)."""
+    """Every view output, in VIEW_PARTS order (the figure part: main, overlay), then the new RENDERED keys; parts
+    whose key is unchanged are no_update, and an unchanged figure gets a Patch of its overlay (or nothing)."""
     old = rendered or {}
     if env.store.single is None and not parse_query(search_).graph:  # the folder's picker
-        return (*handle_page(env, search_), *(no_update,) * 8, {})
+        return (*handle_page(env, search_), *(no_update,) * 9, {})
     try:
         st, loaded = env.open(search_)
     except TracerError:  # the error card, and nothing left of the previous graph
-        return (*handle_page(env, search_), [], [], "Pin", [], [], [], [], EMPTY_FIGURE, {})
+        return (*handle_page(env, search_), [], [], "Pin", [], [], [], [], EMPTY_FIGURE, EMPTY_FIGURE, {})
     keys = _keys(st, loaded)
     fresh = {part: keys[part] != old.get(part) for part, _ in VIEW_PARTS}
     out: list = []
@@ -212,15 +213,17 @@ def handle_view(env: Env, search_: str | None, rendered: dict | None, query: str
                  scores=lambda: (scores(env, st, loaded),), subgraph=lambda: subgraph(st, loaded, checked))  # fmt: skip
     for part, n in VIEW_PARTS[:-1]:
         out += build[part]() if fresh[part] else (no_update,) * n
+    v, co = loaded.view, loaded.coords
     if fresh["figure"]:
-        out.append(main_figure(loaded.view, loaded.coords, st.labels, _overlay(loaded, st, query), loaded.graph_id))
+        out += [main_figure(v, co, st.labels, loaded.graph_id), overlay_figure(v, co, _overlay(loaded, st, query))]
     else:
-        out.append(overlay_patch(_overlay(loaded, st, query)) if keys["overlay"] != old.get("overlay") else no_update)
+        changed = keys["overlay"] != old.get("overlay")
+        out += [no_update, overlay_patch(_overlay(loaded, st, query)) if changed else no_update]
     return (*out, keys)
 
 
 def handle_search(env: Env, query: str | None, search_: str | None) -> tuple:
-    """(search results, figure Patch with the search rings)."""
+    """(search results, overlay Patch with the search rings)."""
     try:
         st, loaded = env.open(search_)
     except TracerError:

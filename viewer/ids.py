@@ -1,4 +1,4 @@
-"""Dash component ids, defined once. Pattern-matching ids are dicts whose "type" is an Id value."""
+"""Dash component ids, defined once, and the attribute that makes an element a link to a node."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ class Id(str, Enum):
     KEY_EVENT = "key-event"  # store: {"key", "t"} from document key presses (Escape clears the selection)
     RENDERED = "rendered"  # store: what the main figure currently shows (decides full redraw vs Patch)
     LISTENERS = "listeners"  # dummy output of the clientside callback that installs document listeners
+    AXES_SYNC = "axes-sync"  # dummy output of the clientside callback that keeps the overlay on the main axes
+    SUBGRAPH_FIT = "subgraph-fit"  # dummy output of the clientside callback that fits the subgraph to its box
     # page sections
     PICKER = "picker"
     ERROR_CARD = "error-card"
@@ -20,6 +22,7 @@ class Id(str, Enum):
     STATUS = "status"
     # main graph and controls
     MAIN_GRAPH = "main-graph"
+    OVERLAY_GRAPH = "overlay-graph"
     THRESHOLD = "threshold"
     LINK_TYPE = "link-type"
     SEARCH = "search"
@@ -27,7 +30,6 @@ class Id(str, Enum):
     # panels
     DETAIL = "detail"
     CONNECTIONS = "connections"
-    NODE_LINK = "node-link"  # pattern type: a clickable node row {"type", "panel", "node"}
     PIN_BUTTON = "pin-button"
     # subgraph
     SUBGRAPH = "subgraph"
@@ -44,6 +46,9 @@ class Id(str, Enum):
     EXPORT_SVG = "export-svg"
     EXPORT_PNG = "export-png"
     DOWNLOAD = "download"
+
+
+NODE_ATTR = "data-node"  # an element carrying it selects that node id when clicked (one document listener)
 
 
 class LinkType(str, Enum):

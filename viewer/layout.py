@@ -9,6 +9,7 @@ which Dash renders as text, never as HTML.
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 import dash_cytoscape as cyto
@@ -17,7 +18,7 @@ from dash import dcc, html
 from tracer.layout import NodeKind
 from tracer.schema import GraphNode, Scores
 from viewer.features import FeatureDescription, logit_effects
-from viewer.ids import Id, LinkType, QueryKey
+from viewer.ids import NODE_ATTR, Id, LinkType, QueryKey
 from viewer.model import Connections, GraphView, Link, display_name
 from viewer.subgraph import STYLESHEET
 
@@ -70,7 +71,8 @@ def _subgraph() -> html.Div:
 def app_layout() -> html.Div:
     return html.Div(className="app", children=[
         dcc.Location(id=Id.URL.value, refresh=False),
-        *(dcc.Store(id=i.value) for i in (Id.CLICK_EVENT, Id.KEY_EVENT, Id.RENDERED, Id.LISTENERS)),
+        *(dcc.Store(id=i.value) for i in (Id.CLICK_EVENT, Id.KEY_EVENT, Id.RENDERED, Id.LISTENERS, Id.AXES_SYNC,
+                                                  Id.SUBGRAPH_FIT)),
         dcc.Download(id=Id.DOWNLOAD.value),
         html.Div(id=Id.ERROR_CARD.value),
         html.Div(id=Id.PICKER.value),
@@ -79,8 +81,12 @@ def app_layout() -> html.Div:
             _controls(),
             html.Div(id=Id.SCORES.value, className="scores"),
             html.Div(className="main-row", children=[
-                dcc.Graph(id=Id.MAIN_GRAPH.value, className="main-graph", config={"displaylogo": False,
-                          "scrollZoom": True}, style={"height": "560px"}),
+                html.Div(className="graph-stack", children=[
+                    dcc.Graph(id=Id.MAIN_GRAPH.value, className="main-graph", responsive=True,
+                              config={"displaylogo": False, "scrollZoom": True}, style={"height": "560px"}),
+                    dcc.Graph(id=Id.OVERLAY_GRAPH.value, className="overlay-graph", responsive=True,
+                              config={"staticPlot": True}, style={"height": "560px"}),
+                ]),
                 html.Div(className="side", children=[
                     _button(Id.PIN_BUTTON, "Pin", "pin or unpin the clicked node (or Ctrl/Cmd-click it)"),
                     html.Div(id=Id.DETAIL.value, className="panel"),
@@ -114,7 +120,7 @@ def picker(entries: list, folder: str) -> html.Div:
         rows.append(html.Tr([html.Td(link), html.Td(e.prompt), html.Td(e.model), html.Td(e.created[:19]),
                              html.Td(_fmt(s and s.replacement)), html.Td(_fmt(s and s.completeness)),
                              html.Td(str(e.n_nodes))]))  # fmt: skip
-    empty = [html.P("No graph files here. Make one with: tracer trace \"your prompt\" -o FOLDER/NAME.json")]
+    empty = [html.P('No graph files here. Make one with: tracer trace "your prompt" -o FOLDER/NAME.json')]
     return html.Div(className="picker", children=[
         html.H2(f"Graphs in {folder}"), html.Table([head, *rows]) if rows else empty[0]])  # fmt: skip
 
@@ -220,13 +226,18 @@ def detail_panel(node: GraphNode | None, view: GraphView, labels: dict[str, str]
     return [html.H3(display_name(node, labels), className="node-title"), _kv(rows), *extra]
 
 
-def _link_row(view: GraphView, link: Link, panel: str, labels: dict[str, str]) -> html.Button:
+def node_link(node_id: str, name: str, extra: list | None = None) -> html.Button:
+    """A row that selects `node_id` when clicked (Ctrl/Cmd-click pins it): no Dash id, so rows cost no callback
+    bookkeeping; the document listener installed by the callbacks reads NODE_ATTR."""
+    attrs: dict[str, Any] = {NODE_ATTR: node_id}
+    return html.Button([html.Span(name, className="name"), *(extra or [])], className="node-link", title=node_id,
+                       **attrs)  # fmt: skip
+
+
+def _link_row(view: GraphView, link: Link, labels: dict[str, str]) -> html.Button:
     node = view.node(link.node)
     name = display_name(node, labels) if node else link.node
-    return html.Button(id={"type": Id.NODE_LINK.value, "panel": panel, "node": link.node}, n_clicks=0,
-                       className="node-link", title=link.node,
-                       children=[html.Span(name, className="name"),
-                                 html.Span(f"{link.weight_normalized:+.1%}", className="w")])  # fmt: skip
+    return node_link(link.node, name, [html.Span(f"{link.weight_normalized:+.1%}", className="w")])
 
 
 def connections_panel(conns: Connections, view: GraphView, labels: dict[str, str]) -> list:
@@ -235,7 +246,7 @@ def connections_panel(conns: Connections, view: GraphView, labels: dict[str, str
     out: list = [html.H4("Connections")]
     for title, panel, links in groups:
         if links:
-            out += [html.H5(title), html.Div([_link_row(view, lk, panel, labels) for lk in links], className=panel)]
+            out += [html.H5(title), html.Div([_link_row(view, lk, labels) for lk in links], className=panel)]
     return out if len(out) > 1 else [*out, html.P("No edges in this graph.", className="note")]
 
 
@@ -244,9 +255,5 @@ def search_results(ids: list[str], view: GraphView, labels: dict[str, str], quer
         return []
     if not ids:
         return [html.H4("Search"), html.P(f"No node matches {query!r}.", className="note")]
-    links = [Link(i, 0.0, 0.0) for i in ids]
-    rows = [html.Button(id={"type": Id.NODE_LINK.value, "panel": "search", "node": lk.node}, n_clicks=0,
-                        className="node-link", children=[html.Span(display_name(view.graph.nodes[view.row[lk.node]],
-                                                                                labels), className="name")])
-            for lk in links]  # fmt: skip
+    rows = [node_link(i, display_name(view.graph.nodes[view.row[i]], labels)) for i in ids]
     return [html.H4(f"Search: {len(ids)} match{'es' if len(ids) != 1 else ''}"), html.Div(rows)]

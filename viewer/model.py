@@ -149,7 +149,8 @@ def search(view: GraphView, query: str, labels: dict[str, str] | None = None, li
         hits = [n for n in view.graph.nodes if n.kind is NodeKind.FEATURE and (n.layer, n.feature) == (layer, feature)]
     else:
         q = query.casefold()
-        hits = [n for n in view.graph.nodes
-                if q in display_name(n, labels).casefold() or (n.token is not None and q in n.token.casefold())]  # fmt: skip
+        hits = [
+            n for n in view.graph.nodes if q in display_name(n, labels).casefold() or q in (n.token or "").casefold()
+        ]
     hits.sort(key=lambda n: -n.influence)
     return [n.id for n in hits[:limit]]

@@ -29,14 +29,16 @@ class UrlState(BaseModel):
     """Everything one browser tab is looking at. Frozen: updates return a copy."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    graph: str | None = Field(None, description="graph file relative to the served folder (folder mode)")
-    clicked: str | None = Field(None, description="selected node id")
-    pinned: tuple[str, ...] = Field((), description="pinned node ids, in pin order")
-    supernodes: tuple[Supernode, ...] = Field((), description="groups of pinned nodes shown as one")
+    graph: str | None = Field(default=None, description="graph file relative to the served folder (folder mode)")
+    clicked: str | None = Field(default=None, description="selected node id")
+    pinned: tuple[str, ...] = Field(default=(), description="pinned node ids, in pin order")
+    supernodes: tuple[Supernode, ...] = Field(default=(), description="groups of pinned nodes shown as one")
     labels: dict[str, str] = Field(default_factory=dict, description="node id -> edited label (clerp)")
-    threshold: float | None = Field(None, gt=0.0, le=1.0, description="re-pruning node threshold, None = file's")
+    threshold: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="re-pruning node threshold, None = file's"
+    )
     link_type: LinkType = LinkType.BOTH
-    explicit: bool = Field(False, description="the URL carried view keys (else the file's saved view applies)")
+    explicit: bool = Field(default=False, description="the URL carried view keys (else the file's saved view applies)")
 
 
 # 1. parse
@@ -95,7 +97,8 @@ def parse_query(search: str | None) -> UrlState:
 
 def from_view(view: ViewState, graph: str | None = None) -> UrlState:
     return UrlState(graph=graph, clicked=view.clicked, pinned=tuple(view.pinned)[:MAX_PINNED],
-                    supernodes=tuple(view.supernodes), labels=dict(view.labels), threshold=view.node_threshold)  # fmt: skip
+                    supernodes=tuple(view.supernodes), labels=dict(view.labels),
+                    threshold=view.node_threshold)  # fmt: skip
 
 
 def effective_state(search: str | None, saved: ViewState | None) -> UrlState:
@@ -192,8 +195,9 @@ def set_label(state: UrlState, items: list[str], text: str) -> UrlState:
 
 def set_threshold(state: UrlState, value: float | None, file_threshold: float | None) -> UrlState:
     """None (the file's own pruning) when the slider sits on the threshold the file was pruned with."""
-    same = value is None or (file_threshold is not None and abs(value - file_threshold) < 1e-9)
-    return _with(state, threshold=None if same else float(value))
+    if value is None or (file_threshold is not None and abs(value - file_threshold) < 1e-9):
+        return _with(state, threshold=None)
+    return _with(state, threshold=float(value))
 
 
 def set_link_type(state: UrlState, link_type: str) -> UrlState:

@@ -22,7 +22,8 @@ WORDS = ["The", " capital", " of", " France", " is", " a", " city", " in", " Eur
 
 
 def synthetic_attribution(n_layers: int = 3, n_pos: int = 5, n_features: int = 24, n_logits: int = 3,
-                          edges_per_target: int = 6, n_edges: int | None = None, seed: int = 0) -> Attribution:  # fmt: skip
+                          edges_per_target: int = 6, n_edges: int | None = None,
+                          seed: int = 0) -> Attribution:  # fmt: skip
     """n_edges: an exact edge count, reached by giving the logit targets whatever the features leave over."""
     rng = np.random.default_rng(seed)
     # 1. layout
@@ -42,13 +43,16 @@ def synthetic_attribution(n_layers: int = 3, n_pos: int = 5, n_features: int = 2
         if kind is NodeKind.LOGIT and n_edges is not None:
             want = np.diff(np.linspace(0, n_edges - len(rows), len(targets) + 1).round()).astype(np.int64)
         for target, k in zip(targets, want, strict=True):
-            cand = np.flatnonzero((level < level[target]) & (t[:, 2] <= t[target, 2]) & (t[:, 0] != NodeKind.LOGIT.code))
+            cand = np.flatnonzero(
+                (level < level[target]) & (t[:, 2] <= t[target, 2]) & (t[:, 0] != NodeKind.LOGIT.code)
+            )
             src = rng.choice(cand, size=min(int(k), len(cand)), replace=False)
             rows += [target] * len(src)
             cols += src.tolist()
     values = torch.from_numpy(rng.normal(0.3, 1.0, size=len(rows))).float()
-    adjacency = torch.sparse_coo_tensor(torch.tensor([rows, cols]), values, (layout.n_nodes,) * 2,
-                                        check_invariants=True).coalesce()
+    adjacency = torch.sparse_coo_tensor(
+        torch.tensor([rows, cols]), values, (layout.n_nodes,) * 2, check_invariants=True
+    ).coalesce()
     probs = torch.from_numpy(np.sort(rng.dirichlet(np.ones(n_logits)))[::-1].copy()).float() * 0.9
     tokens = ["<bos>", *(WORDS[i % len(WORDS)] for i in range(n_pos - 1))]
     return Attribution(layout=layout, adjacency=adjacency,

@@ -157,10 +157,10 @@ def test_training_resumes_exactly(tmp_path: Path):
     stream = torch.randint(1, 50, (2000,), generator=g, dtype=torch.int32)
     stream[::31] = 0
     tc = TrainConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32, n_ctx=16, batch=4, steps=6, warmup=2,
-                     ckpt_every=3, threads=1)  # fmt: skip
-    straight = train(tc, natural, stream, natural, 50, 0, tmp_path / "a")
-    train(tc, natural, stream, natural, 50, 0, tmp_path / "b", stop_at=3)
-    resumed = train(tc, natural, stream, natural, 50, 0, tmp_path / "b")
+                     ckpt_every=3, threads=1, phase_steps=(2,), planted_fracs=(0.5, 0.7))  # fmt: skip
+    straight = train(tc, natural, [stream, stream.flip(0)], natural, 50, 0, tmp_path / "a")
+    train(tc, natural, [stream, stream.flip(0)], natural, 50, 0, tmp_path / "b", stop_at=3)
+    resumed = train(tc, natural, [stream, stream.flip(0)], natural, 50, 0, tmp_path / "b")
     for (name, p), q in zip(straight.named_parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
     log = json.loads((tmp_path / "b" / "ckpt.json").read_text())["log"]

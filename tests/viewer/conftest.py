@@ -9,8 +9,8 @@ import pytest
 from selenium.webdriver.chrome.options import Options
 
 from tracer.graphfile import save_graph
-from tracer.schema import GraphFile
 from tracer.result import Attribution
+from tracer.schema import GraphFile
 from viewer.callbacks import Env
 from viewer.data import GraphStore
 from viewer.synthetic import synthetic_attribution, synthetic_graph

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from dash.testing.wait import until
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -38,7 +41,11 @@ TIMEOUT = 30
 NODE_PIXEL = """const gd = document.querySelector('#main-graph .js-plotly-plot'), fl = gd._fullLayout;
 const t = gd.data[arguments[0]], i = t.customdata.indexOf(arguments[1]), r = gd.getBoundingClientRect();
 return [fl.xaxis.l2p(t.x[i]) + fl._size.l - r.width / 2, fl.yaxis.l2p(t.y[i]) + fl._size.t - r.height / 2];"""
-CY_LABELS = "const c = document.getElementById('subgraph')._cyreg; return c ? c.cy.nodes().map(n => n.data('label')) : [];"
+CY_LABELS = (
+    "const c = document.getElementById('subgraph')._cyreg; return c ? c.cy.nodes().map(n => n.data('label')) : [];"
+)
+AXES = """const r = id => { const l = document.querySelector('#' + id + ' .js-plotly-plot')._fullLayout;
+return [l.xaxis.range, l.yaxis.range]; }; return [r('main-graph'), r('overlay-graph')];"""
 PLOT_READY = "const g = document.querySelector('#main-graph .js-plotly-plot'); return !!(g && g.data && g.data.length);"
 
 
@@ -62,23 +69,20 @@ def served(tmp_path: Path, graph: GraphFile, attribution: Attribution) -> Path:
 
 
 def click_node(duo, view: GraphView, node_id: str, pin: bool = False) -> None:
-    trace = NODE_TRACE[view.node(node_id).kind]
+    trace = NODE_TRACE[view.graph.nodes[view.row[node_id]].kind]
     dx, dy = duo.driver.execute_script(NODE_PIXEL, int(trace), node_id)
     plot = duo.find_element("#main-graph .js-plotly-plot")
     chain = ActionChains(duo.driver).move_to_element(plot).move_by_offset(round(dx), round(dy))
     (chain.key_down(Keys.CONTROL).click().key_up(Keys.CONTROL) if pin else chain.click()).perform()
 
 
-def wait_js(duo, script: str, check=bool, *args):
+def wait_js(duo, script: str, check: Callable[[Any], bool] = bool, *args):
     value = None
 
     def ok():
         nonlocal value
         value = duo.driver.execute_script(script, *args)
         return check(value)
-
-    duo.wait_for_element("body")
-    from dash.testing.wait import until
 
     until(ok, timeout=TIMEOUT)
     return value
@@ -123,6 +127,24 @@ def test_scenario(dash_duo, served: Path):
     wait_js(dash_duo, CY_LABELS, lambda v: v == ["capital city"])
     assert pinned_texts(dash_duo) == ["capital city (2 nodes)"]
 
+    # exports: our JSON (dcc.Download) and the subgraph as SVG (cytoscape generateImage)
+    behavior = {"behavior": "allow", "downloadPath": dash_duo.download_path}  # headless=new needs it said
+    dash_duo.driver.execute_cdp_cmd("Browser.setDownloadBehavior", behavior)
+    dash_duo.find_element("#export-json").click()
+    dash_duo.find_element("#export-svg").click()
+    downloads = Path(dash_duo.download_path)
+    until(lambda: {p.name for p in downloads.iterdir()} >= {"france.json", "subgraph.svg"}, timeout=TIMEOUT)
+    until(lambda: "capital city" in (downloads / "subgraph.svg").read_text(), timeout=TIMEOUT)
+    exported = GraphFile.model_validate_json((downloads / "france.json").read_text())
+    assert exported.view.supernodes[0].label == "capital city"
+
+    # pan the graph: the overlay (edges, rings) follows the main axes
+    before = dash_duo.driver.execute_script(AXES)[0]
+    ActionChains(dash_duo.driver).drag_and_drop_by_offset(
+        dash_duo.find_element("#main-graph .nsewdrag"), 80, 30
+    ).perform()
+    wait_js(dash_duo, AXES, lambda v: v[0] != before and v[0] == v[1])
+
     # reload the URL -> the same state
     url = dash_duo.driver.current_url
     state = parse_query("?" + url.split("?", 1)[1])
@@ -137,8 +159,11 @@ def test_scenario(dash_duo, served: Path):
     shot.parent.mkdir(exist_ok=True)
     dash_duo.driver.save_screenshot(str(shot))
     if os.environ.get("TRACER_UPDATE_DOCS_SCREENSHOT"):  # refresh the README's picture on purpose only
+        from PIL import Image  # pillow comes with matplotlib
+
         (ROOT / "docs").mkdir(exist_ok=True)
-        dash_duo.driver.save_screenshot(str(ROOT / "docs" / "viewer.png"))
+        small = Image.open(shot).convert("RGB").quantize(colors=96)  # a palette PNG: a fraction of the size
+        small.save(ROOT / "docs" / "viewer.png", optimize=True)
 
 
 def test_safety(dash_duo, served: Path):
@@ -153,11 +178,25 @@ def test_safety(dash_duo, served: Path):
         dash_duo.wait_for_contains_text(".error-card", message, timeout=TIMEOUT)
         assert not dash_duo.find_element("#graph-page").is_displayed()
 
+    sources = dash_duo.driver.execute_script(
+        "return [...document.querySelectorAll('script[src], link[href]')].map(e => e.src || e.href);"
+    )
+    assert sources and all(s.startswith(base) for s in sources)  # every script and style from this server, no CDN
+
     clerps = f'[["{node.id}","{XSS}"]]'
     dash_duo.driver.get(f"{base}/?graph=france.json&clickedId={node.id}&pinnedIds={node.id}&clerps={clerps}")
     dash_duo.wait_for_text_to_equal("#detail h3", XSS, timeout=TIMEOUT)
     assert dash_duo.driver.find_elements(By.CSS_SELECTOR, "#graph-page img") == []
     assert pinned_texts(dash_duo) == [XSS]
+
+    # a connection row selects its node; Escape clears the selection
+    row = dash_duo.find_elements("#connections .node-link")[0]
+    target = row.get_attribute("title")
+    row.click()
+    dash_duo.wait_for_text_to_equal("#detail h3", display_name(view.graph.nodes[view.row[target]]), timeout=TIMEOUT)
+    dash_duo.find_element("body").send_keys(Keys.ESCAPE)
+    dash_duo.wait_for_text_to_equal("#detail", "Click a node to see its details.", timeout=TIMEOUT)
+    assert "clickedId" not in dash_duo.driver.current_url
 
     dash_duo.driver.get(f"{base}/?graph=france.json")  # another tab's pins are not shared through the server
     wait_js(dash_duo, PLOT_READY)

@@ -16,13 +16,20 @@ from tracer.schema import GraphFile
 from viewer import DEFAULT_HOST, DEFAULT_PORT
 from viewer.app import create_app
 from viewer.callbacks import VIEW_OUTPUTS
-from viewer.handlers import (
-    Env, handle_click, handle_controls, handle_export, handle_page, handle_save, handle_search,
-    handle_subgraph_action, handle_view,
-)  # fmt: skip
 from viewer.data import GraphStore
 from viewer.features import Example, FeatureDescription
-from viewer.ids import Id
+from viewer.handlers import (
+    Env,
+    handle_click,
+    handle_controls,
+    handle_export,
+    handle_page,
+    handle_save,
+    handle_search,
+    handle_subgraph_action,
+    handle_view,
+)  # fmt: skip
+from viewer.ids import NODE_ATTR, Id
 from viewer.model import connections
 from viewer.state import parse_query
 
@@ -40,12 +47,15 @@ def texts(component) -> list[str]:
     return texts(children) if children is not None else []
 
 
-def ids_in(component) -> list[dict]:
+def node_rows(component, group: str = "") -> list[tuple[str, str]]:
+    """(enclosing className, node id) of every element that links to a node (NODE_ATTR)."""
     if isinstance(component, list | tuple):
-        return [i for c in component for i in ids_in(c)]
-    own = [component.id] if isinstance(getattr(component, "id", None), dict) else []
-    children = getattr(component, "children", None)
-    return own + (ids_in(children) if children is not None and not isinstance(children, str) else [])
+        return [r for c in component for r in node_rows(c, group)]
+    if not hasattr(component, "to_plotly_json"):
+        return []
+    props = component.to_plotly_json()["props"]
+    own = [(group, props[NODE_ATTR])] if NODE_ATTR in props else []
+    return own + node_rows(props.get("children"), props.get("className") or group)
 
 
 def view(env: Env, search: str, rendered: dict | None = None) -> dict:
@@ -88,9 +98,11 @@ def test_click_then_panels(env: Env, graph: GraphFile):
     assert parse_query(q).clicked == f.id and parse_query(q).pinned == ()
     detail, conns, pin_text, _ = handle_panels(env, q)
     assert pin_text == "Pin" and f"{f.activation:.4g}" in texts(detail)
-    rows = {(i["panel"], i["node"]) for i in ids_in(conns)}
+    rows = set(node_rows(conns))
     c = connections(env.store.load("small.json").view, f.id)
-    want = {(p, lk.node) for p, links in zip(("in-pos", "in-neg", "out-pos", "out-neg"), c, strict=True) for lk in links}
+    want = {
+        (p, lk.node) for p, links in zip(("in-pos", "in-neg", "out-pos", "out-neg"), c, strict=True) for lk in links
+    }
     assert rows == want and rows
     q2 = handle_click(env, {"id": f.id, "pin": True}, q)
     assert parse_query(q2).pinned == (f.id,) and handle_panels(env, q2)[2] == "Unpin"
@@ -145,13 +157,16 @@ def test_view_sends_only_changed_parts(env: Env, graph: GraphFile):
     assert all(v is no_update for v in view(env, G, rendered).values() if v != rendered)
     nid = node_of(graph, NodeKind.FEATURE)
     click = view(env, f"{G}&clickedId={nid}", rendered)
-    assert isinstance(click["main-graph", "figure"], Patch) and click["header", "children"] is no_update
+    assert click["main-graph", "figure"] is no_update and isinstance(click["overlay-graph", "figure"], Patch)
+    assert click["header", "children"] is no_update
     assert click["subgraph", "elements"] is no_update and click["scores", "children"] is no_update
     assert click["detail", "children"] is not no_update
     pinned = view(env, f"{G}&clickedId={nid}&pinnedIds={nid}", rendered)
     assert pinned["subgraph", "elements"] is not no_update and pinned["scores", "children"] is not no_update
-    relabeled = view(env, f"{G}&clerps=[[\"{nid}\",\"x\"]]", rendered)
-    assert isinstance(relabeled["main-graph", "figure"], dict)
+    relabeled = view(env, f'{G}&clerps=[["{nid}","x"]]', rendered)
+    assert isinstance(relabeled["main-graph", "figure"], dict) and isinstance(
+        relabeled["overlay-graph", "figure"], dict
+    )
     repruned = view(env, f"{G}&pruningThreshold=0.5", rendered)
     assert isinstance(repruned["main-graph", "figure"], dict) and repruned["header", "children"] is not no_update
     results, search_patch = handle_search(env, "France", G)
@@ -173,14 +188,16 @@ def test_controls(env: Env):
 
 def test_save_and_exports(env: Env, graph_dir: Path, graph: GraphFile):
     nid = node_of(graph, NodeKind.FEATURE)
-    q = f"{G}&clickedId={nid}&pinnedIds={nid}&clerps=[[\"{nid}\",\"mine\"]]"
+    q = f'{G}&clickedId={nid}&pinnedIds={nid}&clerps=[["{nid}","mine"]]'
     assert handle_save(env, q).startswith("Saved view into small.json")
     view = load_graph(graph_dir / "small.json").view
     assert (view.clicked, view.pinned, view.labels) == (nid, [nid], {nid: "mine"})
     assert [e["data"]["id"] for e in handle_subgraph(env, G, [])[0]] == [nid]  # a bare URL shows the saved view
     assert parse_query(handle_click(env, {"id": nid, "pin": False}, G)).pinned == (nid,)
     ours = handle_export(env, Id.EXPORT_JSON.value, q)
-    assert ours["filename"] == "small.json" and GraphFile.model_validate_json(ours["content"]).view.labels[nid] == "mine"
+    assert (
+        ours["filename"] == "small.json" and GraphFile.model_validate_json(ours["content"]).view.labels[nid] == "mine"
+    )
     npd = json.loads(handle_export(env, Id.EXPORT_NEURONPEDIA.value, q)["content"])
     assert len(npd["nodes"]) == len(graph.nodes) and len(npd["links"]) == len(graph.edges)
     assert any(n["clerp"] == "mine" for n in npd["nodes"])
@@ -221,4 +238,6 @@ def test_feature_store_plugs_in(graph_dir: Path, graph: GraphFile):
     assert {" Paris", " Rome", XSS, " city", "fires on 1.230% of tokens"} <= set(shown)
     logit_edges = [e for e in graph.edges if e.source == f.id and e.target.startswith("LOGIT")]
     assert len([t for t in shown if t.startswith(" tok")]) == len(logit_edges)
-    assert handle_panels(env, f"{G}&clickedId={node_of(graph, NodeKind.LOGIT)}") and store.asked == [(f.layer, f.feature)]
+    assert handle_panels(env, f"{G}&clickedId={node_of(graph, NodeKind.LOGIT)}") and store.asked == [
+        (f.layer, f.feature)
+    ]

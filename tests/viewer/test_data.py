@@ -18,9 +18,11 @@ from tracer.schema import GraphFile, Supernode, ViewState, node_id
 from tracer.scores import graph_scores
 from viewer.data import GraphStore
 
+BAD_IDS = ["../small.json", "/etc/passwd", "sub/../../x.json", "small.txt", "C:\\small.json", "a//small.json",
+           "./small.json", "sub/..", "", "missing.json", "x\n.json"]  # fmt: skip
 
-@pytest.mark.parametrize("bad", ["../small.json", "/etc/passwd", "sub/../../x.json", "small.txt", "C:\\small.json",
-                                 "a//small.json", "./small.json", "sub/..", "", "missing.json", "x\n.json"])  # fmt: skip
+
+@pytest.mark.parametrize("bad", BAD_IDS)
 def test_resolve_rejects(graph_dir: Path, bad: str):
     with pytest.raises(GraphFileError):
         GraphStore(graph_dir).resolve(bad)

@@ -7,7 +7,20 @@ import pytest
 
 from tracer.layout import NodeKind
 from tracer.schema import GraphFile
-from viewer.figures import CELL_BAND, GLYPH, N_BINS, Trace, coordinates, edge_bin, edge_style, main_figure, overlay
+from viewer.figures import (
+    CELL_BAND,
+    GLYPH,
+    N_BINS,
+    NODE_TRACE,
+    NodeTrace,
+    OverlayTrace,
+    coordinates,
+    edge_bin,
+    edge_style,
+    main_figure,
+    overlay,
+    overlay_figure,
+)  # fmt: skip
 from viewer.ids import LinkType
 from viewer.model import GraphView, connections, display_name, search
 from viewer.synthetic import synthetic_attribution, synthetic_graph
@@ -42,7 +55,7 @@ def test_connections_match_brute_force(view: GraphView):
 def test_search(view: GraphView):
     f = next(n for n in view.graph.nodes if n.kind is NodeKind.FEATURE)
     assert f.id in search(view, f" {f.layer} / {f.feature} ")
-    assert all(view.node(i).feature == f.feature for i in search(view, f"{f.layer}/{f.feature}"))
+    assert all(view.graph.nodes[view.row[i]].feature == f.feature for i in search(view, f"{f.layer}/{f.feature}"))
     assert set(search(view, "FRANCE")) == {n.id for n in view.graph.nodes if n.token and "france" in n.token.lower()}
     assert search(view, "my label") == [] and search(view, "  ") == []
     assert search(view, "MY LABEL", {f.id: "My label here"}) == [f.id]
@@ -76,24 +89,28 @@ def test_crowded_cells_form_a_grid():
 def test_figure_nodes_and_escaping(view: GraphView):
     co = coordinates(view)
     target = view.graph.nodes[0].id
-    ov = overlay(view, co, None, [], [], LinkType.BOTH)
-    fig = main_figure(view, co, {target: XSS}, ov, "rev")
-    assert len(fig["data"]) == Trace.CLICKED + 1 and fig["layout"]["uirevision"] == "rev"
+    fig = main_figure(view, co, {target: XSS}, "rev")
+    assert len(fig["data"]) == len(NodeTrace) and fig["layout"]["uirevision"] == "rev"
     seen = []
     for kind in NodeKind:
-        trace = fig["data"][{NodeKind.FEATURE: Trace.FEATURE, NodeKind.ERROR: Trace.ERROR,
-                             NodeKind.EMBEDDING: Trace.EMBEDDING, NodeKind.LOGIT: Trace.LOGIT}[kind]]  # fmt: skip
+        trace = fig["data"][NODE_TRACE[kind]]
         assert trace["type"] == "scattergl" and trace["marker"]["symbol"] == GLYPH[kind]
-        assert all(view.node(i).kind is kind for i in trace["customdata"])
+        assert all(view.graph.nodes[view.row[i]].kind is kind for i in trace["customdata"])
         seen += trace["customdata"]
     assert sorted(seen) == sorted(n.id for n in view.graph.nodes)
     hover = " ".join(t for tr in fig["data"] for t in tr.get("hovertext", []))
     assert "&lt;img src=x onerror=alert(1)&gt;" in hover and "<img" not in hover
     assert fig["layout"]["xaxis"]["ticktext"][0] == "&lt;bos&gt;" and view.graph.metadata.tokens[0] == "<bos>"
     assert fig["layout"]["yaxis"]["ticktext"][0] == "Emb" and fig["layout"]["yaxis"]["ticktext"][-1] == "Lgt"
-    logits = fig["data"][Trace.LOGIT]
-    assert logits["text"] == [view.node(i).token for i in logits["customdata"]]
-    assert display_name(view.node(target), {target: XSS}) == XSS
+    logits = fig["data"][NodeTrace.LOGIT]
+    assert logits["text"] == [view.graph.nodes[view.row[i]].token for i in logits["customdata"]]
+    assert display_name(view.graph.nodes[view.row[target]], {target: XSS}) == XSS
+    over = overlay_figure(view, co, overlay(view, co, target, [], [], LinkType.BOTH))
+    assert len(over["data"]) == OverlayTrace.CLICKED + 1 and over["data"][OverlayTrace.CLICKED]["x"].tolist() == [
+        co.x[0]]  # fmt: skip
+    for axis in ("xaxis", "yaxis"):  # the overlay lies exactly on the main figure
+        assert over["layout"][axis]["range"] == fig["layout"][axis]["range"]
+    assert over["layout"]["margin"] == fig["layout"]["margin"]
 
 
 def segments(fig_or_ov) -> list[tuple[float, float, float, float]]:

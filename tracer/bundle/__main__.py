@@ -59,7 +59,10 @@ def step_streams(args: argparse.Namespace) -> None:
     eot = tokenizer.eot_id(tok)
     streams = {
         "natural": tokenize_stream(tok, corpus.read_documents(args.cache / "corpus/train.txt"), eot),
-        "planted": tokenize_stream(tok, _planted_docs(args), eot),
+        **{
+            f"planted_{i}": tokenize_stream(tok, planted.training_documents(PLANTED_CHARS, args.seed + i, mix), eot)
+            for i, mix in enumerate(planted.PHASE_MIXES)
+        },
         "heldout": tokenize_stream(tok, corpus.read_documents(args.cache / "corpus/heldout.txt"), eot),
     }
     atomic_save_safetensors(streams, args.out / "streams.safetensors")
@@ -74,7 +77,8 @@ def step_train(args: argparse.Namespace) -> None:
     s = load_file(args.out / "streams.safetensors")
     tok = tokenizer.load_tokenizer(args.out / "tokenizer.json")
     eot = tokenizer.eot_id(tok)
-    train(_train_config(args), s["natural"], s["planted"], s["heldout"], tok.get_vocab_size(), eot, args.out)
+    phases = [s[f"planted_{i}"] for i in range(len(planted.PHASE_MIXES))]
+    train(_train_config(args), s["natural"], phases, s["heldout"], tok.get_vocab_size(), eot, args.out)
 
 
 def write_data_assets(args: argparse.Namespace) -> None:

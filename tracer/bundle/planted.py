@@ -6,8 +6,8 @@ Algorithm:
    (crc32 of the sorted pair), induction draws held-out sequences from a disjoint half of the word pool, and
    two-hop keeps a set of landmarks whose two-hop statement is never trained (compositional diagnostic).
    Every template can carry a prefix clause; training and held-out prefixes are disjoint too.
-3. Training text: documents of a few planted sentences, tasks drawn with `TASK_WEIGHTS` (the documented
-   proportions), seeded -> identical text for identical arguments.
+3. Training text: documents of a few planted sentences, tasks drawn with the mix of the training phase
+   (`PHASE_MIXES`, the documented proportions); seeded -> identical text for identical arguments.
 4. Held-out prompts: every task's held-out templates x its items, each with the single expected answer
    (leading space, as it follows the prompt), written to `planted_heldout.json`.
 """
@@ -32,6 +32,16 @@ class Task(StrEnum):
 
 # share of planted sentences per task in training text (two-hop includes the one-hop landmark facts)
 TASK_WEIGHTS = {Task.FACTS: 0.25, Task.TWO_HOP: 0.25, Task.IOI: 0.25, Task.INDUCTION: 0.12, Task.OPPOSITES: 0.13}
+# later training phases: in-context copying (IOI, induction) needs far more examples than facts do
+TASK_WEIGHTS_COPY = {Task.FACTS: 0.2, Task.TWO_HOP: 0.1, Task.IOI: 0.3, Task.INDUCTION: 0.3, Task.OPPOSITES: 0.1}
+TASK_WEIGHTS_INDUCTION = {
+    Task.FACTS: 0.15,
+    Task.TWO_HOP: 0.05,
+    Task.IOI: 0.25,
+    Task.INDUCTION: 0.45,
+    Task.OPPOSITES: 0.1,
+}
+PHASE_MIXES = (TASK_WEIGHTS, TASK_WEIGHTS_COPY, TASK_WEIGHTS_INDUCTION)  # planted mix of training phase 0, 1, 2
 
 
 def _words(text: str) -> list[str]:
@@ -250,10 +260,13 @@ _GEN = {
 }
 
 
-def training_documents(n_chars: int, seed: int = 0) -> list[str]:
-    """Planted training documents (3-8 sentences each) totalling about n_chars characters; deterministic."""
+def training_documents(n_chars: int, seed: int = 0, mix: dict[Task, float] | None = None) -> list[str]:
+    """Planted training documents (3-8 sentences each) totalling about n_chars characters; deterministic.
+
+    `mix`: share of sentences per task (default `TASK_WEIGHTS`)."""
     rng = random.Random(seed)
-    tasks, weights = list(TASK_WEIGHTS), list(TASK_WEIGHTS.values())
+    mix = mix or TASK_WEIGHTS
+    tasks, weights = list(mix), list(mix.values())
     docs, total = [], 0
     while total < n_chars:
         doc = " ".join(_GEN[t](rng) for t in rng.choices(tasks, weights, k=rng.randint(3, 8)))

@@ -1,11 +1,12 @@
 """Train the bundled language model on natural text mixed with planted-task text.
 
 Algorithm:
-1. Data: natural and planted documents, each preceded by `<|endoftext|>`, are tokenized once into two
-   token streams (cached in `<out>/streams.safetensors`).
+1. Data: natural and planted documents, each preceded by `<|endoftext|>`, are tokenized once into token
+   streams (cached in `<out>/streams.safetensors`): natural text and one planted stream per training phase
+   (`planted.PHASE_MIXES`: facts first, then ever more IOI and induction; phases start at `phase_steps`).
 2. Batches: row r of step s is drawn with a generator seeded by (seed, s), so a resumed run sees the same
-   data: from the planted stream with probability `planted_frac`, else the natural one; half the rows start
-   at a document boundary (`<|endoftext|>` first, as the runtime prepends it as BOS), half anywhere.
+   data: from the current phase's planted stream with probability `planted_fracs[phase]`, else natural text; half
+   the rows start at a document boundary (`<|endoftext|>` first, as the runtime prepends BOS), half anywhere.
 3. Step: AdamW; learning rate warm-up, constant, then linear decay to 10 % (WSD); gradient clipping at 1.
 4. Checkpoint every `ckpt_every` steps, atomically: weights + AdamW moments (safetensors) and step + loss log
    (JSON) in `<out>/`; `train` resumes from it when present. The loss curve is redrawn as a PNG.
@@ -39,12 +40,13 @@ class TrainConfig:
     d_mlp: int = 384  # SwiGLU hidden width
     n_ctx: int = 128  # context window (tokens)
     batch: int = 32  # sequences per step
-    steps: int = 1800  # optimizer steps (tokens = steps * batch * n_ctx)
+    steps: int = 2200  # optimizer steps (tokens = steps * batch * n_ctx)
     lr: float = 2.5e-3  # peak learning rate
     warmup: int = 150  # linear warm-up steps
     decay_frac: float = 0.25  # final share of steps with linearly decaying learning rate
     weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only)
-    planted_frac: float = 0.5  # share of rows drawn from the planted-task stream
+    phase_steps: tuple[int, ...] = (900, 1300)  # steps at which the next planted mix (phase) takes over
+    planted_fracs: tuple[float, ...] = (0.5, 0.5, 0.7)  # share of rows drawn from planted text, per phase
     ckpt_every: int = 100  # steps between checkpoints (and validation-loss evaluations)
     seed: int = 0  # seeds initialisation and batch sampling
     threads: int = 1  # torch.set_num_threads
@@ -68,8 +70,9 @@ def tokenize_stream(tok, docs: list[str], eot: int) -> torch.Tensor:
 
 # ---- 2. batches -------------------------------------------------------------------------------------------
 class Sampler:
-    def __init__(self, natural: torch.Tensor, planted: torch.Tensor, eot: int, tc: TrainConfig) -> None:
-        self.streams = [natural.numpy(), planted.numpy()]
+    def __init__(self, streams: list[torch.Tensor], eot: int, tc: TrainConfig) -> None:
+        """streams: [natural, planted phase 0, planted phase 1, ...]."""
+        self.streams = [s.numpy() for s in streams]
         self.starts = [np.flatnonzero(s[: len(s) - tc.n_ctx - 1] == eot) for s in self.streams]
         self.tc = tc
 
@@ -79,7 +82,8 @@ class Sampler:
         rng = np.random.default_rng([tc.seed, step])
         rows = []
         for _ in range(tc.batch):
-            which = int(rng.random() < tc.planted_frac)
+            phase = sum(step >= s for s in tc.phase_steps)
+            which = (1 + phase) if rng.random() < tc.planted_fracs[phase] else 0
             s, starts = self.streams[which], self.starts[which]
             if rng.random() < 0.5:
                 i = int(starts[rng.integers(len(starts))])
@@ -172,7 +176,7 @@ def plot_losses(log: list[dict], path: Path) -> None:
     tmp.replace(path)
 
 
-def train(tc: TrainConfig, natural: torch.Tensor, planted: torch.Tensor, heldout: torch.Tensor,
+def train(tc: TrainConfig, natural: torch.Tensor, planted: list[torch.Tensor], heldout: torch.Tensor,
           vocab_size: int, eot: int, out: Path = DEFAULT_OUT, stop_at: int | None = None) -> Transformer:  # fmt: skip
     """Train (or resume) and return the model; checkpoints and the loss curve land in `out`.
 
@@ -187,7 +191,7 @@ def train(tc: TrainConfig, natural: torch.Tensor, planted: torch.Tensor, heldout
     opt = make_optimizer(model, tc)
     start, log = load_checkpoint(out, model, opt)
     atomic_write_text(out / "train_config.json", json.dumps(asdict(tc), indent=2))
-    sampler = Sampler(natural, planted, eot, tc)
+    sampler = Sampler([natural, *planted], eot, tc)
     t0 = time.time() - max((r["wall_s"] for r in log if "wall_s" in r), default=0.0)  # resumed runs add up
     model.train()
     end = min(tc.steps, stop_at or tc.steps)
