@@ -89,7 +89,7 @@ class Metadata(Strict):
     n_edges_unpruned: int
     created: str = Field(description="ISO 8601 UTC time of the trace")
     tracer_version: str
-    adjacency_file: str | None = Field(default=None, description="sidecar with the unpruned adjacency, beside this file")
+    adjacency_file: str | None = Field(default=None, description="sidecar file with the unpruned adjacency")
 
 
 class GraphFile(Strict):

@@ -90,15 +90,16 @@ def test_shipped_heldout_file_matches_generator():
 
 
 def test_heldout_never_in_training_text():
-    text = "\n".join(planted.training_documents(1_000_000, seed=0))
+    phases = enumerate(planted.PHASE_MIXES)  # every training phase's mix, seeded as `python -m tracer.bundle` does
+    text = "\n".join(d for i, mix in phases for d in planted.training_documents(400_000, seed=i, mix=mix))
     held = planted.heldout_prompts()
     assert {p.task for p in held} == set(planted.Task)
     for p in held:
         assert p.prompt not in text, p.prompt
     for prefix in planted.HELDOUT_PREFIXES:
         assert prefix not in text
-    for a, b in ((a, b) for a in planted.NAMES for b in planted.NAMES if planted.ioi_pair_held_out(a, b)):
-        assert re.search(rf"\b{a} and {b}\b", text) is None, (a, b)
+    pairs = set(re.findall(r"\b([A-Z][a-z]+) and ([A-Z][a-z]+)\b", text))
+    assert len(pairs) > 1000 and not any(planted.ioi_pair_held_out(a, b) for a, b in pairs)
     for lm in planted.COMPOSITIONAL_LANDMARKS:
         assert lm.lower() + " is in the country whose capital" not in text.lower()
     induction_lines = [s for s in text.split(". ") if s.split() and set(s.split()) <= set(planted.WORDS)]

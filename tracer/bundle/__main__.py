@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from tracer.bundle import corpus, planted, tokenizer
-from tracer.bundle.train import DEFAULT_OUT, TrainConfig, model_config, tokenize_stream, train
+from tracer.bundle.train import DEFAULT_OUT, TrainConfig, model_config, plot_losses, tokenize_stream, train
 from tracer.errors import TracerError
 from tracer.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_text
 from tracer.models import Transformer, save_hf
@@ -92,7 +92,7 @@ def write_data_assets(args: argparse.Namespace) -> None:
 def export_model(args: argparse.Namespace) -> None:
     """The latest checkpoint as an HF Llama directory (fp16 weights) with tokenizer and loss curve."""
     tok = tokenizer.load_tokenizer(args.out / "tokenizer.json")
-    tc = TrainConfig(**json.loads((args.out / "train_config.json").read_text()))
+    tc = TrainConfig.from_json((args.out / "train_config.json").read_text())
     cfg = model_config(tc, tok.get_vocab_size(), tokenizer.eot_id(tok))
     model = Transformer(cfg)
     ckpt = load_file(args.out / "ckpt.safetensors")
@@ -100,8 +100,8 @@ def export_model(args: argparse.Namespace) -> None:
     dest: Path = args.model_dir
     save_hf(cfg, model.state_dict(), dest, dtype=torch.float16)
     shutil.copyfile(args.out / "tokenizer.json", dest / "tokenizer.json")
-    shutil.copyfile(args.out / "loss_curve.png", dest / "loss_curve.png")
     meta = json.loads((args.out / "ckpt.json").read_text())
+    plot_losses(meta["log"], dest / "loss_curve.png", tc)
     info = {"train_config": dataclasses.asdict(tc), "step": meta["step"], "log": meta["log"]}
     atomic_write_text(dest / "training.json", json.dumps(info, indent=1))
 

@@ -19,6 +19,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ class TrainConfig:
     d_mlp: int = 384  # SwiGLU hidden width
     n_ctx: int = 128  # context window (tokens)
     batch: int = 32  # sequences per step
-    steps: int = 2200  # optimizer steps (tokens = steps * batch * n_ctx)
+    steps: int = 3000  # optimizer steps (tokens = steps * batch * n_ctx)
     lr: float = 2.5e-3  # peak learning rate
     warmup: int = 150  # linear warm-up steps
     decay_frac: float = 0.25  # final share of steps with linearly decaying learning rate
@@ -50,6 +51,11 @@ class TrainConfig:
     ckpt_every: int = 100  # steps between checkpoints (and validation-loss evaluations)
     seed: int = 0  # seeds initialisation and batch sampling
     threads: int = 1  # torch.set_num_threads
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(text).items()}
+        return cls(**fields)
 
 
 def model_config(tc: TrainConfig, vocab_size: int, eot: int) -> ModelConfig:
@@ -131,14 +137,16 @@ def val_loss(model: Transformer, stream: torch.Tensor, n_ctx: int, max_rows: int
 
 
 # ---- 4. checkpoints ---------------------------------------------------------------------------------------
-def save_checkpoint(out: Path, model: Transformer, opt: torch.optim.AdamW, step: int, log: list[dict]) -> None:
+def save_checkpoint(
+    out: Path, model: Transformer, opt: torch.optim.AdamW, step: int, log: list[dict], tc: TrainConfig
+) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items() if k != "unembed.weight"}
     for i, st in opt.state_dict()["state"].items():
         tensors[f"opt.{i}.exp_avg"], tensors[f"opt.{i}.exp_avg_sq"] = st["exp_avg"], st["exp_avg_sq"]
         tensors[f"opt.{i}.step"] = torch.as_tensor(st["step"]).reshape(1).float()
     atomic_save_safetensors(tensors, out / "ckpt.safetensors")
     atomic_write_text(out / "ckpt.json", json.dumps({"step": step, "log": log}))
-    plot_losses(log, out / "loss_curve.png")
+    plot_losses(log, out / "loss_curve.png", tc)
 
 
 def load_checkpoint(out: Path, model: Transformer, opt: torch.optim.AdamW) -> tuple[int, list[dict]]:
@@ -156,7 +164,8 @@ def load_checkpoint(out: Path, model: Transformer, opt: torch.optim.AdamW) -> tu
     return meta["step"], meta["log"]
 
 
-def plot_losses(log: list[dict], path: Path) -> None:
+def plot_losses(log: list[dict], path: Path, tc: TrainConfig | None = None) -> None:
+    """Train and validation loss against tokens; dotted lines where a planted-mix phase starts."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,6 +175,9 @@ def plot_losses(log: list[dict], path: Path) -> None:
     ax.plot([r["tokens"] / 1e6 for r in log], [r["train"] for r in log], label="train (mixed)")
     val = [r for r in log if "val" in r]
     ax.plot([r["tokens"] / 1e6 for r in val], [r["val"] for r in val], "o-", label="held-out natural text")
+    if tc is not None:
+        for step in tc.phase_steps:
+            ax.axvline(step * tc.batch * tc.n_ctx / 1e6, color="grey", linestyle=":", linewidth=1)
     ax.set(xlabel="tokens (M)", ylabel="cross-entropy (nats)", title="bundled model training")
     ax.legend()
     fig.tight_layout()
@@ -209,7 +221,7 @@ def train(tc: TrainConfig, natural: torch.Tensor, planted: list[torch.Tensor], h
             rec["val"] = val_loss(model, heldout, tc.n_ctx)
             rec["wall_s"] = time.time() - t0
             log.append(rec)
-            save_checkpoint(out, model, opt, step + 1, log)
+            save_checkpoint(out, model, opt, step + 1, log, tc)
         elif (step + 1) % 10 == 0:
             log.append(rec)
         bar.set_postfix(loss=f"{rec['train']:.3f}", refresh=False)
