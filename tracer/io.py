@@ -1,4 +1,4 @@
-"""Atomic file writes: write a temp file in the target directory, fsync, then rename over the target.
+"""Atomic file writes: write a temp file in the target directory, then rename it over the target.
 
 A crash mid-write therefore leaves either the old file or the new one, never half of one.
 """
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -20,25 +22,28 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def _atomic(path: str | os.PathLike, write) -> Path:
-    path = Path(path)
+@contextmanager
+def _temp_beside(path: Path) -> Iterator[Path]:
+    """Yield a temp path in path's directory; on success it replaces path, on error it is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    return _atomic(path, lambda f: f.write(data))
+    path = Path(path)
+    with _temp_beside(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -48,16 +53,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_save_safetensors(
     tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
 ) -> Path:
-    """save_file writes by name, so write to a sibling temp name and rename it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _temp_beside(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     return path

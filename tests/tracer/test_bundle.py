@@ -90,14 +90,16 @@ def test_shipped_heldout_file_matches_generator():
 
 
 def test_heldout_never_in_training_text():
+    words = planted.wide_words([" ".join(planted.WORDS) + " meadow, cloud. zebra yak quail"])
+    assert "zebra" in words and not set(words) & set(planted.INDUCTION_HELDOUT_WORDS)
     phases = enumerate(planted.PHASE_MIXES)  # every training phase's mix, seeded as `python -m tracer.bundle` does
-    text = "\n".join(d for i, mix in phases for d in planted.training_documents(400_000, seed=i, mix=mix))
+    text = "\n".join(d for i, mix in phases for d in planted.training_documents(400_000, i, mix, words))
     held = planted.heldout_prompts()
     assert {p.task for p in held} == set(planted.Task)
     for p in held:
         assert p.prompt not in text, p.prompt
-    for prefix in planted.HELDOUT_PREFIXES:
-        assert prefix not in text
+    for phrase in [*planted.HELDOUT_PREFIXES, "the library", "the cafe", "the station", "a pen", "a cup", "a ticket"]:
+        assert phrase not in text, phrase
     pairs = set(re.findall(r"\b([A-Z][a-z]+) and ([A-Z][a-z]+)\b", text))
     assert len(pairs) > 1000 and not any(planted.ioi_pair_held_out(a, b) for a, b in pairs)
     for lm in planted.COMPOSITIONAL_LANDMARKS:

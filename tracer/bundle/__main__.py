@@ -57,10 +57,13 @@ def step_tokenizer(args: argparse.Namespace) -> None:
 def step_streams(args: argparse.Namespace) -> None:
     tok = tokenizer.load_tokenizer(args.out / "tokenizer.json")
     eot = tokenizer.eot_id(tok)
+    words = planted.wide_words(corpus.read_documents(args.cache / "corpus/train.txt"))
     streams = {
         "natural": tokenize_stream(tok, corpus.read_documents(args.cache / "corpus/train.txt"), eot),
         **{
-            f"planted_{i}": tokenize_stream(tok, planted.training_documents(PLANTED_CHARS, args.seed + i, mix), eot)
+            f"planted_{i}": tokenize_stream(
+                tok, planted.training_documents(PLANTED_CHARS, args.seed + i, mix, words), eot
+            )
             for i, mix in enumerate(planted.PHASE_MIXES)
         },
         "heldout": tokenize_stream(tok, corpus.read_documents(args.cache / "corpus/heldout.txt"), eot),

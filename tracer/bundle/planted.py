@@ -15,7 +15,9 @@ Algorithm:
 from __future__ import annotations
 
 import random
+import re
 import zlib
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -30,18 +32,28 @@ class Task(StrEnum):
     OPPOSITES = "opposites"
 
 
-# share of planted sentences per task in training text (two-hop includes the one-hop landmark facts)
-TASK_WEIGHTS = {Task.FACTS: 0.25, Task.TWO_HOP: 0.25, Task.IOI: 0.25, Task.INDUCTION: 0.12, Task.OPPOSITES: 0.13}
-# later training phases: in-context copying (IOI, induction) needs far more examples than facts do
-TASK_WEIGHTS_COPY = {Task.FACTS: 0.2, Task.TWO_HOP: 0.1, Task.IOI: 0.3, Task.INDUCTION: 0.3, Task.OPPOSITES: 0.1}
-TASK_WEIGHTS_INDUCTION = {
-    Task.FACTS: 0.15,
-    Task.TWO_HOP: 0.05,
-    Task.IOI: 0.25,
-    Task.INDUCTION: 0.45,
-    Task.OPPOSITES: 0.1,
-}
-PHASE_MIXES = (TASK_WEIGHTS, TASK_WEIGHTS_COPY, TASK_WEIGHTS_INDUCTION)  # planted mix of training phase 0, 1, 2
+class Gen(StrEnum):
+    """Training-sentence generators (a task can have several)."""
+
+    FACTS = "facts"
+    TWO_HOP = "two_hop"  # includes the one-hop landmark facts
+    IOI = "ioi"  # 8 fixed templates
+    IOI_VARIED = "ioi_varied"  # intro x place x verb-object combinations (held-out ones excluded)
+    INDUCTION = "induction"  # sequences over INDUCTION_TRAIN_WORDS
+    INDUCTION_WIDE = "induction_wide"  # sequences over a wide corpus vocabulary (held-out words excluded)
+    OPPOSITES = "opposites"
+
+
+# share of planted sentences per generator in each training phase: facts first, then ever more in-context
+# copying (IOI, induction), which needs far more examples; the last phase widens IOI and induction so they
+# generalise to unseen templates and words
+PHASE_MIXES = (
+    {Gen.FACTS: 0.25, Gen.TWO_HOP: 0.25, Gen.IOI: 0.25, Gen.INDUCTION: 0.12, Gen.OPPOSITES: 0.13},
+    {Gen.FACTS: 0.2, Gen.TWO_HOP: 0.1, Gen.IOI: 0.3, Gen.INDUCTION: 0.3, Gen.OPPOSITES: 0.1},
+    {Gen.FACTS: 0.15, Gen.TWO_HOP: 0.05, Gen.IOI: 0.25, Gen.INDUCTION: 0.45, Gen.OPPOSITES: 0.1},
+    {Gen.FACTS: 0.2, Gen.TWO_HOP: 0.1, Gen.IOI_VARIED: 0.3, Gen.INDUCTION_WIDE: 0.3, Gen.OPPOSITES: 0.1},
+)
+TASK_WEIGHTS = PHASE_MIXES[0]
 
 
 def _words(text: str) -> list[str]:
@@ -177,6 +189,49 @@ IOI_TRAIN = [
     "When {a} and {b} arrived at the party, {b} gave a cake to {a}.",
     "Yesterday {a} and {b} went to the beach, and {b} threw a towel to {a}.",
 ]
+IOI_INTROS = [
+    "When {a} and {b} went to {p}, {b}",
+    "After {a} and {b} went to {p}, {b}",
+    "While {a} and {b} were at {p}, {b}",
+    "Then {a} and {b} went to {p}, and {b}",
+    "Yesterday {a} and {b} visited {p}, and {b}",
+]
+IOI_PLACES = [
+    "the store",
+    "the park",
+    "the market",
+    "the beach",
+    "the party",
+    "the school",
+    "the museum",
+    "the zoo",
+    "the garden",
+    "the office",
+    "the river",
+    "the farm",
+    "the bakery",
+    "the church",
+    "the castle",
+    "the harbor",
+]
+IOI_GIFTS = [
+    "gave a drink",
+    "gave a ball",
+    "handed a book",
+    "passed a note",
+    "threw a towel",
+    "gave a gift",
+    "gave an apple",
+    "handed a letter",
+    "gave a flower",
+    "passed a plate",
+    "gave a coin",
+    "handed a map",
+    "sent a card",
+    "gave a hat",
+    "passed the salt",
+    "showed a photo",
+]
 IOI_HELDOUT = [
     "When {a} and {b} went to the store, {b} gave a drink to",
     "When {a} and {b} went to the library, {b} gave a pen to",
@@ -239,9 +294,25 @@ def _ioi(rng: random.Random) -> str:
             return _cap(rng.choice(IOI_TRAIN).format(a=a, b=b))
 
 
+def _ioi_varied(rng: random.Random) -> str:
+    while True:
+        a, b = rng.sample(NAMES, 2)
+        if not ioi_pair_held_out(a, b):
+            intro = rng.choice(IOI_INTROS).format(a=a, b=b, p=rng.choice(IOI_PLACES))
+            return f"{intro} {rng.choice(IOI_GIFTS)} to {a}."
+
+
 def _induction(rng: random.Random, words: list[str] | None = None) -> str:
     seq = rng.sample(words or INDUCTION_TRAIN_WORDS, rng.randint(6, 12))
     return " ".join(seq) + ". " + " ".join(seq) + "."
+
+
+def wide_words(texts: Iterable[str], n: int = 3000) -> list[str]:
+    """The n most frequent lowercase words (3+ letters) of `texts`, held-out induction words excluded."""
+    counts = Counter(w for t in texts for w in re.findall(r"(?<![\w'-])[a-z]{3,}(?![\w'-])", t))
+    for w in INDUCTION_HELDOUT_WORDS:
+        counts.pop(w, None)
+    return [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
 
 
 def _opposite(rng: random.Random) -> str:
@@ -252,24 +323,28 @@ def _opposite(rng: random.Random) -> str:
 
 
 _GEN = {
-    Task.FACTS: _fact,
-    Task.TWO_HOP: _two_hop,
-    Task.IOI: _ioi,
-    Task.INDUCTION: _induction,
-    Task.OPPOSITES: _opposite,
+    Gen.FACTS: _fact,
+    Gen.TWO_HOP: _two_hop,
+    Gen.IOI: _ioi,
+    Gen.IOI_VARIED: _ioi_varied,
+    Gen.INDUCTION: _induction,
+    Gen.OPPOSITES: _opposite,
 }
 
 
-def training_documents(n_chars: int, seed: int = 0, mix: dict[Task, float] | None = None) -> list[str]:
+def training_documents(
+    n_chars: int, seed: int = 0, mix: dict[Gen, float] | None = None, words: list[str] | None = None
+) -> list[str]:
     """Planted training documents (3-8 sentences each) totalling about n_chars characters; deterministic.
 
-    `mix`: share of sentences per task (default `TASK_WEIGHTS`)."""
+    `mix`: share of sentences per generator (default `TASK_WEIGHTS`); `words`: vocabulary of INDUCTION_WIDE."""
     rng = random.Random(seed)
     mix = mix or TASK_WEIGHTS
     tasks, weights = list(mix), list(mix.values())
+    gens = _GEN | {Gen.INDUCTION_WIDE: lambda r: _induction(r, words)}
     docs, total = [], 0
     while total < n_chars:
-        doc = " ".join(_GEN[t](rng) for t in rng.choices(tasks, weights, k=rng.randint(3, 8)))
+        doc = " ".join(gens[t](rng) for t in rng.choices(tasks, weights, k=rng.randint(3, 8)))
         docs.append(doc)
         total += len(doc) + 1
     return docs

@@ -46,8 +46,8 @@ class TrainConfig:
     warmup: int = 150  # linear warm-up steps
     decay_frac: float = 0.25  # final share of steps with linearly decaying learning rate
     weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only)
-    phase_steps: tuple[int, ...] = (900, 1300)  # steps at which the next planted mix (phase) takes over
-    planted_fracs: tuple[float, ...] = (0.5, 0.5, 0.7)  # share of rows drawn from planted text, per phase
+    phase_steps: tuple[int, ...] = (900, 1300, 2500)  # steps at which the next planted mix (phase) takes over
+    planted_fracs: tuple[float, ...] = (0.5, 0.5, 0.7, 0.6)  # share of rows drawn from planted text, per phase
     ckpt_every: int = 100  # steps between checkpoints (and validation-loss evaluations)
     seed: int = 0  # seeds initialisation and batch sampling
     threads: int = 1  # torch.set_num_threads
