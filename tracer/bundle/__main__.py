@@ -3,8 +3,10 @@
 Steps (each is also a subcommand; outputs of one are the inputs of the next):
 1. corpus: Debian packages -> `.cache/corpus/{train,heldout}.txt`.
 2. tokenizer: byte-level BPE on natural + planted text -> `.cache/lm/tokenizer.json`; single-token check.
-3. streams: tokenize natural train, planted train and natural held-out text -> `.cache/lm/streams.safetensors`.
-4. train: the LM (resumable; checkpoints in `.cache/lm/`).
+3. streams: tokenize natural train text, one planted stream per training phase, and held-out natural text
+   -> `.cache/lm/streams.safetensors`.
+4. train: the LM (resumable: run `train` again after an interruption; checkpoints in `.cache/lm/`).
+   About 1 h on one busy CPU core for the default 3,000 steps (12.3 M tokens).
 5. assets: write `tracer/assets/default_model/` (config.json, model.safetensors, tokenizer.json, loss curve),
    `tracer/assets/planted_heldout.json` and `tracer/assets/corpus_sample.txt.gz`.
 6. evaluate: held-out natural-text loss and planted-task accuracy -> `default_model/eval.json`.
@@ -124,6 +126,7 @@ def step_evaluate(args: argparse.Namespace) -> None:
         ["--model", str(args.model_dir), "--write", str(args.model_dir / "eval.json")]
         + (["--json"] if args.json else [])
     )
+    (args.model_dir / "eval.json").chmod(0o644)
 
 
 STEPS = {"corpus": step_corpus, "tokenizer": step_tokenizer, "streams": step_streams, "train": step_train,

@@ -10,8 +10,8 @@ Algorithm:
    - WordNet (wordnet-base `data.*`): "lemma: gloss" per synset, gloss after " | ".
    - Fortunes (fortunes, fortunes-min): `%`-separated quotes, ascii-art files skipped.
 3. Split: documents are shuffled with a fixed seed; every `heldout_every`-th document goes to the held-out
-   shard (validation + `corpus_sample.txt.gz`), the rest to training. Both written as text files with
-   documents separated by a blank line... here by `DOC_SEP` (a form feed line) so documents stay whole.
+   shard (validation + `corpus_sample.txt.gz`), the rest to training; both are text files whose documents
+   are separated by `DOC_SEP` (a form-feed line), so documents stay whole.
 """
 
 from __future__ import annotations

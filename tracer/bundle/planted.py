@@ -2,12 +2,13 @@
 
 Algorithm:
 1. Tables: countries and capitals, landmarks (-> country), first names, opposite pairs, induction words.
-2. Split: each task has training templates and disjoint HELD-OUT templates; IOI also holds out name pairs
-   (crc32 of the sorted pair), induction draws held-out sequences from a disjoint half of the word pool, and
-   two-hop keeps a set of landmarks whose two-hop statement is never trained (compositional diagnostic).
-   Every template can carry a prefix clause; training and held-out prefixes are disjoint too.
-3. Training text: documents of a few planted sentences, tasks drawn with the mix of the training phase
-   (`PHASE_MIXES`, the documented proportions); seeded -> identical text for identical arguments.
+2. Split: each task has training templates and disjoint HELD-OUT templates (IOI: held-out places and
+   objects too); IOI also holds out name pairs (crc32 of the sorted pair); induction is scored on corpus
+   words never used in an induction training sequence (plus a diagnostic on rare words); two-hop keeps
+   landmarks whose two-hop statement is never trained (compositional diagnostic). Prefix clauses of
+   training and held-out prompts are disjoint.
+3. Training text: documents of 3-8 planted sentences, generators drawn with the mix of the training phase
+   (`PHASE_MIXES`: the documented proportions); seeded -> identical text for identical arguments.
 4. Held-out prompts: every task's held-out templates x its items, each with the single expected answer
    (leading space, as it follows the prompt), written to `planted_heldout.json`.
 """
@@ -28,7 +29,8 @@ class Task(StrEnum):
     TWO_HOP = "two_hop"
     TWO_HOP_COMPOSITIONAL = "two_hop_compositional"  # diagnostic only: never-trained two-hop landmarks
     IOI = "ioi"
-    INDUCTION = "induction"
+    INDUCTION = "induction"  # corpus words never used in an induction training sequence
+    INDUCTION_RARE_WORDS = "induction_rare_words"  # diagnostic: rare words with barely trained embeddings
     OPPOSITES = "opposites"
 
 
@@ -137,7 +139,14 @@ farmer hunter jungle kettle lemon mirror number parrot pillow puzzle ribbon sail
 tunnel violin wallet barrel blanket carpet copper desert feather glove harbor helmet lantern meadow
 monkey muscle orchard pepper piano pirate saucer shovel sponge tomato trumpet turtle velvet walnut""")
 INDUCTION_TRAIN_WORDS = WORDS[0::2]
-INDUCTION_HELDOUT_WORDS = WORDS[1::2]
+INDUCTION_HELDOUT_WORDS = WORDS[1::2]  # rare in the corpus: single tokens only thanks to the tokenizer boost
+# held-out induction words: corpus frequency rank 3000-4000 (so `wide_words` never includes them), absent from
+# all planted training text, hence never in an induction training sequence; mostly several tokens each
+INDUCTION_COMMON_WORDS = _words("""creatures directions disappointed excessively flavored flood humble inability
+intent issues leathery linear messengers methods occupied pump puts relatives rigid shed shining swimming transport
+understood violently abdominal brush bugs connection consideration crystal despised devour downward drove finds
+forsake fortified friendship genetic haven immune improve interested liquor moist politician reasons recorded
+sealed sleeping strongly vehicles widespread wonderful woods zone armies boys""")
 
 TRAIN_PREFIXES = [
     "",
@@ -310,7 +319,7 @@ def _induction(rng: random.Random, words: list[str] | None = None) -> str:
 def wide_words(texts: Iterable[str], n: int = 3000) -> list[str]:
     """The n most frequent lowercase words (3+ letters) of `texts`, held-out induction words excluded."""
     counts = Counter(w for t in texts for w in re.findall(r"(?<![\w'-])[a-z]{3,}(?![\w'-])", t))
-    for w in INDUCTION_HELDOUT_WORDS:
+    for w in INDUCTION_HELDOUT_WORDS + INDUCTION_COMMON_WORDS:
         counts.pop(w, None)
     return [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
 
@@ -368,14 +377,21 @@ def heldout_prompts(seed: int = 1234, n_induction: int = 100) -> list[Prompt]:
     for _ in range(n_induction):
         seq = rng.sample(INDUCTION_HELDOUT_WORDS, rng.randint(6, 12))
         k = rng.randint(2, len(seq) - 1)
-        out.append(Prompt(Task.INDUCTION, " ".join(seq) + ". " + " ".join(seq[:k]), " " + seq[k]))
+        out.append(Prompt(Task.INDUCTION_RARE_WORDS, " ".join(seq) + ". " + " ".join(seq[:k]), " " + seq[k]))
     for x, y in OPPOSITES:
         for xx, yy in ((x, y), (y, x)):
             t = OPP_HELDOUT[rng.randrange(len(OPP_HELDOUT))]
             out.append(Prompt(Task.OPPOSITES, _say(rng.choice(HELDOUT_PREFIXES), t.format(x=xx)), " " + yy))
+    rng = random.Random(seed + 1)  # a separate stream keeps the prompts above unchanged
+    for _ in range(n_induction):
+        seq = rng.sample(INDUCTION_COMMON_WORDS, rng.randint(6, 12))
+        k = rng.randint(2, len(seq) - 1)
+        out.append(Prompt(Task.INDUCTION, " ".join(seq) + ". " + " ".join(seq[:k]), " " + seq[k]))
     return out
 
 
 def answer_words() -> set[str]:
-    """Every word a planted prompt expects as its answer (without the leading space)."""
-    return {p.answer.strip() for p in heldout_prompts()} | {_first(a).strip() for a in CAPITALS.values()} | set(NAMES)
+    """Answer words that should be single tokens (the tokenizer boosts them): all but INDUCTION's corpus words,
+    whose first token is the answer."""
+    answers = {p.answer.strip() for p in heldout_prompts() if p.task != Task.INDUCTION}
+    return answers | {_first(a).strip() for a in CAPITALS.values()} | set(NAMES)
