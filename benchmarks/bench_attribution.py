@@ -76,7 +76,7 @@ def run_case(subject: str, n_tokens: int, max_feature_nodes: int | None, batch: 
     builder = RowBuilder(model, tc, rec, attr.layout, cfg)
     feats = rec.features
     order = torch.arange(len(feats)).split(batch)
-    n_b = len(order) if n_tokens <= 64 else min(baseline_batches, len(order))
+    n_b = len(order) if n_tokens <= 16 else min(baseline_batches, len(order))
     A = attr.adjacency.to_sparse_csr()
     t0, worst, scale = time.perf_counter(), 0.0, 0.0
     for idx in order[:n_b]:
