@@ -56,4 +56,4 @@ def default_subject() -> tuple[Transformer, Transcoder] | None:
     if not (DEFAULT_MODEL / "config.json").exists() or not DEFAULT_TRANSCODERS.exists():
         return None
     lm = load_model()
-    return lm.model, load_transcoders(DEFAULT_TRANSCODERS, lm.cfg)
+    return lm.model, load_transcoders(DEFAULT_TRANSCODERS, lm.cfg, dtype=torch.float32)

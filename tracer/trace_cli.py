@@ -22,7 +22,7 @@ from tracer.graphfile import build_graph_file, save_graph
 from tracer.models import load_model
 from tracer.prune import prune
 from tracer.schema import Identity
-from transcoders import load_transcoders
+from transcoders import DEFAULT_TRANSCODERS, load_transcoders
 
 DEFAULT_OUT_DIR = Path("out/graphs")
 
@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     t: dict[str, float] = {}
     with phase("load", t):
         lm = load_model(args.model)
-        tc = load_transcoders(args.transcoders, lm.cfg)
+        # in the model's dtype: fp16 storage would otherwise round the replacement model away from exactness
+        tc = load_transcoders(args.transcoders or DEFAULT_TRANSCODERS, lm.cfg, dtype=lm.model.embed.weight.dtype)
     if lm.tokenizer is None:
         from tracer.errors import ModelLoadError
 

@@ -16,7 +16,7 @@ from transcoders import DEFAULT_TRANSCODERS, load_transcoders
 @pytest.fixture(scope="module")
 def traced():
     lm = load_model()
-    tc = load_transcoders(DEFAULT_TRANSCODERS, lm.cfg)
+    tc = load_transcoders(DEFAULT_TRANSCODERS, lm.cfg, dtype=torch.float32)
     assert lm.tokenizer is not None
     tokens = torch.tensor(lm.tokenizer.encode_prompt("The capital of France is", lm.cfg.n_ctx, lm.cfg.bos_token_id))
     cfg = TraceConfig(max_n_logits=3)
