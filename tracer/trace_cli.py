@@ -59,6 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--node-threshold", type=float, default=0.8, help="share of influence the kept nodes cover")
     p.add_argument("--edge-threshold", type=float, default=0.98, help="share of edge score the kept edges cover")
     p.add_argument("--kernel", choices=["auto", "torch", "triton"], help="edge kernel backend (env TRACER_KERNEL)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--view", action="store_true", help="open the graph in the viewer afterwards")
     p.set_defaults(func=run)
@@ -74,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         max_feature_nodes=args.max_feature_nodes, edge_topk=args.edge_topk, target=tuple(args.target or ()),
         minus=args.minus, kernel=args.kernel, progress=not args.json,
     )  # fmt: skip
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t: dict[str, float] = {}
     with phase("load", t):
         lm = load_model(args.model)
