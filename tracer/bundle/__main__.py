@@ -1,4 +1,4 @@
-"""`python -m tracer.bundle build`: rebuild the bundled default model from scratch.
+"""`python -m tracer.bundle build`: rebuild the bundled default model (and its CLT) from scratch.
 
 Steps (each is also a subcommand; outputs of one are the inputs of the next):
 1. corpus: Debian packages -> `.cache/corpus/{train,heldout}.txt`.
@@ -10,6 +10,8 @@ Steps (each is also a subcommand; outputs of one are the inputs of the next):
 5. assets: write `tracer/assets/default_model/` (config.json, model.safetensors, tokenizer.json, loss curve),
    `tracer/assets/planted_heldout.json` and `tracer/assets/corpus_sample.txt.gz`.
 6. evaluate: held-out natural-text loss and planted-task accuracy -> `default_model/eval.json`.
+7. clt: train the default cross-layer transcoder on the model's own training mix and ship it (float16) with its
+   evaluation -> `tracer/assets/default_clt/` (see tracer/bundle/clt.py; ~45 min on one thread for 7.5 M tokens).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from safetensors.torch import load_file
 
 from tracer.bundle import corpus, planted, tokenizer
+from tracer.bundle.clt import CLT_DIR, DEFAULT_TOKENS, step_clt
 from tracer.bundle.train import DEFAULT_OUT, TrainConfig, model_config, plot_losses, tokenize_stream, train
 from tracer.errors import TracerError
 from tracer.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_text
@@ -130,7 +133,7 @@ def step_evaluate(args: argparse.Namespace) -> None:
 
 
 STEPS = {"corpus": step_corpus, "tokenizer": step_tokenizer, "streams": step_streams, "train": step_train,
-         "assets": step_assets, "evaluate": step_evaluate}  # fmt: skip
+         "assets": step_assets, "evaluate": step_evaluate, "clt": step_clt}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for training")
     ap.add_argument("--seed", type=int, default=0, help="seed for corpus split, planted text and training")
     ap.add_argument("--json", action="store_true", help="evaluate: print JSON instead of a table")
+    ap.add_argument("--clt-tokens", type=int, default=DEFAULT_TOKENS, help="clt: training tokens for the CLT")
+    ap.add_argument("--clt-dir", type=Path, default=CLT_DIR, help="clt: where the trained CLT is shipped")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     try:
