@@ -9,6 +9,7 @@
    the number of active features, the next batch is the most influential unvisited features so far, re-ranked
    every `update_interval` batches.
 6. assemble: the sparse COO adjacency; each row's non-zeros only (or its K largest with --edge-topk).
+7. check: the replacement model (frozen patterns and scales, features + skip + errors) reproduces the logits.
 Each row's entries: features via the kernel (a_s * sum_l' <W_dec[s, l'], d t / d mlp_out_l'[p_s]>), errors
 <eps_{l,p}, d t / d mlp_out_l[p]>, tokens <W_E[tok_p], d t / d embed[p]>.
 """
@@ -20,7 +21,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -53,7 +54,6 @@ class TraceConfig:
     minus: str | None = None  # with one target: attribute the logit difference target - minus
     kernel: str | None = None  # edge kernel backend (auto|torch|triton; env TRACER_KERNEL)
     progress: bool = False  # tqdm bars per phase
-    timings: dict[str, float] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_n_logits < 1 or self.update_interval < 1:

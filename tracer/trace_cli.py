@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     t |= attr.timings
     with phase("prune", t):
         pruned = prune(attr, node_threshold=args.node_threshold, edge_threshold=args.edge_threshold)
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("timings", "progress")}
+    settings = {k: v for k, v in asdict(cfg).items() if k != "progress"}
     settings |= {"node_threshold": args.node_threshold, "edge_threshold": args.edge_threshold,
                  "target": list(cfg.target)}  # fmt: skip
     model_id = Identity(name=lm.name, content_hash=lm.content_hash, kind=lm.cfg.family)

@@ -8,7 +8,7 @@ Steps (run after `streams`, `train` and `assets`, which write its inputs):
    into `<cache>/clt/default` (resumable: run again after an interruption).
 4. ship: save float16 in our format to a temp dir beside the destination, then swap it in; copy training.json.
 5. evaluate: `transcoders.metrics.evaluate` on held-out text (`<cache>/corpus/heldout.txt` + the last
-   4.5 M chars of train.txt, which the CLT never reads) -> eval.json and eval.png in the destination.
+   4.5 MB of train.txt, which the CLT never reads) -> eval.json and eval.png in the destination.
 
 Provenance: the shipped CLT came from a warm-started lineage, because the default model landed late: two runs
 on intermediate LM checkpoints (steps 800 and 2,500), then two on the final model (4.5 M + 3.0 M tokens), each
@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file
 
 from tracer.errors import ConfigError
-from tracer.io import atomic_write_text
+from tracer.io import atomic_write_bytes, atomic_write_text
 from tracer.models import LoadedModel, load_model
 from transcoders.data import tokenize_corpus
 from transcoders.formats import load_transcoders, save_transcoders
@@ -39,7 +39,7 @@ from transcoders.train import TrainConfig, train
 CLT_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_clt"
 DEFAULT_TOKENS = 7_500_000  # what the shipped CLT saw on the final model
 CHUNK = 127  # the LM's training chunk (128 with BOS)
-EVAL_TAIL_CHARS = 4_500_000  # tail of train.txt added to the eval text (beyond the CLT's data_tokens)
+EVAL_TAIL_BYTES = 4_500_000  # tail of train.txt added to the eval text (beyond the CLT's data_tokens)
 # TrainConfig of the shipped final stage (copied from its training.json so a rebuild never reads what it replaces)
 RECIPE: dict[str, Any] = {
     "kind": "clt", "n_features": 2048, "activation": "jumprelu", "topk_k": 0, "input_hook": "mlp_in",
@@ -101,11 +101,11 @@ def ship(out: Path, dest: Path) -> None:
 
 # 5. evaluate
 def eval_corpus(cache: Path) -> Path:
-    """held-out text + the last EVAL_TAIL_CHARS of train.txt (from a line start) -> <cache>/clt/eval_corpus.txt."""
-    train_txt = (cache / "corpus/train.txt").read_text()
-    tail = train_txt[train_txt.find("\n", len(train_txt) - EVAL_TAIL_CHARS) + 1 :]
+    """held-out text + the last EVAL_TAIL_BYTES of train.txt (from a line start) -> <cache>/clt/eval_corpus.txt."""
+    train_txt = (cache / "corpus/train.txt").read_bytes()  # bytes, as the shipped eval text was cut
+    tail = train_txt[train_txt.find(b"\n", len(train_txt) - EVAL_TAIL_BYTES) + 1 :]
     path = cache / "clt/eval_corpus.txt"
-    atomic_write_text(path, (cache / "corpus/heldout.txt").read_text() + tail)
+    atomic_write_bytes(path, (cache / "corpus/heldout.txt").read_bytes() + tail)
     return path
 
 
