@@ -20,6 +20,7 @@ import torch
 from tracer.attribute import TraceConfig, attribute, phase
 from tracer.graphfile import build_graph_file, save_graph
 from tracer.models import load_model
+from tracer.models.loading import file_hash
 from tracer.prune import prune
 from tracer.schema import Identity
 from transcoders import DEFAULT_TRANSCODERS, load_transcoders
@@ -81,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     with phase("load", t):
         lm = load_model(args.model)
         # in the model's dtype: fp16 storage would otherwise round the replacement model away from exactness
-        tc = load_transcoders(args.transcoders or DEFAULT_TRANSCODERS, lm.cfg, dtype=lm.model.embed.weight.dtype)
+        tc_dir = Path(args.transcoders or DEFAULT_TRANSCODERS)
+        tc = load_transcoders(tc_dir, lm.cfg, dtype=lm.model.embed.weight.dtype)
     if lm.tokenizer is None:
         from tracer.errors import ModelLoadError
 
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     model_id = Identity(name=lm.name, content_hash=lm.content_hash, kind=lm.cfg.family)
     graph = build_graph_file(
         attr, pruned, prompt=args.prompt, model=model_id,
-        transcoders=Identity(name=tc.cfg.model_name or "transcoders", content_hash=getattr(tc, "content_hash", ""),
+        transcoders=Identity(name=tc_dir.name, content_hash=file_hash(sorted(tc_dir.glob("*.safetensors"))),
                              kind=str(tc.cfg.kind.value)),
         settings=settings, labels=None,
     )  # fmt: skip
