@@ -43,7 +43,8 @@ NODE_PIXEL = """const gd = document.querySelector('#main-graph .js-plotly-plot')
 const t = gd.data[arguments[0]], i = t.customdata.indexOf(arguments[1]), r = gd.getBoundingClientRect();
 return [fl.xaxis.l2p(t.x[i]) + fl._size.l - r.width / 2, fl.yaxis.l2p(t.y[i]) + fl._size.t - r.height / 2];"""
 CY_LABELS = (
-    "const c = document.getElementById('subgraph')._cyreg; return c ? c.cy.nodes().map(n => n.data('label')) : [];"
+    "const e = document.getElementById('subgraph'), c = e && e._cyreg;"  # null while a reloaded page mounts
+    " return c ? c.cy.nodes().map(n => n.data('label')) : [];"
 )
 AXES = """const r = id => { const l = document.querySelector('#' + id + ' .js-plotly-plot')._fullLayout;
 return [l.xaxis.range, l.yaxis.range]; }; return [r('main-graph'), r('overlay-graph')];"""
