@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dash.testing.errors import TestingTimeoutError
+from dash.testing.errors import TestingTimeoutError as DashTimeout
 from dash.testing.wait import until
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -154,7 +154,7 @@ def test_scenario(dash_duo, served: Path):
     dash_duo.driver.get(url)
     try:
         wait_js(dash_duo, CY_LABELS, lambda v: v == ["capital city"])
-    except TestingTimeoutError:  # known: under heavy CPU load the first render after a reload is sometimes dropped
+    except DashTimeout:  # known: under heavy CPU load the first render after a reload is sometimes dropped
         dash_duo.driver.get(url)  # (see the closing note of the viewer issue); a second load must restore it
         wait_js(dash_duo, CY_LABELS, lambda v: v == ["capital city"])
     dash_duo.wait_for_text_to_equal("#detail h3", display_name(first), timeout=TIMEOUT)
