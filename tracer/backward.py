@@ -52,17 +52,12 @@ class ReplacementBackward:
         self.dtype = rec.mlp_out.dtype
         self.flops = 0  # matmul work done so far (2 x multiply-adds), for benchmarks
 
-    def _read_transpose(self, layer: int, p: int, g: torch.Tensor) -> torch.Tensor:
-        """J^T of the transcoder's input hook w.r.t. resid_mid, for g [B, P', D]."""
+    def _read_transpose(self, layer: int, pos: slice | torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """J^T of the transcoder's input hook w.r.t. resid_mid for g [..., D] at positions `pos` (a slice of the
+        prompt for [B, P', D], or one position per row for [n, D])."""
         if not self.reads_normalised:
             return g
-        return norm_transpose(self.model.block(layer).ln2, self.rec.ln2_scale[layer, :p], g)
-
-    def _read_at(self, layer: int, pos: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
-        """J^T of the transcoder's input hook for one read-out vector per target: vec [n, D] at positions [n]."""
-        if not self.reads_normalised:
-            return vec
-        return norm_transpose(self.model.block(layer).ln2, self.rec.ln2_scale[layer, pos], vec)
+        return norm_transpose(self.model.block(layer).ln2, self.rec.ln2_scale[layer, pos], g)
 
     def _attn_transpose(self, layer: int, g: torch.Tensor) -> torch.Tensor:
         """(d attn_out / d resid_pre)^T g for g [B, P', D] (pattern frozen)."""
@@ -94,7 +89,7 @@ class ReplacementBackward:
     def _skip_transpose(self, layer: int, g: torch.Tensor) -> torch.Tensor:
         if self.tc.W_skip is None:
             return torch.zeros_like(g)
-        return self._read_transpose(layer, g.shape[1], g @ self.tc.W_skip[layer].to(g.dtype))
+        return self._read_transpose(layer, slice(0, g.shape[1]), g @ self.tc.W_skip[layer].to(g.dtype))
 
     def run(self, inj: Injections) -> Grads:
         """One batch of targets -> gradients at every MLP output and token embedding (see module docstring)."""
@@ -116,7 +111,7 @@ class ReplacementBackward:
             g = g + self._skip_transpose(layer, g)  # the skip path is linear, so gradient crosses it
             here = (inj.layer == layer).nonzero()[:, 0]
             if here.numel():
-                g[here, inj.pos[here]] += self._read_at(layer, inj.pos[here], inj.vectors[here].to(self.dtype))
+                g[here, inj.pos[here]] += self._read_transpose(layer, inj.pos[here], inj.vectors[here].to(self.dtype))
             if single and layer == top:
                 g = g + self._attn_transpose_at(layer, inj.pos, g[torch.arange(B), inj.pos], P)
             else:

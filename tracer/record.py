@@ -90,8 +90,10 @@ def frozen_forward(
 
     def mlp_out(layer: int):
         def fn(_: torch.Tensor) -> torch.Tensor:
-            skip = tc.skip(inputs[layer][:, None, :].expand(-1, L, -1).to(dt))[:, layer].to(errors.dtype)
-            return (decoded[:, layer] + skip + errors[:, layer])[None]
+            out = decoded[:, layer] + errors[:, layer]
+            if tc.W_skip is not None:  # the skip path reads this run's input: it stays linear in the sources
+                out = out + (inputs[layer].to(dt) @ tc.W_skip[layer].T).to(errors.dtype)
+            return out[None]
 
         return fn
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from tracer.attribute import TraceConfig, attribute, phase
+from tracer.errors import ModelLoadError
 from tracer.graphfile import build_graph_file, save_graph
 from tracer.models import load_model
 from tracer.models.loading import file_hash
@@ -85,8 +86,6 @@ def run(args: argparse.Namespace) -> int:
         tc_dir = Path(args.transcoders or DEFAULT_TRANSCODERS)
         tc = load_transcoders(tc_dir, lm.cfg, dtype=lm.model.embed.weight.dtype)
     if lm.tokenizer is None:
-        from tracer.errors import ModelLoadError
-
         raise ModelLoadError("the model has no tokenizer (tokenizer.json or vocab.json + merges.txt)")
     tokens = torch.tensor(lm.tokenizer.encode_prompt(args.prompt, lm.cfg.n_ctx, lm.cfg.bos_token_id))
     with torch.inference_mode(False):
