@@ -23,3 +23,12 @@ class GraphFileError(TracerError):
 
 class ConfigError(TracerError):
     """A setting is out of range or inconsistent."""
+
+
+class OutputError(TracerError, OSError):
+    """An output path cannot be written (a directory, a read-only folder, a parent that is a file, a full disk).
+    Also an OSError, so code that handles file errors keeps working."""
+
+
+class NonFiniteError(TracerError):
+    """A tensor entering the tracer (weights, recorded activations, a sidecar) holds NaN or Inf."""

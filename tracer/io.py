@@ -1,6 +1,10 @@
 """Atomic file writes: write a temp file in the target directory, then rename it over the target.
 
 A crash mid-write therefore leaves either the old file or the new one, never half of one.
+1. check: `check_output` validates an output path before any long work (not a directory, parent not a file,
+   folder writable); every OSError of a write becomes one OutputError line.
+2. write: the temp file `.NAME.<pid>-<random>.tmp` beside the target, fsynced, then renamed over it.
+3. clean: `remove_stale_temps` deletes the temp files of a target left by killed runs (their pid is gone).
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from tracer.errors import OutputError
+
+TEMP_SUFFIX = ".tmp"
+
 
 def _umask_mode() -> int:
     """0o666 minus the umask: mkstemp creates files 0600, but outputs should be as readable as a plain open()'s."""
@@ -22,19 +30,115 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+def _why(e: OSError) -> str:
+    return e.strerror or str(e) or type(e).__name__
+
+
+def check_output(path: str | os.PathLike, what: str = "output") -> Path:
+    """Step 1: raise OutputError unless `path` can be written as a file: not an existing directory (nor named like
+    one, `DIR/`), no parent that is a file, the nearest existing folder writable. Creates nothing."""
+    text, p = os.fspath(path), Path(path)
+    if text.endswith(("/", os.sep)) or p.is_dir():
+        raise OutputError(f"{what} {text} is a directory; give a file name")
+    parent = p.parent
+    while not parent.exists():
+        if parent.is_symlink():
+            raise OutputError(f"{what} {text}: {parent} is a dangling link")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{what} {text}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {text}: folder {parent} is not writable")
+    if p.exists() and not os.access(p, os.W_OK) and not os.access(p.parent, os.W_OK):
+        raise OutputError(f"{what} {text} is not writable")
+    return p
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Step 1 for a folder output: it may exist (as a folder) or be created under a writable folder."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{what} {p} is a file, not a folder")
+    if p.is_dir():
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise OutputError(f"{what} {p} is not writable")
+        return p
+    check_output(p, what)
+    return p
+
+
+def temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Step 3: delete `.NAME.*.tmp` beside `path` whose writer is gone (pid not alive, or no pid in the name).
+    Returns what was removed. A live writer's temp file (another process, or this one) is left alone."""
+    path = Path(path)
+    prefix, removed = temp_prefix(path), []
+    try:
+        candidates = [q for q in path.parent.iterdir() if q.name.startswith(prefix) and q.name.endswith(TEMP_SUFFIX)]
+    except OSError:
+        return removed
+    for q in candidates:
+        pid_text = q.name[len(prefix):].split("-", 1)[0]
+        pid = int(pid_text) if pid_text.isdigit() else None
+        if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
+            continue
+        try:
+            q.unlink()
+            removed.append(q)
+        except OSError:
+            pass
+    return removed
+
+
+def new_temp(path: Path) -> Path:
+    """Step 2: create an empty temp file beside `path` (the folder is created if needed); OutputError if it cannot."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{temp_prefix(path)}{os.getpid()}-", suffix=TEMP_SUFFIX)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {_why(e)}") from None
+    os.close(fd)
+    return Path(tmp)
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Step 2's end: make the finished temp file readable like a plain open()'s output and rename it over path."""
+    try:
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {_why(e)}") from None
+
+
 @contextmanager
 def _temp_beside(path: Path) -> Iterator[Path]:
     """Yield a temp path in path's directory; on success it replaces path, on error it is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = new_temp(path)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
+        yield tmp
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OutputError):
+            raise
+        raise OutputError(f"cannot write {path}: {_why(e)}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    publish(tmp, path)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -3,7 +3,8 @@
 Circuit-tracer's `prune_graph`, on sparse edge lists (never a dense n x n matrix):
 1. normalise: Â = |A| with each row divided by its sum (clamped at 1e-10); stored zeros are no edges.
 2. influence: w = logit probabilities on logit rows, 0 elsewhere; I = wᵀ(Â + Â² + …), summed as the vector power
-   series v ← vÂ, which ends exactly (v = 0) because Â is nilpotent (the graph is a DAG). Capped at n_nodes steps.
+   series v ← vÂ, which ends exactly (v = 0) because Â is nilpotent (the graph is a DAG). Capped at the DAG's
+   depth (n_layers + 1 when every edge goes to a later layer, else n_nodes); NaN/Inf are refused first.
 3. node_threshold: sort I descending and keep the smallest prefix covering `node_threshold` of ΣI (ties kept);
    tokens and logits are always kept, errors only on merit.
 4. edge_threshold: A' = A restricted to kept nodes; I' = wᵀ(Â' + Â'² + …) + w; edge score E[t,s] = Â'[t,s]·I'[t];
@@ -89,16 +90,30 @@ def normalized(edges: Edges) -> torch.Tensor:
     return absv / row_sum.clamp_min(ROW_SUM_MIN)[edges.rows]
 
 
-def influence_series(edges: Edges, ahat: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """[n] float64 wᵀ(Â + Â² + …) for Â given by `edges` and its values `ahat`; ends when the term vanishes."""
+def influence_series(edges: Edges, ahat: torch.Tensor, weights: torch.Tensor, max_depth: int | None = None
+                     ) -> torch.Tensor:  # fmt: skip
+    """[n] float64 wᵀ(Â + Â² + …) for Â given by `edges` and its values `ahat`; ends when the term vanishes.
+    max_depth: the longest path of the DAG (default n_nodes): the series has at most that many terms."""
+    if not bool(torch.isfinite(ahat).all()) or not bool(torch.isfinite(weights).all()):
+        raise GraphFileError("adjacency or logit weights hold NaN/Inf: influence is undefined")
     v = weights.double()
     total = torch.zeros(edges.n, dtype=torch.float64)
-    for _ in range(edges.n + 1):
+    steps = edges.n if max_depth is None else min(max_depth, edges.n)
+    for _ in range(steps + 1):
         v = torch.zeros(edges.n, dtype=torch.float64).index_add_(0, edges.cols, v[edges.rows] * ahat)
         if not v.any():
             return total
         total += v
-    raise GraphFileError("adjacency has a cycle: influence did not vanish after n_nodes steps (not a DAG)")
+    raise GraphFileError(f"adjacency has a cycle: influence did not vanish after {steps} steps (not a DAG)")
+
+
+def dag_depth(edges: Edges, layout: NodeLayout) -> int | None:
+    """The longest path any graph of this layout can have when every edge goes to a later layer (embeddings at
+    -1, logits at n_layers): n_layers + 1 edges. None when some edge does not (a hand-built graph)."""
+    layer = layout.table[:, 1]
+    if edges.rows.numel() and not bool((layer[edges.rows] > layer[edges.cols]).all()):
+        return None
+    return layout.n_layers + 1
 
 
 def node_influence(adjacency: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -169,14 +184,15 @@ def prune(
     w = logit_weights(layout, logit_probs)
 
     # 1.-2. influence on the unpruned graph
-    infl = influence_series(edges, normalized(edges), w)
+    depth = dag_depth(edges, layout)
+    infl = influence_series(edges, normalized(edges), w, depth)
     # 3. node_threshold
     always = layout.mask(NodeKind.EMBEDDING) | layout.mask(NodeKind.LOGIT)
     node_mask = (infl >= threshold_value(infl, node_threshold)) | always
     # 4. edge_threshold
     sub = edges.subset(node_mask[edges.rows] & node_mask[edges.cols])
     ahat = normalized(sub)
-    score = ahat * (influence_series(sub, ahat, w) + w)[sub.rows]
+    score = ahat * (influence_series(sub, ahat, w, depth) + w)[sub.rows]
     edge_keep = score >= threshold_value(score, edge_threshold)
     # 5. dangling
     node_mask, edge_keep = _drop_dangling(sub, edge_keep, node_mask, layout)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tracer.finite import check_finite
 from tracer.models import HookPoint, Site, Transformer
 from tracer.models.hooks import HookFn
 from transcoders import Transcoder
@@ -62,12 +63,16 @@ def record(model: Transformer, tc: Transcoder, tokens: torch.Tensor) -> Record:
     # 3. Errors; at position 0 the error also carries the dropped BOS features, so the model is reproduced exactly
     recon = tc.decode(acts) + tc.skip(x)
     acts, recon = acts.to(mlp_out.dtype), recon.to(mlp_out.dtype)
+    errors = mlp_out - recon
+    # a NaN activation is non-zero: it would make every feature active and every influence series diverge
+    check_finite((("logits", logits), ("activations", acts), ("errors", errors)),
+                 "forward pass on this prompt (overflow, or NaN in lazily read decoders)")  # fmt: skip
     nz = acts.nonzero()  # [N, 3] (pos, layer, feature)
     return Record(
         tokens=tokens, logits=logits, patterns=[cache[Site(HookPoint.ATTN_PATTERN, i)][0] for i in range(L)],
         ln1_scale=_stack(cache, HookPoint.LN1_SCALE, L), ln2_scale=_stack(cache, HookPoint.LN2_SCALE, L),
         lnf_scale=cache[Site(HookPoint.LNF_SCALE)][0], tc_input=tc_input, mlp_out=mlp_out, acts=acts,
-        errors=mlp_out - recon, features=nz[:, [1, 0, 2]].contiguous(),
+        errors=errors, features=nz[:, [1, 0, 2]].contiguous(),
     )  # fmt: skip
 
 

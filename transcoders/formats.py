@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from tracer.errors import TranscoderLoadError
+from tracer.finite import check_finite
 from tracer.io import atomic_save_safetensors, atomic_write_text
 from tracer.models import HookPoint, ModelConfig
 from transcoders.clt import LazyRows, Transcoder
@@ -174,8 +175,8 @@ def _ct_files(path: Path, pattern: str) -> int:
 
 def _load_ct(path: Path, lazy: bool) -> tuple[TranscoderConfig, dict[str, torch.Tensor], list]:
     try:
-        meta = yaml.safe_load((path / "config.yaml").read_text())
-    except yaml.YAMLError as e:
+        meta = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise TranscoderLoadError(f"invalid {path / 'config.yaml'}: {_first_line(e)}") from None
     if not isinstance(meta, dict):
         raise TranscoderLoadError(f"invalid {path / 'config.yaml'}: not a mapping")
@@ -188,6 +189,8 @@ def _load_ct(path: Path, lazy: bool) -> tuple[TranscoderConfig, dict[str, torch.
     reader = _read_ct_clt if kind == CtModelKind.CLT else _read_ct_plt
     enc, decs, dims = reader(path, lazy)
     extra = meta.get("clt_tracer") or {}
+    if not isinstance(extra, dict):
+        raise TranscoderLoadError(f"invalid {path / 'config.yaml'}: clt_tracer is not a mapping")
     try:
         cfg = TranscoderConfig(
             kind=TranscoderKind.CLT if kind == CtModelKind.CLT else TranscoderKind.PLT, n_layers=dims[0],
@@ -304,6 +307,9 @@ def load_transcoders(
     path = Path(path)
     fmt = detect_format(path)
     cfg, enc, decs = (_load_ours if fmt == TranscoderFormat.OURS else _load_ct)(path, lazy)
+    # lazy decoders are memory-mapped and not scanned: a NaN there shows up in the recorded errors
+    check_finite([*enc.items(), *(() if lazy else ((f"W_dec_{s}", d) for s, d in enumerate(decs)))],
+                 f"transcoders in {path}", TranscoderLoadError)  # fmt: skip
     _check_model(cfg, model_cfg, path)
     cfg = cfg.model_copy(update={"dtype": DType.of(dtype)}) if dtype is not None else cfg
     tc = Transcoder(cfg, lazy_decoders=decs if lazy else None)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from tracer.errors import ModelLoadError
+from tracer.finite import check_finite
 from tracer.models.config import ModelConfig
 from tracer.models.hf import config_from_hf, read_safetensors_dir, state_from_hf
 from tracer.models.tokenizer import Tokenizer, load_tokenizer
@@ -45,8 +46,13 @@ def file_hash(paths: list[Path]) -> str:
 
 
 def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> Transformer:
+    check_finite(state, "model weights", ModelLoadError)  # a NaN weight makes every feature active
     model = Transformer(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes that disagree with the config (e.g. its hidden_size)
+        why = " ".join(str(e).split("\n\t")[1:2]).strip() or str(e).splitlines()[0]
+        raise ModelLoadError(f"weights do not fit the config: {why}") from None
     missing = [m for m in missing if not (cfg.tied_embeddings and m == "unembed.weight")]
     if missing or unexpected:
         raise ModelLoadError(f"weights do not fit the config: missing {missing[:3]}, unexpected {unexpected[:3]}")
