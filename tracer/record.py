@@ -76,6 +76,17 @@ def record(model: Transformer, tc: Transcoder, tokens: torch.Tensor) -> Record:
     )  # fmt: skip
 
 
+def frozen_sites(rec: Record, n_layers: int) -> dict[Site, HookFn]:
+    """Hook functions that replace every attention pattern and norm denominator by the recorded ones (for use
+    inside `model.hooks.attached`): with them the residual stream is linear in the MLP outputs and embeddings."""
+    fns: dict[Site, HookFn] = {Site(HookPoint.LNF_SCALE): lambda _: rec.lnf_scale[None]}
+    for i in range(n_layers):
+        fns[Site(HookPoint.ATTN_PATTERN, i)] = lambda _, i=i: rec.patterns[i][None]
+        fns[Site(HookPoint.LN1_SCALE, i)] = lambda _, i=i: rec.ln1_scale[i][None]
+        fns[Site(HookPoint.LN2_SCALE, i)] = lambda _, i=i: rec.ln2_scale[i][None]
+    return fns
+
+
 @contextmanager
 def frozen_forward(
     model: Transformer, tc: Transcoder, rec: Record, acts: torch.Tensor, errors: torch.Tensor
@@ -102,11 +113,8 @@ def frozen_forward(
 
         return fn
 
-    fns: dict[Site, HookFn] = {Site(HookPoint.LNF_SCALE): lambda _: rec.lnf_scale[None]}
+    fns = frozen_sites(rec, L)
     for i in range(L):
-        fns[Site(HookPoint.ATTN_PATTERN, i)] = lambda _, i=i: rec.patterns[i][None]
-        fns[Site(HookPoint.LN1_SCALE, i)] = lambda _, i=i: rec.ln1_scale[i][None]
-        fns[Site(HookPoint.LN2_SCALE, i)] = lambda _, i=i: rec.ln2_scale[i][None]
         fns[Site(tc.cfg.input_hook, i)] = keep_input(i)
         fns[Site(HookPoint.MLP_OUT, i)] = mlp_out(i)
     with model.hooks.attached(fns):
