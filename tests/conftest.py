@@ -12,6 +12,21 @@ from tracer.models import MlpKind, ModelConfig, NormKind, PosKind, Transformer
 torch.set_num_threads(int(os.environ.get("TRACER_TEST_THREADS", "1")))
 
 
+def _hide_hub_kernels() -> None:
+    """transformers >= 5.25 imports the `kernels` distribution (its Hub-kernel loader) when installed, and our own
+    `kernels` package shadows it on sys.path: tell transformers it is absent (the tests use its eager torch code)."""
+    os.environ.setdefault("USE_HUB_KERNELS", "NO")
+    try:
+        import transformers.utils as tu
+        import transformers.utils.import_utils as iu
+    except ImportError:
+        return
+    iu.is_kernels_available = tu.is_kernels_available = lambda *a, **k: False  # type: ignore[assignment]
+
+
+_hide_hub_kernels()
+
+
 def tiny_config(style: str, **kw) -> ModelConfig:
     """A 3-layer model of the GPT-2 or Llama style, small enough for float64 perturbation tests."""
     if style == "gpt2":

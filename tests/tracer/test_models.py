@@ -29,6 +29,16 @@ FAMILIES = {
     "mistral": (transformers.MistralConfig, dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
                 num_key_value_heads=2, intermediate_size=48, vocab_size=97, max_position_embeddings=64,
                 sliding_window=5)),
+    # small soft-caps, a short window and a query scalar != head_dim so that every Gemma detail shows in the logits
+    "gemma2": (transformers.Gemma2Config, dict(num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
+               num_key_value_heads=2, head_dim=16, intermediate_size=48, vocab_size=97, max_position_embeddings=64,
+               sliding_window=3, query_pre_attn_scalar=10, attn_logit_softcapping=2.0, final_logit_softcapping=3.0)),
+    "gemma3": (transformers.Gemma3TextConfig, dict(num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
+               num_key_value_heads=2, head_dim=16, intermediate_size=48, vocab_size=97, max_position_embeddings=64,
+               sliding_window=3, query_pre_attn_scalar=12,
+               layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+               rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000.0},
+                                "sliding_attention": {"rope_type": "default", "rope_theta": 37.0}})),
 }  # fmt: skip
 
 
@@ -55,7 +65,7 @@ def test_logits_match_transformers(family, tmp_path):
         torch.testing.assert_close(ours(tokens), expected, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma2", "gemma3"])
 def test_save_roundtrip(family, tmp_path):
     _hf_model(family, tmp_path / "a")
     loaded = load_model(tmp_path / "a")

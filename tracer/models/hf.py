@@ -1,6 +1,7 @@
 """Read and write Hugging Face checkpoints (config.json + safetensors) without `transformers`.
 
-1. Config: map `config.json` of a supported `model_type` onto ModelConfig.
+1. Config: map `config.json` of a supported `model_type` onto ModelConfig (Gemma-3's multimodal checkpoints: their
+   `text_config`; the vision tower is not loaded).
 2. Weights: read `model.safetensors` or the shards listed in `model.safetensors.index.json`; rename HF tensor
    names to ours (GPT-2's fused, transposed Conv1D weights are split and transposed).
 3. Save: the reverse, as one `model.safetensors` plus `config.json`, loadable by `transformers` too.
@@ -20,7 +21,12 @@ from tracer.io import atomic_save_safetensors, atomic_write_text
 from tracer.models.config import MlpKind, ModelConfig, NormKind, PosKind, RopeScaling
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
-SUPPORTED = ("gpt2", *LLAMA_FAMILY)
+GEMMA_FAMILY = ("gemma2", "gemma3_text", "gemma3")
+SUPPORTED = ("gpt2", *LLAMA_FAMILY, *GEMMA_FAMILY)
+# defaults of transformers' Gemma3TextConfig that Gemma-3 multimodal configs leave out of their text_config
+GEMMA3_TEXT_DEFAULTS = {"vocab_size": 262208, "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
+                        "query_pre_attn_scalar": 256, "sliding_window": 4096, "head_dim": 256,
+                        "num_attention_heads": 8, "num_key_value_heads": 4, "bos_token_id": 2, "eos_token_id": 1}
 
 
 def config_from_hf(c: dict) -> ModelConfig:
@@ -29,6 +35,8 @@ def config_from_hf(c: dict) -> ModelConfig:
     if kind not in SUPPORTED:
         raise ModelLoadError(f"unsupported architecture {kind!r}; supported: {', '.join(SUPPORTED)}")
     try:
+        if kind in GEMMA_FAMILY:
+            return _gemma_config(c)
         if kind == "gpt2":
             return ModelConfig(
                 family=kind, n_layers=c["n_layer"], d_model=c["n_embd"], n_heads=c["n_head"],
@@ -38,14 +46,7 @@ def config_from_hf(c: dict) -> ModelConfig:
                 tied_embeddings=True, bos_token_id=c.get("bos_token_id"), eos_token_id=c.get("eos_token_id"),
             )  # fmt: skip
         rs = c.get("rope_scaling") or c.get("rope_parameters") or {}  # transformers 5 writes rope_parameters
-        rtype = rs.get("rope_type", rs.get("type", "none")) if rs else "none"
-        if rtype not in ("none", "default", "linear", "llama3"):
-            raise ModelLoadError(f"unsupported rope_scaling type {rtype!r}; supported: linear, llama3")
-        scaling = RopeScaling(
-            kind="none" if rtype == "default" else rtype, factor=rs.get("factor", 1.0),
-            low_freq_factor=rs.get("low_freq_factor", 1.0), high_freq_factor=rs.get("high_freq_factor", 4.0),
-            original_max_position=rs.get("original_max_position_embeddings", 8192),
-        )  # fmt: skip
+        scaling = _scaling(rs)
         window = c.get("sliding_window") or 0
         if kind in ("qwen2", "qwen3") and not c.get("use_sliding_window", False):
             window = 0
@@ -65,12 +66,59 @@ def config_from_hf(c: dict) -> ModelConfig:
         raise ModelLoadError(f"config.json of {kind} model lacks the field {e}") from None
 
 
+def _scaling(rs: dict) -> RopeScaling:
+    rtype = rs.get("rope_type", rs.get("type", "none")) if rs else "none"
+    if rtype not in ("none", "default", "linear", "llama3"):
+        raise ModelLoadError(f"unsupported rope_scaling type {rtype!r}; supported: linear, llama3")
+    return RopeScaling(
+        kind="none" if rtype == "default" else rtype, factor=rs.get("factor", 1.0),
+        low_freq_factor=rs.get("low_freq_factor", 1.0), high_freq_factor=rs.get("high_freq_factor", 4.0),
+        original_max_position=rs.get("original_max_position_embeddings", 8192),
+    )  # fmt: skip
+
+
+def _gemma_config(c: dict) -> ModelConfig:
+    """Gemma-2 / Gemma-3: (1 + w) RMSNorms before and after attention and MLP, GeGLU, scaled embeddings, query
+    pre-scaling, soft-caps (Gemma-2), q/k norms and a local RoPE base (Gemma-3), alternating local/global layers."""
+    kind = c["model_type"]
+    if kind == "gemma3":  # multimodal checkpoint: the language model's config
+        c = GEMMA3_TEXT_DEFAULTS | c.get("text_config", {}) | {"model_type": "gemma3"}
+    n_layers = c["num_hidden_layers"]
+    pattern = 2 if kind == "gemma2" else c.get("sliding_window_pattern", 6)
+    types = c.get("layer_types") or ["sliding_attention" if (i + 1) % pattern else "full_attention"
+                                     for i in range(n_layers)]  # fmt: skip
+    rp = c.get("rope_parameters") or {}
+    if "full_attention" in rp:  # transformers 5 keeps one RoPE setting per layer type
+        glob, loc = rp["full_attention"], rp.get("sliding_attention", {})
+    else:
+        glob, loc = (c.get("rope_scaling") or {}) | rp, {}
+    theta = glob.get("rope_theta") or c.get("rope_theta") or (10000.0 if kind == "gemma2" else 1e6)
+    local_theta = 0.0 if kind == "gemma2" else loc.get("rope_theta") or c.get("rope_local_base_freq") or 10000.0
+    heads = c["num_attention_heads"]
+    d_head = c.get("head_dim") or c["hidden_size"] // heads
+    return ModelConfig(
+        family=kind, n_layers=n_layers, d_model=c["hidden_size"], n_heads=heads,
+        n_kv_heads=c.get("num_key_value_heads") or heads, d_head=d_head, d_mlp=c["intermediate_size"],
+        vocab_size=c["vocab_size"], n_ctx=c.get("max_position_embeddings", 8192), mlp=MlpKind.GEGLU,
+        norm_eps=c.get("rms_norm_eps", 1e-6), rope_theta=theta, rope_scaling=_scaling(glob),
+        qk_norm=kind != "gemma2", tied_embeddings=c.get("tie_word_embeddings", True),
+        sliding_window=c.get("sliding_window") or 0,
+        local_layers=tuple(i for i, t in enumerate(types) if t == "sliding_attention"), rope_local_theta=local_theta,
+        norm_offset=1.0, embed_scale=c["hidden_size"] ** 0.5, post_norms=True,
+        attn_scale=(c.get("query_pre_attn_scalar") or d_head) ** -0.5,
+        attn_softcap=c.get("attn_logit_softcapping") or 0.0, final_softcap=c.get("final_logit_softcapping") or 0.0,
+        bos_token_id=c.get("bos_token_id"), eos_token_id=_first(c.get("eos_token_id")),
+    )  # fmt: skip
+
+
 def _first(x: int | list[int] | None) -> int | None:
     return x[0] if isinstance(x, list) else x
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
-    """The inverse of config_from_hf (GPT-2 or Llama-family layout)."""
+    """The inverse of config_from_hf (GPT-2, Llama-family or Gemma text-model layout)."""
+    if cfg.family in GEMMA_FAMILY:
+        return _gemma_config_to_hf(cfg)
     if cfg.family == "gpt2":
         return {
             "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": cfg.n_layers,
@@ -97,15 +145,44 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     return out
 
 
-def _llama_names(cfg: ModelConfig) -> dict[str, str]:
-    """Our name -> HF name for the Llama family."""
-    names = {"embed.weight": "model.embed_tokens.weight", "ln_f.weight": "model.norm.weight"}
+def _gemma_config_to_hf(cfg: ModelConfig) -> dict:
+    kind = "gemma2" if cfg.family == "gemma2" else "gemma3_text"  # a multimodal model is saved as its text model
+    s = cfg.rope_scaling
+    glob = {"rope_type": "default" if s.kind == "none" else s.kind, "rope_theta": cfg.rope_theta}
+    if s.kind != "none":
+        glob |= {"factor": s.factor, "low_freq_factor": s.low_freq_factor, "high_freq_factor": s.high_freq_factor,
+                 "original_max_position_embeddings": s.original_max_position}  # fmt: skip
+    rope = glob if kind == "gemma2" else {
+        "full_attention": glob, "sliding_attention": {"rope_type": "default", "rope_theta": cfg.rope_local_theta}}
+    local = set(range(cfg.n_layers) if cfg.local_layers is None else cfg.local_layers)
+    return {
+        "model_type": kind, "architectures": ["Gemma2ForCausalLM" if kind == "gemma2" else "Gemma3ForCausalLM"],
+        "num_hidden_layers": cfg.n_layers, "hidden_size": cfg.d_model, "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.d_head, "intermediate_size": cfg.d_mlp,
+        "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.n_ctx, "rms_norm_eps": cfg.norm_eps,
+        "tie_word_embeddings": cfg.tied_embeddings, "hidden_activation": "gelu_pytorch_tanh",
+        "sliding_window": cfg.sliding_window or None, "rope_parameters": rope,
+        "layer_types": ["sliding_attention" if i in local else "full_attention" for i in range(cfg.n_layers)],
+        "query_pre_attn_scalar": round(cfg.attn_scale**-2), "attn_logit_softcapping": cfg.attn_softcap or None,
+        "final_logit_softcapping": cfg.final_softcap or None, "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": cfg.eos_token_id, "torch_dtype": "float32",
+    }  # fmt: skip
+
+
+def _llama_names(cfg: ModelConfig, prefix: str = "model.") -> dict[str, str]:
+    """Our name -> HF name for the Llama and Gemma families (prefix: where the decoder's weights live)."""
+    names = {"embed.weight": prefix + "embed_tokens.weight", "ln_f.weight": prefix + "norm.weight"}
     if not cfg.tied_embeddings:
         names["unembed.weight"] = "lm_head.weight"
     for i in range(cfg.n_layers):
-        o, t = f"blocks.{i}.", f"model.layers.{i}."
+        o, t = f"blocks.{i}.", f"{prefix}layers.{i}."
         names[o + "ln1.weight"] = t + "input_layernorm.weight"
-        names[o + "ln2.weight"] = t + "post_attention_layernorm.weight"
+        if cfg.post_norms:  # Gemma's sandwich norms
+            names[o + "ln1_post.weight"] = t + "post_attention_layernorm.weight"
+            names[o + "ln2.weight"] = t + "pre_feedforward_layernorm.weight"
+            names[o + "ln2_post.weight"] = t + "post_feedforward_layernorm.weight"
+        else:
+            names[o + "ln2.weight"] = t + "post_attention_layernorm.weight"
         for ours, hf in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj")):
             names[f"{o}attn.{ours}.weight"] = f"{t}self_attn.{hf}.weight"
             if (cfg.qkv_bias and ours != "o") or (cfg.o_bias and ours == "o"):
@@ -176,10 +253,19 @@ def state_from_hf(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, to
         if cfg.family == "gpt2":
             out = _gpt2_from_hf(cfg, sd)
         else:
-            out = {ours: sd[hf] for ours, hf in _llama_names(cfg).items()}
+            out = {ours: sd[hf] for ours, hf in _llama_names(cfg, _decoder_prefix(sd)).items()}
     except KeyError as e:
         raise ModelLoadError(f"weights lack the tensor {e}") from None
     return {k: v.float() for k, v in out.items()}
+
+
+def _decoder_prefix(sd: dict[str, torch.Tensor]) -> str:
+    """`model.` for text checkpoints; Gemma-3 multimodal ones nest the decoder (`model.language_model.` in
+    transformers 5, `language_model.model.` before)."""
+    for k in sd:
+        if k.endswith("embed_tokens.weight") and "vision" not in k:
+            return k.removesuffix("embed_tokens.weight")
+    return "model."
 
 
 def state_to_hf(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

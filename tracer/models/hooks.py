@@ -19,15 +19,17 @@ import torch
 class HookPoint(str, Enum):
     """Named places in the forward pass. Shapes: B batch, P positions, D d_model, H heads."""
 
-    EMBED = "embed"  # token embeddings W_E[tokens] [B, P, D] (global: layer ignored)
+    EMBED = "embed"  # token embeddings W_E[tokens] * embed_scale [B, P, D] (global: layer ignored)
     RESID_PRE = "resid_pre"  # block input [B, P, D]
     LN1_SCALE = "ln1_scale"  # attention-norm denominator [B, P, 1]
     ATTN_PATTERN = "attn_pattern"  # softmax attention weights [B, H, P, P]
-    ATTN_OUT = "attn_out"  # attention output incl. bias [B, P, D]
+    ATTN_POST_SCALE = "attn_post_scale"  # post-attention-norm denominator [B, P, 1] (models with post_norms only)
+    ATTN_OUT = "attn_out"  # attention output incl. bias (and post-norm) as added to the residual [B, P, D]
     RESID_MID = "resid_mid"  # residual after attention, before the MLP's norm [B, P, D]
     LN2_SCALE = "ln2_scale"  # MLP-norm denominator [B, P, 1]
+    LN2_NORMALIZED = "ln2_normalized"  # MLP input normalised, BEFORE the norm's weight and bias [B, P, D]
     MLP_IN = "mlp_in"  # normalised MLP input (after the norm's weight and bias) [B, P, D]
-    MLP_OUT = "mlp_out"  # MLP output incl. its bias [B, P, D]
+    MLP_OUT = "mlp_out"  # MLP output incl. its bias (and post-norm) as added to the residual [B, P, D]
     RESID_POST = "resid_post"  # block output [B, P, D]
     LNF_SCALE = "lnf_scale"  # final-norm denominator [B, P, 1] (global)
     FINAL = "final"  # normalised final residual, input of the unembedding [B, P, D] (global)
@@ -35,6 +37,7 @@ class HookPoint(str, Enum):
 
 
 GLOBAL_POINTS = frozenset({HookPoint.EMBED, HookPoint.LNF_SCALE, HookPoint.FINAL, HookPoint.LOGITS})
+POST_NORM_POINTS = frozenset({HookPoint.ATTN_POST_SCALE})  # called only by models with post_norms
 
 
 class Site(NamedTuple):
@@ -92,9 +95,9 @@ class HookRegistry:
         return bool(self._fns)
 
 
-def all_sites(n_layers: int) -> list[Site]:
-    """Every site of a model with n_layers blocks."""
-    layered = [p for p in HookPoint if p not in GLOBAL_POINTS]
+def all_sites(n_layers: int, post_norms: bool = False) -> list[Site]:
+    """Every site a model with n_layers blocks calls (post-norm points only if it has post_norms)."""
+    layered = [p for p in HookPoint if p not in GLOBAL_POINTS and (post_norms or p not in POST_NORM_POINTS)]
     return [Site(p) for p in HookPoint if p in GLOBAL_POINTS] + [
         Site(p, layer) for layer in range(n_layers) for p in layered
     ]
