@@ -1,16 +1,20 @@
 """Graph files: the pruned graph as versioned JSON (tracer.schema.GraphFile) plus its unpruned sidecar.
 
 A graph `NAME.json` comes with `NAME.adjacency.safetensors` holding everything needed to re-prune without re-tracing:
-tensors `adjacency.indices` [2, nnz] int64, `adjacency.values` [nnz], `adjacency.shape` [2] int64 (the unpruned
-sparse A[target, source]), NodeLayout.to_tensors(), `activations` [n_features], `logit_probs` [n_logits],
-`error_norms` [n_layers, n_pos], optional `row_mass_kept` [n_nodes]; string metadata `format`, `token_strs`,
-`logit_strs`, `timings`, `stats` (JSON-encoded).
+the unpruned adjacency as CSR plus the node layout and node values; its contents, their checks and the migration of
+v1 sidecars are tracer.sidecar's. Sidecars are read memory-mapped (lazily).
 
 Building: 1. nodes: the kept rows, ids from schema.node_id; 2. edges: the kept edges, each with weight / Σ|incoming
 weights of its target| in the unpruned graph; 3. metadata: identities, settings (incl. the thresholds), timings,
 scores of the unpruned and pruned graphs (tracer.scores), counts, creation time, tracer version.
-Saving: the sidecar first, then the JSON, each atomically (a reader never sees a JSON without its sidecar).
-Loading: 1. read; 2. parse JSON; 3. migrate older schema versions step by step; 4. validate.
+Saving (the pair is one unit): 1. remove or finish what a killed save left (recover_pair); 2. write the sidecar to a
+temp file, recording the blake2b hash of its tensors in its own metadata (`content_hash`); 3. write the JSON, which
+records the sidecar's name, hash and size, to a temp file; 4. rename the sidecar, then the JSON, into place.
+A kill before 4 leaves the old pair and temp files; between the renames, the new sidecar beside the old JSON and the
+new JSON pending: recover_pair publishes that pending JSON (its hash matches), so the next run sees the new pair.
+Loading: 1. read; 2. parse JSON; 3. migrate older schema versions step by step; 4. validate (edges name nodes).
+Every sidecar read through its JSON is checked: `adjacency_file` a bare name in the JSON's own folder, and the
+recorded hash and size equal to the sidecar's (its header only is read); a stale pair is one GraphFileError line.
 
 Schema versions:
 - 1: as 2, except that nodes named their kind `type`, edges had no `weight_normalized`, and there was no `view`.
@@ -21,9 +25,11 @@ Schema versions:
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import math
+import struct
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,17 +39,21 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
-from tracer.errors import GraphFileError
-from tracer.io import atomic_save_safetensors, atomic_write_text
+from tracer.errors import GraphFileError, OutputError
+from tracer.finite import check_finite
+from tracer.io import atomic_write_text, check_output, new_temp, publish, remove_stale_temps, stale_temps
 from tracer.layout import KIND_ORDER, NodeKind, NodeLayout, NodeRef
 from tracer.prune import Edges, PruneResult, RowValues, prune
 from tracer.result import Attribution
 from tracer.schema import SCHEMA_VERSION, GraphEdge, GraphFile, GraphNode, Identity, Metadata, node_id
 from tracer.scores import graph_scores
+from tracer.sidecar import FINITE, read_attribution, sidecar_tensors
 
 SIDECAR_SUFFIX = ".adjacency.safetensors"
-SIDECAR_FORMAT = "clt-tracer adjacency v1"
+HASH_KEY = "content_hash"  # sidecar metadata: blake2b-128 of its tensors, recorded at write time
+MAX_HEADER = 100 << 20  # a safetensors header larger than this is corrupt
 Settings = dict[str, float | int | str | bool | None | list[str]]
 
 
@@ -86,9 +96,9 @@ def build_graph_file(
         settings=settings | {"node_threshold": prune_result.node_threshold,
                              "edge_threshold": prune_result.edge_threshold},
         timings=attribution.timings | {"prune": prune_result.seconds},
-        scores=graph_scores(attribution.adjacency, lay, probs),
+        scores=graph_scores(attribution.adjacency, lay, probs, node_influence=prune_result.node_influence),
         pruned_scores=graph_scores(attribution.adjacency, lay, probs, keep_mask=prune_result.node_mask),
-        n_nodes_unpruned=lay.n_nodes, n_edges_unpruned=int(Edges.of(attribution.adjacency).rows.numel()),
+        n_nodes_unpruned=lay.n_nodes, n_edges_unpruned=attribution.adjacency.nnz,
         created=datetime.now(UTC).isoformat(timespec="seconds"), tracer_version=tracer_version(), adjacency_file=None,
     )  # fmt: skip
     return GraphFile(schema_version=SCHEMA_VERSION, metadata=meta, nodes=nodes, edges=edges)
@@ -116,8 +126,7 @@ def _nodes(attribution: Attribution, result: PruneResult, labels: dict[str, str]
 
 def _edges(attribution: Attribution, result: PruneResult, ids: dict[int, str]) -> list[GraphEdge]:
     """Step 2: the kept edges, normalised by their target's total |input| in the unpruned graph."""
-    full = Edges.of(attribution.adjacency)
-    in_abs = torch.zeros(full.n, dtype=torch.float64).index_add_(0, full.rows, full.values.abs().double())
+    in_abs = attribution.adjacency.row_abs_sums
     kept = Edges.of(result.adjacency)
     norm = (kept.values.double() / in_abs[kept.rows].clamp_min(1e-30)).tolist()
     return [
@@ -129,31 +138,101 @@ def _edges(attribution: Attribution, result: PruneResult, ids: dict[int, str]) -
 # saving
 
 
-def save_graph(path: str | Path, graph: GraphFile, attribution: Attribution | None = None) -> Path:
-    """Write `path` (JSON) and, given the unpruned attribution, its sidecar first; both atomically.
-    Returns the JSON path. `graph` is not modified (the written copy records the sidecar's name)."""
+def save_graph(path: str | Path, graph: GraphFile, attribution: Attribution | None = None,
+               values_dtype: torch.dtype = torch.float32) -> Path:  # fmt: skip
+    """Write `path` (JSON) and, given the unpruned attribution, its sidecar, as one unit (module docstring,
+    saving steps 1-4); without an attribution the JSON alone (its pair record kept). Returns the JSON path.
+    `graph` is not modified (the written copy records the sidecar's name, hash and size). values_dtype: the
+    sidecar's edge values, float32 or float16 (--sidecar-dtype)."""
     path = Path(path)
+    check_output(path, "graph file")
+    recover_pair(path)  # 1.
     graph = graph.model_copy(deep=True)
-    if attribution is not None:
-        side = sidecar_path(path)
-        _save_sidecar(side, attribution)
-        graph.metadata.adjacency_file = side.name
-    atomic_write_text(path, graph.model_dump_json())
+    if attribution is None:
+        atomic_write_text(path, graph.model_dump_json())
+        return path
+    side = sidecar_path(path)
+    side_tmp = new_temp(side)
+    json_tmp: Path | None = None
+    try:
+        digest = _save_sidecar(side_tmp, attribution, values_dtype)  # 2.
+        m = graph.metadata
+        m.adjacency_file, m.adjacency_hash, m.adjacency_size = side.name, digest, side_tmp.stat().st_size
+        json_tmp = new_temp(path)  # 3.
+        json_tmp.write_text(graph.model_dump_json(), encoding="utf-8")
+    except BaseException as e:
+        for q in (side_tmp, json_tmp):
+            if q is not None:
+                q.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, OutputError):
+            raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
+    publish(side_tmp, side)  # 4.
+    publish(json_tmp, path)
     return path
 
 
-def _save_sidecar(path: Path, a: Attribution) -> None:
-    adj = a.adjacency.coalesce() if a.adjacency.layout == torch.sparse_coo else a.adjacency.to_sparse_coo().coalesce()
-    tensors = {
-        "adjacency.indices": adj.indices(), "adjacency.values": adj.values(),
-        "adjacency.shape": torch.tensor(list(adj.shape)), "activations": a.activations,
-        "logit_probs": a.logit_probs, "error_norms": a.error_norms, **a.layout.to_tensors(),
-    }  # fmt: skip
-    if a.row_mass_kept is not None:
-        tensors["row_mass_kept"] = a.row_mass_kept
-    meta = {"format": SIDECAR_FORMAT, "token_strs": json.dumps(a.token_strs), "logit_strs": json.dumps(a.logit_strs),
-            "timings": json.dumps(a.timings), "stats": json.dumps(a.stats)}  # fmt: skip
-    atomic_save_safetensors({k: v.detach().cpu().clone() for k, v in tensors.items()}, path, metadata=meta)
+def recover_pair(path: str | Path) -> None:
+    """Saving step 1: after a killed save_graph, publish its pending JSON if the sidecar in place is the one it
+    records (the kill fell between the two renames), then remove every leftover temp file of the pair."""
+    path = Path(path)
+    side = sidecar_path(path)
+    pending = stale_temps(path)
+    if pending and side.exists():
+        try:
+            have = _sidecar_hash(side)
+        except GraphFileError:
+            have = None
+        for q in reversed(pending):  # newest first
+            try:
+                meta = json.loads(q.read_text(encoding="utf-8")).get("metadata", {})
+            except (OSError, ValueError, RecursionError, AttributeError):
+                continue
+            if have is not None and isinstance(meta, dict) and meta.get("adjacency_hash") == have:
+                publish(q, path)
+                break
+    remove_stale_temps(path)
+    remove_stale_temps(side)
+
+
+def _tensor_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """blake2b-128 over each tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.blake2b(digest_size=16)
+    for k in sorted(tensors):
+        t = tensors[k].contiguous().reshape(-1)
+        h.update(f"{k}|{t.dtype}|{tuple(tensors[k].shape)}|".encode())
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def _sidecar_hash(side: Path) -> str | None:
+    """The content hash a sidecar records in its header (None for sidecars written before hashes); reads the
+    safetensors header only, never the tensors."""
+    try:
+        with open(side, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if not 0 < n <= MAX_HEADER:
+                raise GraphFileError(f"corrupt adjacency sidecar {side}: bad header length")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, RecursionError) as e:
+        raise GraphFileError(f"corrupt adjacency sidecar {side}: {e}") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    value = meta.get(HASH_KEY) if isinstance(meta, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _save_sidecar(path: Path, a: Attribution, values_dtype: torch.dtype = torch.float32) -> str:
+    """Write the sidecar to `path` (a temp file); returns its content hash (also stored in its metadata)."""
+    tensors, meta = sidecar_tensors(a, values_dtype)
+    digest = _tensor_hash(tensors)
+    meta[HASH_KEY] = digest
+    try:
+        save_file(tensors, str(path), metadata=meta)
+    except SafetensorError as e:
+        raise OutputError(f"cannot write {path}: {e}") from None
+    return digest
 
 
 # loading
@@ -172,14 +251,32 @@ def load_graph(path: str | Path) -> GraphFile:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise GraphFileError(f"{p} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except RecursionError:
+        raise GraphFileError(f"{p} is not a graph file (JSON nested too deeply)") from None
     data = migrate(data, p)
     try:
-        return GraphFile.model_validate(data)
+        graph = GraphFile.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"]) or "top level"
         raise GraphFileError(f"{p} is not a valid graph file ({e.error_count()} problems; first: {loc}: "
                              f"{err['msg']})") from None  # fmt: skip
+    except RecursionError:
+        raise GraphFileError(f"{p} is not a graph file (nested too deeply)") from None
+    _check_references(graph, p)
+    return graph
+
+
+def _check_references(graph: GraphFile, path: Path) -> None:
+    """Node ids are unique and every edge joins two of them (a dangling edge breaks every export)."""
+    ids = {n.id for n in graph.nodes}
+    if len(ids) != len(graph.nodes):
+        raise GraphFileError(f"{path} is not a valid graph file (duplicate node ids)")
+    for i, e in enumerate(graph.edges):
+        if e.source not in ids or e.target not in ids:
+            missing = e.source if e.source not in ids else e.target
+            raise GraphFileError(f"{path} is not a valid graph file (edges.{i} names node {missing!r}, which is not "
+                                 "among its nodes)")  # fmt: skip
 
 
 def migrate(data: Any, path: Path | str = "graph file") -> dict:
@@ -201,76 +298,71 @@ def migrate(data: Any, path: Path | str = "graph file") -> dict:
 
 
 def _v1_to_v2(data: dict) -> dict:
-    nodes = [{("kind" if k == "type" else k): v for k, v in n.items()} if isinstance(n, dict) else n
-             for n in data.get("nodes", [])]  # fmt: skip
-    edges = data.get("edges", [])
+    """Fields of the wrong type are left as they are, for validation to name them."""
+    nodes, edges = data.get("nodes", []), data.get("edges", [])
+    if isinstance(nodes, list):
+        nodes = [{("kind" if k == "type" else k): v for k, v in n.items()} if isinstance(n, dict) else n
+                 for n in nodes]  # fmt: skip
+    if not isinstance(edges, list):
+        return data | {"schema_version": 2, "nodes": nodes}
+    ok = [isinstance(e, dict) and isinstance(e.get("weight"), int | float) and isinstance(e.get("target"), str)
+          for e in edges]  # fmt: skip
     in_abs: dict[Any, float] = defaultdict(float)
-    for e in edges:
-        if isinstance(e, dict) and isinstance(e.get("weight"), int | float):
-            in_abs[e.get("target")] += abs(e["weight"])
+    for e, good in zip(edges, ok, strict=True):
+        if good:
+            in_abs[e["target"]] += abs(e["weight"])
     new_edges = [
-        e | {"weight_normalized": e["weight"] / in_abs[e.get("target")] if in_abs[e.get("target")] else 0.0}
-        if isinstance(e, dict) and isinstance(e.get("weight"), int | float) else e
-        for e in edges
+        e | {"weight_normalized": e["weight"] / in_abs[e["target"]] if in_abs[e["target"]] else 0.0} if good else e
+        for e, good in zip(edges, ok, strict=True)
     ]  # fmt: skip
     return data | {"schema_version": 2, "nodes": nodes, "edges": new_edges}
 
 
 MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2}  # version v -> its upgrade to v + 1
 
-REQUIRED = ("adjacency.indices", "adjacency.values", "adjacency.shape", "activations", "logit_probs", "error_norms",
-            "layout.tokens", "layout.features", "layout.logit_tokens", "layout.n_layers")  # fmt: skip
 
 
-def load_attribution(path: str | Path) -> Attribution:
-    """The unpruned Attribution from a graph's sidecar. `path`: the graph JSON (its sidecar is found by name, else
-    by the JSON's metadata.adjacency_file) or the sidecar itself."""
+def pair_sidecar(path: str | Path, graph: GraphFile | None = None) -> Path:
+    """The sidecar of graph JSON `path`, checked to be its own (module docstring); `graph`: that JSON already
+    loaded (else it is read). GraphFileError if it is missing, outside the folder, or from another write."""
     p = Path(path)
-    side = p if p.name.endswith(".safetensors") else sidecar_path(p)
-    if not side.exists() and p.suffix == ".json" and p.exists():
-        ref = load_graph(p).metadata.adjacency_file
-        side = p.parent / ref if ref else side
+    if graph is None and not sidecar_path(p).exists() and not p.exists():
+        raise GraphFileError(f"graph file not found: {p}")
+    m = (graph or load_graph(p)).metadata
+    ref = m.adjacency_file or sidecar_path(p).name
+    if ref in ("", ".", "..") or "/" in ref or "\\" in ref or "\0" in ref or Path(ref).name != ref:
+        raise GraphFileError(f"{p}: metadata.adjacency_file {ref!r} must name a file in the graph's own folder")
+    side = p.parent / ref
+    if not side.is_file():
+        raise GraphFileError(f"adjacency sidecar not found: {side} (re-run `tracer trace` to create it)")
+    if m.adjacency_hash is None:  # written before pairs were hashed: nothing to compare
+        return side
+    size, have = side.stat().st_size, _sidecar_hash(side)
+    if have != m.adjacency_hash or (m.adjacency_size is not None and size != m.adjacency_size):
+        raise GraphFileError(f"{side} does not belong to {p.name} (content hash {have} != recorded "
+                             f"{m.adjacency_hash}: an interrupted write); re-run `tracer trace`")  # fmt: skip
+    return side
+
+
+def load_attribution(path: str | Path, graph: GraphFile | None = None) -> Attribution:
+    """The unpruned Attribution from a graph's sidecar. `path`: the graph JSON (its sidecar checked by
+    pair_sidecar; pass `graph` if already loaded, to parse the JSON once) or the sidecar itself (unchecked)."""
+    p = Path(path)
+    side = p if p.name.endswith(".safetensors") else pair_sidecar(p, graph)
     if not side.exists():
         raise GraphFileError(f"adjacency sidecar not found: {side} (re-run `tracer trace` to create it)")
     try:
         with safe_open(str(side), framework="pt") as f:
             meta = f.metadata() or {}
             t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a Mapping)
-    except (SafetensorError, OSError) as e:
-        raise GraphFileError(f"corrupt adjacency sidecar {side}: {e}") from None
-    return _attribution(side, t, meta)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise GraphFileError(f"corrupt adjacency sidecar {side}: {str(e).splitlines()[0] if str(e) else e}") from None
+    check_finite(((k, t[k]) for k in FINITE if k in t), f"adjacency sidecar {side}", GraphFileError)
+    return read_attribution(side, t, meta)
 
 
-def _attribution(side: Path, t: dict[str, torch.Tensor], meta: dict[str, str]) -> Attribution:
-    missing = [k for k in REQUIRED if k not in t]
-    if meta.get("format") != SIDECAR_FORMAT or missing:
-        raise GraphFileError(f"{side} is not a clt-tracer adjacency sidecar (missing {missing or 'format tag'})")
-    try:
-        layout = NodeLayout.from_tensors(t)
-        n = layout.n_nodes
-        shape = tuple(t["adjacency.shape"].tolist())
-        idx = t["adjacency.indices"].long()
-        bad_idx = idx.dim() != 2 or idx.shape[0] != 2 or (idx.numel() > 0 and not 0 <= idx.min() <= idx.max() < n)
-        if shape != (n, n) or bad_idx:
-            raise GraphFileError(f"{side}: adjacency shape/indices do not match the {n}-node layout")
-        token_strs, logit_strs = json.loads(meta["token_strs"]), json.loads(meta["logit_strs"])
-        adjacency = torch.sparse_coo_tensor(idx, t["adjacency.values"], (n, n), check_invariants=False).coalesce()
-        a = Attribution(
-            layout=layout, adjacency=adjacency,
-            activations=t["activations"], logit_probs=t["logit_probs"], error_norms=t["error_norms"],
-            token_strs=token_strs, logit_strs=logit_strs, timings=json.loads(meta.get("timings", "{}")),
-            stats=json.loads(meta.get("stats", "{}")), row_mass_kept=t.get("row_mass_kept"),
-        )  # fmt: skip
-    except (KeyError, ValueError, IndexError, RuntimeError) as e:
-        raise GraphFileError(f"{side} is inconsistent: {e}") from None
-    counts = ((len(a.activations), layout.count(NodeKind.FEATURE), "activations"),
-              (len(a.logit_probs), layout.count(NodeKind.LOGIT), "logit_probs"),
-              (len(a.token_strs), layout.n_pos, "token_strs"), (len(a.logit_strs), layout.count(NodeKind.LOGIT),
-              "logit_strs"), (a.error_norms.numel(), layout.count(NodeKind.ERROR), "error_norms"))  # fmt: skip
-    for got, want, name in counts:
-        if got != want:
-            raise GraphFileError(f"{side}: {name} has {got} entries, the layout needs {want}")
-    return a
+def _is_str_list(x: object) -> bool:
+    return isinstance(x, list) and all(isinstance(s, str) for s in x)
 
 
 # re-pruning
@@ -280,13 +372,19 @@ def reprune(path: str | Path, node_threshold: float = 0.8, edge_threshold: float
     """Re-prune a saved graph from its stored unpruned adjacency at new thresholds; keeps the metadata (prompt,
     identities, settings, creation time), the view state and every node label. Nothing is written."""
     old = load_graph(path)
-    attribution = load_attribution(path)
+    return reprune_loaded(old, load_attribution(path, old), node_threshold, edge_threshold)
+
+
+def reprune_loaded(old: GraphFile, attribution: Attribution, node_threshold: float = 0.8,
+                   edge_threshold: float = 0.98) -> GraphFile:  # fmt: skip
+    """reprune of a graph and its attribution already loaded (each read once)."""
     result = prune(attribution, node_threshold=node_threshold, edge_threshold=edge_threshold)
     m = old.metadata
     labels = {n.id: n.label for n in old.nodes if n.label}
     new = build_graph_file(attribution, result, prompt=m.prompt, model=m.model, transcoders=m.transcoders,
                            settings=m.settings, labels=labels)  # fmt: skip
     new.metadata.created, new.metadata.adjacency_file = m.created, m.adjacency_file
+    new.metadata.adjacency_hash, new.metadata.adjacency_size = m.adjacency_hash, m.adjacency_size
     new.metadata.timings = m.timings | {"prune": result.seconds}
     new.view = old.view.model_copy(deep=True)
     return new

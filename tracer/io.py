@@ -81,20 +81,27 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
-    """Step 3: delete `.NAME.*.tmp` beside `path` whose writer is gone (pid not alive, or no pid in the name).
-    Returns what was removed. A live writer's temp file (another process, or this one) is left alone."""
+def stale_temps(path: str | os.PathLike) -> list[Path]:
+    """The temp files `.NAME.*.tmp` beside `path` whose writer is gone (pid not alive, or no pid in the name),
+    oldest first. A live writer's temp file (another process, or this one) is not listed."""
     path = Path(path)
-    prefix, removed = temp_prefix(path), []
+    prefix, out = temp_prefix(path), []
     try:
         candidates = [q for q in path.parent.iterdir() if q.name.startswith(prefix) and q.name.endswith(TEMP_SUFFIX)]
     except OSError:
-        return removed
+        return out
     for q in candidates:
-        pid_text = q.name[len(prefix):].split("-", 1)[0]
+        pid_text = q.name[len(prefix) :].split("-", 1)[0]
         pid = int(pid_text) if pid_text.isdigit() else None
-        if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
-            continue
+        if pid is None or (pid != os.getpid() and not _pid_alive(pid)):
+            out.append(q)
+    return sorted(out, key=lambda q: q.stat().st_mtime_ns if q.exists() else 0)
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Step 3: delete stale_temps(path); returns what was removed."""
+    removed = []
+    for q in stale_temps(path):
         try:
             q.unlink()
             removed.append(q)

@@ -90,6 +90,8 @@ class Metadata(Strict):
     created: str = Field(description="ISO 8601 UTC time of the trace")
     tracer_version: str
     adjacency_file: str | None = Field(default=None, description="sidecar file with the unpruned adjacency")
+    adjacency_hash: str | None = Field(default=None, description="content hash of that sidecar, as it records it")
+    adjacency_size: int | None = Field(default=None, description="that sidecar's size in bytes")
 
 
 class GraphFile(Strict):

@@ -61,7 +61,9 @@ def test_round_trip_and_sidecar(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.adjacency.safetensors", "g.json"]  # no temp files
     loaded = load_graph(path)
     assert loaded.metadata.adjacency_file == "g.adjacency.safetensors" and g.metadata.adjacency_file is None
-    loaded.metadata.adjacency_file = None
+    m = loaded.metadata
+    assert m.adjacency_size == (tmp_path / "g.adjacency.safetensors").stat().st_size and len(m.adjacency_hash or "") == 32
+    m.adjacency_file = m.adjacency_hash = m.adjacency_size = None
     assert loaded == g
     a2 = load_attribution(path)
     assert torch.equal(a2.adjacency.to_dense(), attr.adjacency.to_dense())
@@ -89,7 +91,8 @@ def test_v1_file_loads(tmp_path):
         n["type"] = n.pop("kind")
     for e in old["edges"]:
         del e["weight_normalized"]
-    old["edges"] = [{"source": "a", "target": "t", "weight": 3.0}, {"source": "b", "target": "t", "weight": -1.0}]
+    a, b, t = (n["id"] for n in old["nodes"][:3])
+    old["edges"] = [{"source": a, "target": t, "weight": 3.0}, {"source": b, "target": t, "weight": -1.0}]
     (tmp_path / "v1.json").write_text(json.dumps(old))
     got = load_graph(tmp_path / "v1.json")
     assert got.schema_version == SCHEMA_VERSION
