@@ -190,8 +190,21 @@ def to_networkx(graph: GraphFile) -> nx.DiGraph:
     return g
 
 
+XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")  # not in XML 1.0
+
+
+def _xml_safe(value: Any) -> Any:
+    return XML_INVALID.sub("\ufffd", value) if isinstance(value, str) else value
+
+
 def write_graphml(path: str | Path, graph: GraphFile) -> Path:
-    """Write the graph file's graph as GraphML (atomically)."""
+    """Write the graph file's graph as GraphML (atomically). Characters XML cannot hold (control characters in a
+    label or prompt) become U+FFFD."""
+    g = to_networkx(graph)
+    g = nx.relabel_nodes(g, {n: _xml_safe(n) for n in g if _xml_safe(n) != n})
+    g.graph = {k: _xml_safe(v) for k, v in g.graph.items()}
+    for _, attrs in g.nodes(data=True):
+        attrs.update({k: _xml_safe(v) for k, v in attrs.items()})
     buf = io.BytesIO()
-    nx.write_graphml(to_networkx(graph), buf)
+    nx.write_graphml(g, buf)
     return atomic_write_bytes(path, buf.getvalue())

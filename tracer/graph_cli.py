@@ -1,6 +1,7 @@
 """`tracer prune` and `tracer export`: work on saved graph files, without re-tracing.
 
-prune: 1. re-prune from the graph's unpruned sidecar at the new thresholds (view state and labels kept);
+prune: 0. cheap checks (thresholds, output, sidecar present) before the graph is parsed, once;
+       1. re-prune from the graph's unpruned sidecar at the new thresholds (view state and labels kept);
        2. write the graph (in place, or to -o together with a copy of the sidecar); 3. print a summary (--json: one
        JSON object).
 export: 1. load the graph (and its sidecar when present, for exact cumulative influence);
@@ -11,11 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tracer.checks import check_thresholds
+from tracer.errors import GraphFileError
 from tracer.export import ExportFormat, write_graphml, write_neuronpedia
-from tracer.graphfile import load_attribution, load_graph, reprune, save_graph, sidecar_path
+from tracer.graphfile import load_attribution, load_graph, recover_pair, reprune_loaded, save_graph, sidecar_path
+from tracer.io import check_output, check_output_dir
+
+REF_SCAN_BYTES = 1 << 16  # metadata precedes nodes in our JSON: its adjacency_file is in the first bytes
 
 
 @dataclass
@@ -55,12 +62,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_export)
 
 
+def _check_sidecar_present(graph: Path) -> None:
+    """Before parsing a big graph: its sidecar must exist, by the usual name or the name its metadata records."""
+    if not graph.is_file():
+        raise GraphFileError(f"graph file not found: {graph}")
+    if sidecar_path(graph).exists():
+        return
+    try:
+        with open(graph, "rb") as f:
+            head = f.read(REF_SCAN_BYTES).decode("utf-8", "replace")
+    except OSError as e:
+        raise GraphFileError(f"cannot read graph file {graph}: {e.strerror}") from None
+    ref = re.search(r'"adjacency_file"\s*:\s*"([^"/\\]+)"', head)
+    if ref is None or not (graph.parent / ref.group(1)).is_file():
+        raise GraphFileError(f"adjacency sidecar not found: {sidecar_path(graph)} (re-pruning needs it; re-run "
+                             "`tracer trace` to create it)")  # fmt: skip
+
+
 def run_prune(args: argparse.Namespace) -> int:
-    old = load_graph(args.graph)
-    new = reprune(args.graph, node_threshold=args.node_threshold, edge_threshold=args.edge_threshold)
+    # 0. cheap preconditions: thresholds, output, sidecar present; then each file is read once
+    check_thresholds(args.node_threshold, args.edge_threshold)
     out = args.output or args.graph
     same = out.resolve() == args.graph.resolve()
-    save_graph(out, new, None if same else load_attribution(args.graph))
+    check_output(out, "graph file")
+    if not same:
+        check_output(sidecar_path(out), "sidecar")
+    _check_sidecar_present(args.graph)
+    recover_pair(args.graph)
+    old = load_graph(args.graph)
+    attribution = load_attribution(args.graph, old)
+    new = reprune_loaded(old, attribution, node_threshold=args.node_threshold, edge_threshold=args.edge_threshold)
+    save_graph(out, new, None if same else attribution)
     m = new.metadata
     ps = m.pruned_scores
     s = PruneSummary(
@@ -89,11 +121,15 @@ def _format(s: PruneSummary) -> str:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    if args.to == ExportFormat.GRAPHML:
+        check_output(args.output, "GraphML file")
+    else:
+        check_output_dir(args.output, "Neuronpedia folder")
     graph = load_graph(args.graph)
     if args.to == ExportFormat.GRAPHML:
         out = write_graphml(args.output, graph)
     else:
-        attribution = load_attribution(args.graph) if sidecar_path(args.graph).exists() else None
+        attribution = load_attribution(args.graph, graph) if sidecar_path(args.graph).exists() else None
         out = write_neuronpedia(args.output, graph, attribution, slug=args.slug, scan=args.scan)
     print(f"wrote {out}")
     return 0

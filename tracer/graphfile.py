@@ -20,7 +20,9 @@ Schema versions:
 - 1: as 2, except that nodes named their kind `type`, edges had no `weight_normalized`, and there was no `view`.
   Migrating renames `type` to `kind`, normalises each edge by the |weights| into its target among the file's own
   edges (the unpruned ones are not in the JSON), and starts an empty view.
-- 2: tracer.schema.GraphFile.
+- 2: as 3, without the nodes' `target_influence` and `signed_effect` and metadata's `effects_target`. Migrating
+  leaves them None (they need the unpruned adjacency: re-prune with `tracer prune` to compute them).
+- 3: tracer.schema.GraphFile.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from tracer.effects import effects
 from tracer.errors import GraphFileError, OutputError
 from tracer.finite import check_finite
 from tracer.io import atomic_write_text, check_output, new_temp, publish, remove_stale_temps, stale_temps
@@ -100,6 +103,7 @@ def build_graph_file(
         pruned_scores=graph_scores(attribution.adjacency, lay, probs, keep_mask=prune_result.node_mask),
         n_nodes_unpruned=lay.n_nodes, n_edges_unpruned=attribution.adjacency.nnz,
         created=datetime.now(UTC).isoformat(timespec="seconds"), tracer_version=tracer_version(), adjacency_file=None,
+        effects_target=attribution.logit_strs[0] if attribution.logit_strs else None,
     )  # fmt: skip
     return GraphFile(schema_version=SCHEMA_VERSION, metadata=meta, nodes=nodes, edges=edges)
 
@@ -107,6 +111,7 @@ def build_graph_file(
 def _nodes(attribution: Attribution, result: PruneResult, labels: dict[str, str]) -> tuple[list[GraphNode], dict]:
     """Step 1: one GraphNode per kept row, in row order; also row -> id."""
     vals = RowValues.of(attribution)
+    eff = effects(attribution)
     rows = result.node_mask.nonzero().flatten().tolist()
     nodes, ids = [], {}
     for row, (k, layer, pos, index) in zip(rows, attribution.layout.table[rows].tolist(), strict=True):
@@ -120,6 +125,7 @@ def _nodes(attribution: Attribution, result: PruneResult, labels: dict[str, str]
             token_id=index if has_token else None, token=vals.text.get(row),
             probability=None if math.isnan(prob) else prob, activation=None if math.isnan(act) else act,
             influence=float(result.node_influence[row]), label=labels.get(nid, ""),
+            target_influence=float(eff.target_influence[row]), signed_effect=float(eff.signed_effect[row]),
         ))  # fmt: skip
     return nodes, ids
 
@@ -318,7 +324,11 @@ def _v1_to_v2(data: dict) -> dict:
     return data | {"schema_version": 2, "nodes": nodes, "edges": new_edges}
 
 
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2}  # version v -> its upgrade to v + 1
+def _v2_to_v3(data: dict) -> dict:
+    return data | {"schema_version": 3}  # the new fields default to None
+
+
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2, 2: _v2_to_v3}  # version v -> its upgrade to v + 1
 
 
 

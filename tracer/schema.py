@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tracer.layout import NodeKind, NodeRef
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Strict(BaseModel):
@@ -40,6 +40,11 @@ class GraphNode(Strict):
     probability: float | None = Field(default=None, description="output probability (logits only)")
     activation: float | None = Field(default=None, description="feature activation, or error-vector norm")
     influence: float = Field(default=0.0, description="influence on the logit targets (pruning score)")
+    target_influence: float | None = Field(default=None, description="influence on the primary logit target alone "
+                                           "(metadata.effects_target; None in files older than schema 3)")
+    signed_effect: float | None = Field(default=None, description="signed total effect on the primary target: the "
+                                        "sum over all paths (tracer.effects); removing the node is predicted to "
+                                        "change that logit by minus this")
     label: str = Field(default="", description="human label (clerp); rendered as plain text")
 
 
@@ -90,6 +95,8 @@ class Metadata(Strict):
     created: str = Field(description="ISO 8601 UTC time of the trace")
     tracer_version: str
     adjacency_file: str | None = Field(default=None, description="sidecar file with the unpruned adjacency")
+    effects_target: str | None = Field(default=None, description="the logit target that nodes' target_influence "
+                                       "and signed_effect refer to (the first, most probable one)")
     adjacency_hash: str | None = Field(default=None, description="content hash of that sidecar, as it records it")
     adjacency_size: int | None = Field(default=None, description="that sidecar's size in bytes")
 

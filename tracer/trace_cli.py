@@ -19,7 +19,9 @@ import torch
 
 from tracer.attribute import TraceConfig, attribute, phase
 from tracer.errors import ModelLoadError
-from tracer.graphfile import build_graph_file, save_graph
+from tracer.checks import check_threads, check_thresholds
+from tracer.graphfile import build_graph_file, recover_pair, save_graph, sidecar_path
+from tracer.io import check_output
 from tracer.models import load_model
 from tracer.models.loading import file_hash
 from tracer.prune import prune
@@ -72,6 +74,13 @@ def slug(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # cheap checks first: a bad threshold or output must not cost a whole trace
+    out = args.output or DEFAULT_OUT_DIR / f"{slug(args.prompt)}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    check_thresholds(args.node_threshold, args.edge_threshold)
+    check_threads(args.threads)
+    check_output(out, "graph file")
+    check_output(sidecar_path(out), "sidecar")
+    recover_pair(out)  # leftovers of a killed run to the same output
     cfg = TraceConfig(
         max_n_logits=args.max_n_logits, desired_logit_prob=args.desired_logit_prob, batch_size=args.batch_size,
         max_feature_nodes=args.max_feature_nodes, edge_topk=args.edge_topk, target=tuple(args.target or ()),
@@ -103,7 +112,6 @@ def run(args: argparse.Namespace) -> int:
                              kind=str(tc.cfg.kind.value)),
         settings=settings, labels=None,
     )  # fmt: skip
-    out = args.output or DEFAULT_OUT_DIR / f"{slug(args.prompt)}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     with phase("write", t):
         save_graph(out, graph, attr)
     graph.metadata.timings = t

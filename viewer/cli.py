@@ -15,11 +15,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
     p.add_argument("--debug", action="store_true", help="Dash debug mode (dev tools, hot reload)")
+    p.add_argument("--allow-write", action="store_true",
+                   help="let Save write view state into graph files even when --host is not loopback")  # fmt: skip
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from viewer.app import serve  # Dash is imported only when viewing
 
-    serve(args.path, host=args.host, port=args.port, debug=args.debug)
+    serve(args.path, host=args.host, port=args.port, debug=args.debug, allow_write=args.allow_write)
     return 0

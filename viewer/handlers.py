@@ -33,6 +33,7 @@ from viewer.state import UrlState, effective_state, parse_query, to_query
 from viewer.subgraph import pinned_options, subgraph_elements
 
 SHOW, HIDE = {"display": "block"}, {"display": "none"}
+READ_ONLY = "Save is off: this viewer is reachable from other machines (start it with --allow-write to save)"
 EMPTY_FIGURE = {"data": [], "layout": {}}
 NO_SIDECAR = "no adjacency sidecar: subgraph scores and re-pruning unavailable"
 
@@ -43,6 +44,7 @@ class Env:
 
     store: GraphStore
     features: FeatureStore | None = None
+    read_only: bool = False  # bound to a non-loopback address without --allow-write: Save is refused
 
     def open(self, search_: str | None) -> tuple[UrlState, Loaded]:
         """The effective state of a URL and its graph (re-pruned at the state's threshold). TracerError if the
@@ -236,6 +238,8 @@ def handle_search(env: Env, query: str | None, search_: str | None) -> tuple:
 
 
 def handle_save(env: Env, search_: str | None) -> str:
+    if env.read_only:
+        return READ_ONLY
     try:
         st, loaded = env.open(search_)
         path = env.store.save_view(loaded.graph_id, state.to_view(st))

@@ -33,10 +33,16 @@ class Tokenizer:
         attribution needs a position 0 to drop); rejects empty or over-long prompts."""
         if not text.strip():
             raise PromptError("the prompt is empty")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # undecodable argv bytes arrive as lone surrogates
+            raise PromptError(f"the prompt is not valid UTF-8 (at character {e.start})") from None
         ids = self.encode(text)
         bos = self.bos_id if self.bos_id is not None else fallback_bos
         if bos is not None and (not ids or ids[0] != bos):
             ids = [bos, *ids]
+        if bos is not None and all(i == bos for i in ids):
+            raise PromptError("the prompt has no tokens besides BOS")
         if len(ids) > n_ctx:
             raise PromptError(f"the prompt has {len(ids)} tokens; the model's context window is {n_ctx}")
         return ids
