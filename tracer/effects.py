@@ -1,0 +1,69 @@
+"""Effects on one target: influence on the primary logit alone, and the signed total effect of every node on it.
+
+On the unpruned adjacency A[target, source] (a DAG; rows targets, columns sources) with the primary target row t
+(logit target 0: the most probable token, or the custom --target):
+1. target influence: I_t = e_tᵀ(Â + Â² + …) with Â the row-normalised |A| (tracer.prune.node_influence with
+   weight 1 on row t): the share of the target's attribution that flows through each node, unsigned.
+2. signed total effect: the graph's linear prediction of how much each node's contribution moves the target.
+   A[m, s] is the change of m's pre-activation caused by s; A[t', m] is the effect of m's whole activation a_m.
+   A feature that stays active responds to its pre-activation with slope 1, so the effect of one unit of m's
+   pre-activation is A[t', m] / a_m. With D = diag(1/a) on feature columns (1 elsewhere) and Ã = A·D:
+       T = e_tᵀ (I - Ã)⁻¹ A = e_tᵀ (Ã + Ã² + …) D⁻¹,
+   the sum over all paths s -> … -> t of the edge weights, each intermediate feature's edge divided by its
+   activation. Removing node s is predicted to change the target by -T[s]. Computed as a vector power series
+   vᵀ ← vᵀÃ over the edge list, which ends exactly because Ã is nilpotent (DAG); capped at n_nodes steps.
+Both are [n_nodes] float64; the target row itself gets 0.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from tracer.errors import GraphFileError
+from tracer.layout import NodeLayout
+from tracer.prune import Edges, node_influence
+from tracer.result import Attribution
+
+
+class Effects(NamedTuple):
+    target_row: int  # adjacency row of the primary target
+    target_influence: torch.Tensor  # [n_nodes] float64 unsigned influence on the primary target alone
+    signed_effect: torch.Tensor  # [n_nodes] float64 signed total effect on the primary target (see module doc)
+
+
+def activation_scale(layout: NodeLayout, activations: torch.Tensor) -> torch.Tensor:
+    """[n_nodes] float64 D: 1 / activation on feature rows (0 where the activation is 0), 1 elsewhere."""
+    d = torch.ones(layout.n_nodes, dtype=torch.float64)
+    a = activations.double()
+    d[layout.feature_rows()] = torch.where(a != 0, 1.0 / a.where(a != 0, 1.0), 0.0)
+    return d
+
+
+def signed_total_effect(adjacency, layout: NodeLayout, activations: torch.Tensor, target_row: int) -> torch.Tensor:
+    """Step 2: adjacency (sparse torch [n, n] or tracer.csr.CsrAdjacency) -> [n_nodes] float64 T."""
+    edges = Edges.of(adjacency)
+    d = activation_scale(layout, activations)
+    vals = edges.values.double()
+    v = torch.zeros(edges.n, dtype=torch.float64)
+    v[target_row] = 1.0
+    total = torch.zeros(edges.n, dtype=torch.float64)
+    for _ in range(edges.n + 1):
+        v = torch.zeros(edges.n, dtype=torch.float64).index_add_(0, edges.cols, v[edges.rows] * vals) * d
+        if not v.any():
+            return total / d.where(d != 0, 1.0)
+        total += v
+    raise GraphFileError("adjacency has a cycle: the signed effect did not vanish after n_nodes steps (not a DAG)")
+
+
+def effects(attribution: Attribution, k: int = 0) -> Effects:
+    """Steps 1-2 for logit target k (default 0, the primary target) of an unpruned attribution."""
+    lay = attribution.layout
+    row = int(lay.logit_rows(k))
+    w = torch.zeros(lay.n_nodes, dtype=torch.float64)
+    w[row] = 1.0
+    signed = signed_total_effect(attribution.adjacency, lay, attribution.activations, row)
+    infl = node_influence(attribution.adjacency, w)
+    infl[row] = 0.0
+    return Effects(row, infl, signed)
