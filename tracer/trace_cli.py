@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from tracer.attribute import TraceConfig, attribute, phase
-from tracer.errors import ModelLoadError
 from tracer.checks import check_threads, check_thresholds
+from tracer.errors import ModelLoadError
 from tracer.graphfile import build_graph_file, recover_pair, save_graph, sidecar_path
 from tracer.io import check_output
 from tracer.models import load_model
@@ -48,7 +48,9 @@ class TraceSummary:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("trace", help="trace a prompt into an attribution graph file")
-    p.add_argument("prompt", help="text to trace (a BOS token is prepended)")
+    p.add_argument("prompt", nargs="?", help="text to trace (a BOS token is prepended)")
+    p.add_argument("--prompts", type=Path, help="JSONL file of {\"prompt\": ...} lines: trace each into -o DIR, "
+                   "with DIR/index.json (resumable; shards over torchrun ranks)")  # fmt: skip
     p.add_argument("--model", type=Path, help="HF-layout model directory or .gguf file (default: bundled model)")
     p.add_argument("--transcoders", type=Path, help="transcoder directory (default: bundled CLT)")
     p.add_argument("-o", "--output", type=Path, help="graph file to write (default: out/graphs/<prompt>.json)")
@@ -74,6 +76,10 @@ def slug(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.prompts is not None or args.prompt is None:
+        from tracer.batch import run_batch
+
+        return run_batch(args)
     # cheap checks first: a bad threshold or output must not cost a whole trace
     out = args.output or DEFAULT_OUT_DIR / f"{slug(args.prompt)}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     check_thresholds(args.node_threshold, args.edge_threshold)

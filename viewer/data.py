@@ -22,6 +22,7 @@ from typing import NamedTuple, TypeVar
 
 import torch
 
+from tracer.batch import INDEX_NAME, load_index
 from tracer.errors import GraphFileError
 from tracer.graphfile import load_attribution, load_graph, reprune, save_graph, sidecar_path
 from tracer.layout import NodeKind
@@ -34,7 +35,7 @@ from viewer.model import GraphView
 T = TypeVar("T")
 MAX_LISTED = 500
 DEFAULT_EDGE_THRESHOLD = 0.98
-SKIP_NAMES = {"graph-metadata.json"}  # Neuronpedia's folder index, not a graph
+SKIP_NAMES = {"graph-metadata.json", INDEX_NAME}  # Neuronpedia's folder index and tracer.batch's: not graphs
 
 
 class Loaded(NamedTuple):
@@ -131,7 +132,24 @@ class GraphStore:
         files = sorted(p for p in self.root.rglob("*.json")
                        if not any(s.startswith(".") for s in p.relative_to(self.root).parts)
                        and p.name not in SKIP_NAMES)  # fmt: skip
-        return [self._entry(p) for p in files[:MAX_LISTED]]
+        indexed = self._indexed()
+        listed = {e.graph_id for e in indexed}
+        rest = [p for p in files if p.relative_to(self.root).as_posix() not in listed]
+        return (indexed + [self._entry(p) for p in rest])[:MAX_LISTED]
+
+    def _indexed(self) -> list[Entry]:
+        """A batch's index.json (tracer.batch), in prompt-file order, read without opening each graph; failed
+        prompts are listed with their line number and error."""
+        path = self.root / INDEX_NAME
+        if not path.is_file():
+            return []
+        try:
+            index = load_index(path)
+        except GraphFileError as e:
+            return [Entry(INDEX_NAME, error=str(e))]
+        model = index.model.name if index.model else ""
+        return [Entry(e.file, e.prompt, model, "", e.scores, e.n_nodes) if e.file and e.status != "failed"
+                else Entry(f"line {e.line}", e.prompt, error=e.error) for e in index.entries]  # fmt: skip
 
     def _entry(self, path: Path) -> Entry:
         gid = path.relative_to(self.root).as_posix()
