@@ -68,7 +68,7 @@ def run_case(subject: str, n_tokens: int, max_feature_nodes: int | None, batch: 
     out = {
         "subject": subject, "tokens": n_tokens, "max_feature_nodes": max_feature_nodes, "batch": batch,
         "threads": torch.get_num_threads(), "edge_topk": edge_topk, "features": int(attr.layout.features.shape[0]),
-        "edges": int(attr.adjacency._nnz()), "wall_s": wall, "phases_s": attr.timings,
+        "edges": int(attr.adjacency.nnz), "wall_s": wall, "phases_s": attr.timings,
         "peak_rss_above_model_mb": peak - base_rss, "rows_gflop": attr.stats["rows_gflop"],
         "rows_gflops_per_s": attr.stats["rows_gflop"] / rows_s, "matmul_gflops_per_s": rate,
     }  # fmt: skip

@@ -8,7 +8,8 @@
    (a batch is cut after its last target's position and above its highest layer). With --max-feature-nodes below
    the number of active features, the next batch is the most influential unvisited features so far, re-ranked
    every `update_interval` batches.
-6. assemble: the sparse COO adjacency; each row's non-zeros only (or its K largest with --edge-topk).
+6. assemble: the CSR adjacency (tracer.csr): each row's non-zeros (or its K largest with --edge-topk) were written
+   to the row's slot as its batch finished; assembling closes the gaps in place.
 7. check: the replacement model (frozen patterns and scales, features + skip + errors) reproduces the logits.
 Each row's entries: features via the kernel (a_s * sum_l' <W_dec[s, l'], d t / d mlp_out_l'[p_s]>), errors
 <eps_{l,p}, d t / d mlp_out_l[p]>, tokens <W_E[tok_p], d t / d embed[p]>.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from kernels import plan_edges
 from tracer.backward import Injections, ReplacementBackward
+from tracer.csr import CsrAdjacency, RowStore
 from tracer.errors import ConfigError
 from tracer.layout import NodeLayout
 from tracer.models import Tokenizer, Transformer
@@ -90,9 +91,11 @@ class RowBuilder:
         self.errors_PLD = rec.errors.clone()
         self.errors_PLD[0] = 0  # BOS errors are constants, not nodes
         self.embed_PD = model.embed.weight[rec.tokens].to(dec.dtype)
-        self.rows: list[torch.Tensor] = []
-        self.cols: list[torch.Tensor] = []
-        self.vals: list[torch.Tensor] = []
+        room = layout.max_sources() if cfg.edge_topk is None else layout.max_sources().clamp_max(cfg.edge_topk)
+        budget = None  # with fewer feature rows than features, slots go to rows as they come
+        if cfg.max_feature_nodes is not None and cfg.max_feature_nodes < len(feats):
+            budget = cfg.max_feature_nodes + int(layout.logit_rows().numel())
+        self.store = RowStore(room, rec.mlp_out.dtype, budget)
         self.mass: list[torch.Tensor] = []
         self.target_rows: list[torch.Tensor] = []
         self.flops = 0  # useful matmul work of all batches, for benchmarks
@@ -114,32 +117,12 @@ class RowBuilder:
             self.mass.append(top.values.sum(1) / total)
             kept = torch.zeros_like(dense).scatter_(1, top.indices, dense.gather(1, top.indices))
             dense = kept
-        b, c = dense.nonzero(as_tuple=True)
-        self.rows.append(target_rows[b].int())
-        self.cols.append(c.int())
-        self.vals.append(dense[b, c])
+        self.store.put(target_rows, dense)
         self.target_rows.append(target_rows)
 
-    def adjacency(self) -> torch.Tensor:
-        """Sparse COO [n_nodes, n_nodes], built as CSR without a global sort: each target row was produced whole
-        by one batch with ascending columns, so only the rows need placing."""
-        n = self.layout.n_nodes
-        if not self.rows:
-            return torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (n, n)).coalesce()
-        rows, cols, vals = torch.cat(self.rows).long(), torch.cat(self.cols), torch.cat(self.vals)
-        counts = torch.bincount(rows, minlength=n)
-        crow = torch.zeros(n + 1, dtype=torch.long)
-        crow[1:] = counts.cumsum(0)
-        first = torch.ones_like(rows, dtype=torch.bool)  # entries are grouped by row; find each group's start
-        first[1:] = rows[1:] != rows[:-1]
-        start = torch.arange(len(rows))[first].repeat_interleave(counts[rows[first]])
-        dest = crow[rows] + torch.arange(len(rows)) - start
-        out_cols, out_vals = torch.empty_like(cols), torch.empty_like(vals)
-        out_cols[dest], out_vals[dest] = cols, vals
-        with warnings.catch_warnings():  # "sparse CSR is in beta": we only use it to build a COO tensor
-            warnings.simplefilter("ignore", UserWarning)
-            csr = torch.sparse_csr_tensor(crow, out_cols.long(), out_vals, (n, n), check_invariants=False)
-        return csr.to_sparse_coo()
+    def adjacency(self, final: bool = False) -> CsrAdjacency:
+        """The rows built so far as CSR [n_nodes, n_nodes]; `final` compacts in place (no more rows after it)."""
+        return self.store.finish() if final else self.store.snapshot()
 
     def row_mass(self) -> torch.Tensor | None:
         if not self.mass:
@@ -165,7 +148,7 @@ def _feature_injections(tc: Transcoder, feats: torch.Tensor, idx: torch.Tensor) 
 def _choose_features(builder: RowBuilder, layout: NodeLayout, weights: torch.Tensor, visited: torch.Tensor,
                      n: int) -> torch.Tensor:  # fmt: skip
     """The n unvisited features of highest influence on the logits through the rows built so far."""
-    infl = node_influence(builder.adjacency(), weights)[layout.feature_rows()]
+    infl = node_influence(builder.adjacency(), weights, layout)[layout.feature_rows()]
     infl[visited] = -1.0
     return infl.topk(min(n, int((~visited).sum()))).indices
 
@@ -191,7 +174,7 @@ def attribute(
     with phase("feature_rows", t):
         _feature_rows(builder, tc, rec, layout, targets, cfg)
     with phase("assemble", t):
-        adjacency = builder.adjacency()
+        adjacency = builder.adjacency(final=True)
     with phase("check", t):
         check = replacement_logit_error(model, tc, rec)
     names = tok.token_str if tok is not None else (lambda i: f"#{i}")

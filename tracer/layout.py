@@ -112,6 +112,32 @@ class NodeLayout:
                           self.logit_tokens], 1)  # fmt: skip
         return torch.cat([feat, err, emb, lg]).long()
 
+    def levels(self) -> list[list[tuple[int, int]]]:
+        """Topological levels of the rows, as [start, stop) row ranges: logits, then features by layer from the top,
+        then errors and embeddings. Every edge goes from a row to a source in a later level (sources sit at lower
+        layers), so influence can be pushed level by level (tracer.csr.influence)."""
+        from tracer.csr import runs
+
+        t, feat = self.table, self.mask(NodeKind.FEATURE)
+        out = [[(self.rows(NodeKind.LOGIT).start, self.rows(NodeKind.LOGIT).stop)]]
+        out += [runs(feat & (t[:, 1] == layer)) for layer in range(self.n_layers - 1, -1, -1)]
+        return out + [[(self.rows(NodeKind.ERROR).start, self.rows(NodeKind.EMBEDDING).stop)]]
+
+    def max_sources(self) -> torch.Tensor:
+        """[n_nodes] int64: how many nodes each row can read (sources at lower layers and positions up to its own:
+        features and errors below its layer, embeddings; a logit reads every non-logit). Errors and embeddings
+        read nothing. The row builder reserves this much room per row."""
+        L, P = self.n_layers, self.n_pos
+        out = torch.zeros(self.n_nodes, dtype=torch.long)
+        f = self.features.reshape(-1, 3)
+        cell = torch.zeros(L + 1, P, dtype=torch.long)  # cell[l, p]: features at layer < l, position <= p
+        cell[1:].view(-1).index_add_(0, (f[:, 0] * P + f[:, 1]).long(), torch.ones(len(f), dtype=torch.long))
+        cell = cell.cumsum(0).cumsum(1)
+        layer, pos = f[:, 0].long(), f[:, 1].long()
+        out[self.feature_rows()] = cell[layer, pos] + layer * (pos + 1) + pos + 1
+        out[self.logit_rows()] = self.rows(NodeKind.LOGIT).start
+        return out
+
     def kind_codes(self) -> torch.Tensor:
         """[n_nodes] int64 kind code of each row (NodeKind.code)."""
         return self.table[:, 0]

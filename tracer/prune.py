@@ -1,13 +1,16 @@
 """Pruning: keep the nodes and edges of an attribution graph that matter for the logit targets.
 
-Circuit-tracer's `prune_graph`, on sparse edge lists (never a dense n x n matrix):
+Circuit-tracer's `prune_graph`, on the CSR adjacency and then the kept nodes' edge list (never a dense matrix):
 1. normalise: Â = |A| with each row divided by its sum (clamped at 1e-10); stored zeros are no edges.
-2. influence: w = logit probabilities on logit rows, 0 elsewhere; I = wᵀ(Â + Â² + …), summed as the vector power
-   series v ← vÂ, which ends exactly (v = 0) because Â is nilpotent (the graph is a DAG). Capped at the DAG's
-   depth (n_layers + 1 when every edge goes to a later layer, else n_nodes); NaN/Inf are refused first.
+2. influence: w = logit probabilities on logit rows, 0 elsewhere; I = wᵀ(Â + Â² + …). On the whole graph (CSR):
+   one pass over the edges in the layout's topological order (tracer.csr.influence). On the kept nodes' edge
+   list: the vector power series v ← vÂ, which ends exactly (v = 0) because Â is nilpotent (the graph is a DAG),
+   capped at the DAG's depth (n_layers + 1 when every edge goes to a later layer, else n_nodes). NaN/Inf are
+   refused first.
 3. node_threshold: sort I descending and keep the smallest prefix covering `node_threshold` of ΣI (ties kept);
    tokens and logits are always kept, errors only on merit.
-4. edge_threshold: A' = A restricted to kept nodes; I' = wᵀ(Â' + Â'² + …) + w; edge score E[t,s] = Â'[t,s]·I'[t];
+4. edge_threshold (on the edge list of the kept nodes only): A' = A restricted to kept nodes;
+   I' = wᵀ(Â' + Â'² + …) + w; edge score E[t,s] = Â'[t,s]·I'[t];
    keep the edges covering `edge_threshold` of ΣE.
 5. dangling: until stable, drop features and errors with no kept outgoing edge and features with no kept incoming
    edge, then the edges touching dropped nodes.
@@ -23,12 +26,11 @@ from typing import NamedTuple
 import networkx as nx
 import torch
 
+from tracer.csr import ROW_SUM_MIN, CsrAdjacency, influence
 from tracer.errors import ConfigError, GraphFileError
 from tracer.layout import NodeKind, NodeLayout
 from tracer.result import Attribution
 from tracer.schema import node_id
-
-ROW_SUM_MIN = 1e-10  # circuit-tracer's clamp of a row's |A| sum
 
 
 class Edges(NamedTuple):
@@ -40,8 +42,13 @@ class Edges(NamedTuple):
     n: int  # n_nodes
 
     @classmethod
-    def of(cls, adjacency: torch.Tensor) -> Edges:
-        """From a sparse COO/CSR (or, for small tests, dense) [n_nodes, n_nodes] matrix; stored zeros dropped."""
+    def of(cls, adjacency: torch.Tensor | CsrAdjacency) -> Edges:
+        """From a CsrAdjacency or a sparse COO/CSR (or, for small tests, dense) [n_nodes, n_nodes] matrix; stored
+        zeros dropped. int64 indices: for small graphs (pruned, folded, tests), not a whole trace."""
+        if isinstance(adjacency, CsrAdjacency):
+            rows, cols, vals = adjacency.select(torch.ones(adjacency.n, dtype=torch.bool))
+            nz = vals != 0
+            return cls(rows[nz], cols[nz], vals[nz], adjacency.n)
         if adjacency.dim() != 2 or adjacency.shape[0] != adjacency.shape[1]:
             raise GraphFileError(f"adjacency must be a square matrix, got shape {tuple(adjacency.shape)}")
         a = adjacency.to_sparse_coo() if adjacency.layout != torch.sparse_coo else adjacency
@@ -116,15 +123,16 @@ def dag_depth(edges: Edges, layout: NodeLayout) -> int | None:
     return layout.n_layers + 1
 
 
-def node_influence(adjacency: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def node_influence(adjacency: torch.Tensor | CsrAdjacency, weights: torch.Tensor, layout: NodeLayout | None = None
+                   ) -> torch.Tensor:  # fmt: skip
     """Influence of every node on the weighted targets.
 
-    adjacency: sparse COO/CSR [n_nodes, n_nodes], A[target, source] (a DAG).
+    adjacency: CsrAdjacency or torch sparse/dense [n_nodes, n_nodes], A[target, source] (a DAG).
     weights: [n_nodes] target weights w (logit probabilities on logit rows, 0 elsewhere).
+    layout: when given, its topological levels make this one pass over the edges.
     Returns [n_nodes] float64 I = wᵀ(Â + Â² + …) with Â the row-normalised |A|.
     """
-    edges = Edges.of(adjacency)
-    return influence_series(edges, normalized(edges), weights)
+    return influence(CsrAdjacency.of(adjacency), weights, layout.levels() if layout is not None else None)
 
 
 def logit_weights(layout: NodeLayout, logit_probs: torch.Tensor) -> torch.Tensor:
@@ -156,17 +164,22 @@ def threshold_value(scores: torch.Tensor, fraction: float) -> float:
 
 
 def prune(
-    graph: Attribution | torch.Tensor,
+    graph: Attribution | CsrAdjacency | torch.Tensor,
     layout: NodeLayout | None = None,
     logit_probs: torch.Tensor | None = None,
     *,
     node_threshold: float = 0.8,
     edge_threshold: float = 0.98,
+    rank: torch.Tensor | None = None,
 ) -> PruneResult:
     """Prune an attribution graph (module docstring, steps 1-5).
 
+    rank: [n_nodes] node scores that step 3 sorts instead of I (tracer.effects.node_ranking: influence on the
+    primary target alone, or |signed total effect|); cumulative influence is still I's.
+
     Call as `prune(attribution, node_threshold=..., edge_threshold=...)` or
-    `prune(adjacency, layout, logit_probs, ...)` with adjacency sparse [n_nodes, n_nodes] and logit_probs [n_logits].
+    `prune(adjacency, layout, logit_probs, ...)` with adjacency a CsrAdjacency or torch sparse [n_nodes, n_nodes] and
+    logit_probs [n_logits].
     """
     t0 = time.perf_counter()
     if isinstance(graph, Attribution):
@@ -178,21 +191,23 @@ def prune(
     for name, x in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0.0 <= x <= 1.0:
             raise ConfigError(f"{name} must be in [0, 1], got {x}")
-    edges = Edges.of(adjacency)
-    if edges.n != layout.n_nodes:
-        raise GraphFileError(f"adjacency has {edges.n} rows but the layout has {layout.n_nodes} nodes")
+    csr = CsrAdjacency.of(adjacency)
+    if csr.n != layout.n_nodes:
+        raise GraphFileError(f"adjacency has {csr.n} rows but the layout has {layout.n_nodes} nodes")
     w = logit_weights(layout, logit_probs)
 
     # 1.-2. influence on the unpruned graph
-    depth = dag_depth(edges, layout)
-    infl = influence_series(edges, normalized(edges), w, depth)
+    infl = influence(csr, w, layout.levels())
     # 3. node_threshold
     always = layout.mask(NodeKind.EMBEDDING) | layout.mask(NodeKind.LOGIT)
-    node_mask = (infl >= threshold_value(infl, node_threshold)) | always
+    by = infl if rank is None else rank.double()
+    node_mask = (by >= threshold_value(by, node_threshold)) | always
     # 4. edge_threshold
-    sub = edges.subset(node_mask[edges.rows] & node_mask[edges.cols])
+    rows, cols, vals = csr.select(node_mask, node_mask)
+    nz = vals != 0
+    sub = Edges(rows[nz], cols[nz], vals[nz], csr.n)
     ahat = normalized(sub)
-    score = ahat * (influence_series(sub, ahat, w, depth) + w)[sub.rows]
+    score = ahat * (influence_series(sub, ahat, w, dag_depth(sub, layout)) + w)[sub.rows]
     edge_keep = score >= threshold_value(score, edge_threshold)
     # 5. dangling
     node_mask, edge_keep = _drop_dangling(sub, edge_keep, node_mask, layout)

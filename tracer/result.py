@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tracer.csr import CsrAdjacency
 from tracer.layout import NodeLayout
 
 
@@ -14,7 +15,9 @@ class Attribution:
     """The unpruned attribution graph. Rows are targets, columns sources (see NodeLayout for the order)."""
 
     layout: NodeLayout
-    adjacency: torch.Tensor  # sparse COO [n_nodes, n_nodes] float32: A[target, source] = direct effect
+    # [n_nodes, n_nodes] A[target, source] = direct effect, as CSR (tracer.csr; int32 columns, float32 values).
+    # A torch sparse or dense matrix given here is converted.
+    adjacency: CsrAdjacency
     activations: torch.Tensor  # [n_features] activation of each feature node
     logit_probs: torch.Tensor  # [n_logits] probability of each logit target (its weight in pruning)
     error_norms: torch.Tensor  # [n_layers, n_pos] L2 norm of each error vector
@@ -24,3 +27,6 @@ class Attribution:
     # checks and counters: max |logit error| of the replacement model, GFLOP of the row phases
     stats: dict[str, float] = field(default_factory=dict)
     row_mass_kept: torch.Tensor | None = None  # [n_nodes] share of |row| kept by --edge-topk (None: exact)
+
+    def __post_init__(self) -> None:
+        self.adjacency = CsrAdjacency.of(self.adjacency)

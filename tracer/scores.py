@@ -16,47 +16,52 @@ from __future__ import annotations
 
 import torch
 
+from tracer.csr import ROW_SUM_MIN, CsrAdjacency, influence
 from tracer.layout import NodeKind, NodeLayout
-from tracer.prune import Edges, influence_series, logit_weights, normalized
+from tracer.prune import Edges, logit_weights
 from tracer.schema import Scores
 
 
 def graph_scores(
-    adjacency: torch.Tensor, layout: NodeLayout, logit_probs: torch.Tensor, keep_mask: torch.Tensor | None = None
-) -> Scores:
+    adjacency: torch.Tensor | CsrAdjacency, layout: NodeLayout, logit_probs: torch.Tensor,
+    keep_mask: torch.Tensor | None = None, node_influence: torch.Tensor | None = None,
+) -> Scores:  # fmt: skip
     """Replacement and completeness scores.
 
-    adjacency: sparse [n_nodes, n_nodes] unpruned A[target, source]; logit_probs: [n_logits];
-    keep_mask: [n_nodes] bool node subset to score (None: the whole graph), e.g. PruneResult.node_mask.
+    adjacency: CsrAdjacency or torch sparse [n_nodes, n_nodes] unpruned A[target, source]; logit_probs: [n_logits];
+    keep_mask: [n_nodes] bool node subset to score (None: the whole graph), e.g. PruneResult.node_mask;
+    node_influence: the unpruned graph's I when already known (PruneResult.node_influence; ignored with keep_mask).
     """
-    edges = Edges.of(adjacency)
+    csr = CsrAdjacency.of(adjacency)
     if keep_mask is not None:
-        edges = fold(edges, layout, keep_mask)
+        csr, node_influence = fold(csr, layout, keep_mask), None
     w = logit_weights(layout, logit_probs)
-    ahat = normalized(edges)
-    infl = influence_series(edges, ahat, w)  # 2.
+    infl = influence(csr, w, layout.levels()) if node_influence is None else node_influence  # 2.
 
     # 3. replacement
     tok = float(infl[layout.mask(NodeKind.EMBEDDING)].sum())
-    err_mask = layout.mask(NodeKind.ERROR)
-    err = float(infl[err_mask].sum())
+    err_rows = layout.rows(NodeKind.ERROR)
+    err = float(infl[err_rows].sum())
     replacement = tok / (tok + err) if tok + err > 0 else 0.0
     # 4. completeness
-    from_err = torch.zeros(edges.n, dtype=torch.float64).index_add_(
-        0, edges.rows, torch.where(err_mask[edges.cols], ahat, 0.0)
-    )
+    from_err = torch.zeros(csr.n, dtype=torch.float64)
+    for c in csr.chunks():
+        m = (c.cols >= err_rows.start) & (c.cols < err_rows.stop)
+        from_err.index_add_(0, c.rows[m], c.values[m].double().abs())
+    from_err /= csr.row_abs_sums.clamp_min(ROW_SUM_MIN)
     out = infl + w
     total = float(out.sum())
     completeness = float(((1 - from_err) * out).sum()) / total if total > 0 else 0.0
     return Scores(replacement=replacement, completeness=completeness)
 
 
-def fold(edges: Edges, layout: NodeLayout, keep_mask: torch.Tensor) -> Edges:
-    """Step 1: merge every removed feature into the error node at its layer and position."""
+def fold(adjacency: CsrAdjacency, layout: NodeLayout, keep_mask: torch.Tensor) -> CsrAdjacency:
+    """Step 1: merge every removed feature into the error node at its layer and position (the result holds the
+    kept rows only, as small as the kept node set)."""
     removed = ~keep_mask.bool() & layout.mask(NodeKind.FEATURE)
-    bin_row = torch.arange(edges.n)
+    bin_row = torch.arange(adjacency.n)
     r = removed.nonzero().flatten()
     bin_row[r] = layout.error_rows(layout.table[r, 1], layout.table[r, 2])
-    live = ~removed[edges.rows]  # a removed node's inputs go with it
-    merged = Edges(edges.rows[live], bin_row[edges.cols[live]], edges.values[live], edges.n)
-    return Edges.of(merged.sparse())  # coalesce: a folded edge adds to the error's edge to the same target
+    rows, cols, vals = adjacency.select(~removed)  # a removed node's inputs go with it
+    merged = Edges(rows, bin_row[cols], vals, adjacency.n)
+    return CsrAdjacency.of(merged.sparse())  # coalesce: a folded edge adds to the error's edge to the same target

@@ -49,7 +49,7 @@ def test_build_contents():
                                                        int(lay.logit_tokens[0]))  # fmt: skip
     m = g.metadata
     assert m.settings["node_threshold"] == 0.8 and m.settings["batch_size"] == 4
-    assert m.n_nodes_unpruned == lay.n_nodes and m.n_edges_unpruned == attr.adjacency._nnz()
+    assert m.n_nodes_unpruned == lay.n_nodes and m.n_edges_unpruned == attr.adjacency.nnz
     assert m.scores == graph_scores(attr.adjacency, lay, attr.logit_probs)
     assert m.pruned_scores == graph_scores(attr.adjacency, lay, attr.logit_probs, keep_mask=res.node_mask)
     assert m.timings["attribute"] == 1.25 and "prune" in m.timings and m.tokens[1] == "\n"

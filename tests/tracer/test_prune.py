@@ -164,7 +164,7 @@ def test_pruned_graph_invariants(seed):
     has_in = torch.zeros_like(m).index_fill_(0, rows, True)
     feat = lay.mask(NodeKind.FEATURE)
     assert has_out[m & (feat | lay.mask(NodeKind.ERROR))].all() and has_in[m & feat].all()
-    assert res.n_nodes < lay.n_nodes and res.n_edges < attr.adjacency._nnz()
+    assert res.n_nodes < lay.n_nodes and res.n_edges < attr.adjacency.nnz
 
 
 def test_thresholds_validated():

@@ -54,7 +54,7 @@ def test_trace_writes_graph_and_summary(subject, tmp_path, capsys):
     assert {NodeKind.EMBEDDING, NodeKind.LOGIT} <= kinds
     assert graph.metadata.tokens[0] == "<s>" and graph.metadata.prompt == "the cat sat on"
     attr = load_attribution(out)
-    assert attr.adjacency._nnz() == graph.metadata.n_edges_unpruned
+    assert attr.adjacency.nnz == graph.metadata.n_edges_unpruned
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.adjacency.safetensors", "g.json"]  # no temp files
 
 

@@ -1,0 +1,290 @@
+"""The unpruned adjacency A[target, source] as compressed sparse rows, and the passes pruning and scoring make over it.
+
+0. build (RowStore): rows arrive as dense blocks in any order; each row owns a slot as wide as the sources it
+   can read (NodeLayout.max_sources, at most K with --edge-topk) in buffers the OS commits only where written, so
+   its non-zeros are written straight to their place; finishing closes the gaps between slots in place, chunk by
+   chunk. No COO int64 temporaries beyond one batch, no global sort; peak ~8 bytes per edge (float32) plus slack.
+   With a row budget (--max-feature-nodes) slots are handed out in arrival order instead, and finishing copies.
+1. store: `crow` [n+1] int64 row pointers, `col` [nnz] int32 source columns (ascending within a row), `values`
+   [nnz] (float32; float16 when a sidecar stores them so): 8 bytes per edge in float32. The arrays may be
+   memory-mapped from a sidecar (tracer.sidecar); no pass allocates anything of size nnz.
+2. chunks: contiguous row ranges of at most CHUNK_ENTRIES entries; a chunk expands its entries' row ids (int64)
+   and upcasts its values, so temporaries are bounded by the chunk, not the graph.
+3. passes: |A| row sums; the transposed mat-vec xᵀÂ with Â the row-normalised |A|; the entries between a node
+   subset, or of a row subset, as a small edge list (tracer.prune.Edges) for the steps that follow.
+4. influence: I = wᵀ(Â + Â² + …). Given topological levels (row groups such that every row's sources lie in
+   later levels: logits, then features by layer from the top; NodeLayout.levels) it is one pass: each level's
+   rows have their final I + w when reached and push it to their sources. The order is verified (a row that
+   receives influence after it was processed means the levels were wrong), and the power series vᵀ ← vᵀÂ — which
+   ends because Â is nilpotent on a DAG — is the fallback and the path without levels.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from tracer.errors import GraphFileError
+
+CHUNK_ENTRIES = 1 << 21  # entries per chunk: bounds every pass's temporaries (~16 MB per float64 temporary)
+ROW_SUM_MIN = 1e-10  # circuit-tracer's clamp of a row's |A| sum
+
+
+class Chunk(NamedTuple):
+    """Rows [start, stop) of a CsrAdjacency: each entry's row, column and value."""
+
+    start: int
+    stop: int
+    rows: Tensor  # [k] int64
+    cols: Tensor  # [k] int32 (a view of the CSR's columns)
+    values: Tensor  # [k] as stored
+
+
+@dataclass(frozen=True, eq=False)
+class CsrAdjacency:
+    """A square sparse matrix A[target, source] in CSR (module docstring, step 1)."""
+
+    crow: Tensor  # [n + 1] int64 row pointers
+    col: Tensor  # [nnz] int32 source columns, ascending within each row
+    values: Tensor  # [nnz] edge weights
+
+    @property
+    def n(self) -> int:
+        return int(self.crow.numel()) - 1
+
+    @property
+    def nnz(self) -> int:
+        return int(self.col.numel())
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, self.n)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.values.dtype
+
+    @cached_property
+    def counts(self) -> Tensor:
+        """[n] int64 stored entries per row."""
+        return self.crow.diff()
+
+    @classmethod
+    def of(cls, a: Tensor | CsrAdjacency) -> CsrAdjacency:
+        """From a CsrAdjacency (returned as is) or a torch COO / CSR / dense square matrix (stored zeros dropped)."""
+        if isinstance(a, CsrAdjacency):
+            return a
+        if a.dim() != 2 or a.shape[0] != a.shape[1]:
+            raise GraphFileError(f"adjacency must be a square matrix, got shape {tuple(a.shape)}")
+        coo = (a if a.layout == torch.sparse_coo else a.to_sparse_coo()).coalesce()
+        (rows, cols), vals = coo.indices(), coo.values()
+        nz = vals != 0
+        return cls.from_coo(rows[nz], cols[nz], vals[nz], int(a.shape[0]))
+
+    @classmethod
+    def from_coo(cls, rows: Tensor, cols: Tensor, values: Tensor, n: int) -> CsrAdjacency:
+        """From row-major sorted COO entries (small graphs, tests and old sidecars)."""
+        crow = torch.zeros(n + 1, dtype=torch.long)
+        crow[1:] = torch.bincount(rows.long(), minlength=n).cumsum(0)
+        return cls(crow, cols.to(torch.int32), values)
+
+    @classmethod
+    def empty(cls, n: int, dtype: torch.dtype = torch.float32) -> CsrAdjacency:
+        return cls(torch.zeros(n + 1, dtype=torch.long), torch.zeros(0, dtype=torch.int32), torch.zeros(0, dtype=dtype))
+
+    def to_sparse_coo(self) -> Tensor:
+        """Sparse COO [n, n] (int64 indices: small graphs only)."""
+        rows = torch.repeat_interleave(torch.arange(self.n), self.counts)
+        idx = torch.stack([rows, self.col.long()])
+        return torch.sparse_coo_tensor(idx, self.values, self.shape, check_invariants=False).coalesce()
+
+    def to_sparse_csr(self) -> Tensor:
+        """torch sparse CSR [n, n] (int64 columns)."""
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(self.crow, self.col.long(), self.values, self.shape)
+
+    def to_dense(self) -> Tensor:
+        """Dense [n, n] (small graphs only)."""
+        out = torch.zeros(self.shape, dtype=self.values.dtype)
+        for c in self.chunks():
+            out[c.rows, c.cols.long()] = c.values
+        return out
+
+    # 2. chunks
+
+    def chunks(self, start: int = 0, stop: int | None = None, max_entries: int = CHUNK_ENTRIES) -> Iterator[Chunk]:
+        """Rows [start, stop) in contiguous pieces of at most max_entries entries (a longer row is its own piece)."""
+        stop = self.n if stop is None else stop
+        while start < stop:
+            e0 = int(self.crow[start])
+            end = int(torch.searchsorted(self.crow[start + 1 : stop + 1], e0 + max_entries, right=True)) + start
+            end = max(end, start + 1)
+            e1 = int(self.crow[end])
+            rows = torch.repeat_interleave(torch.arange(start, end), self.counts[start:end], output_size=e1 - e0)
+            yield Chunk(start, end, rows, self.col[e0:e1], self.values[e0:e1])
+            start = end
+
+    # 3. passes
+
+    @cached_property
+    def row_abs_sums(self) -> Tensor:
+        """[n] float64 Σ_s |A[t, s]| of every row."""
+        out = torch.zeros(self.n, dtype=torch.float64)
+        for c in self.chunks():
+            out.index_add_(0, c.rows, c.values.to(torch.float64, copy=True).abs_())
+        return out
+
+    def push(self, coef: Tensor, out: Tensor, start: int = 0, stop: int | None = None) -> None:
+        """out[s] += Σ_t coef[t]·|A[t, s]| over rows t in [start, stop): with coef = x / row sums, this adds xᵀÂ."""
+        for c in self.chunks(start, stop):
+            out.index_add_(0, c.cols, c.values.to(torch.float64, copy=True).abs_().mul_(coef[c.rows]))
+
+    def select(self, row_mask: Tensor, col_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The entries in rows of row_mask [n] bool (and columns of col_mask, if given): int64 rows and cols, values."""
+        rows, cols, vals = [], [], []
+        for start, stop in runs(row_mask):
+            for c in self.chunks(start, stop):
+                keep = col_mask[c.cols] if col_mask is not None else torch.ones_like(c.rows, dtype=torch.bool)
+                rows.append(c.rows[keep])
+                cols.append(c.cols[keep].long())
+                vals.append(c.values[keep])
+        if not rows:
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), self.values[:0]
+        return torch.cat(rows), torch.cat(cols), torch.cat(vals)
+
+
+def runs(mask: Tensor) -> list[tuple[int, int]]:
+    """The maximal [start, stop) ranges where mask [n] bool is True."""
+    m = torch.cat([torch.zeros(1, dtype=torch.int8), mask.to(torch.int8), torch.zeros(1, dtype=torch.int8)])
+    edges = m.diff().nonzero().flatten().tolist()
+    return list(zip(edges[::2], edges[1::2], strict=True))
+
+
+# 0. build
+
+
+class RowStore:
+    """Collects rows into a CsrAdjacency (module docstring, step 0)."""
+
+    def __init__(self, room: Tensor, dtype: torch.dtype, max_rows: int | None = None) -> None:
+        """room [n] int64: the most entries each row can have; max_rows: with a row budget, how many rows of
+        the largest room may arrive (slots are then handed out in arrival order)."""
+        n = int(room.numel())
+        self.room, self.count = room, torch.zeros(n, dtype=torch.long)
+        self.fixed = max_rows is None
+        if self.fixed:
+            self.start = torch.zeros(n, dtype=torch.long)
+            self.start[1:] = room.cumsum(0)[:-1]
+            capacity = int(room.sum())
+        else:
+            self.start = torch.full((n,), -1, dtype=torch.long)
+            capacity = int(room.sort(descending=True).values[:max_rows].sum())
+        self.cursor = 0
+        # torch.empty: pages are committed when first written, so unused room costs address space only
+        self.col = torch.empty(capacity, dtype=torch.int32)
+        self.val = torch.empty(capacity, dtype=dtype)
+
+    def put(self, rows: Tensor, dense: Tensor) -> None:
+        """rows [B] int64 target rows (each written once), dense [B, n] their values; zeros are not stored."""
+        b, c = dense.nonzero(as_tuple=True)
+        counts = torch.bincount(b, minlength=len(rows))
+        if bool((counts > self.room[rows]).any()):
+            raise RuntimeError("a row has more sources than its layout allows (non-causal model?)")
+        if not self.fixed:
+            fresh = self.start[rows] < 0
+            need = self.room[rows[fresh]]
+            self.start[rows[fresh]] = self.cursor + need.cumsum(0) - need
+            self.cursor += int(need.sum())
+            if self.cursor > self.col.numel():
+                raise RuntimeError("more rows than the row budget")
+        offs = counts.cumsum(0) - counts
+        dest = self.start[rows][b] + torch.arange(len(b)) - offs[b]
+        self.col[dest] = c.to(torch.int32)
+        self.val[dest] = dense[b, c]
+        self.count[rows] = counts
+
+    def _gather(self, out_col: Tensor, out_val: Tensor) -> Tensor:
+        """Copy every row's entries to its CSR place in out_* (may be the buffers themselves when slots are fixed:
+        a row never moves right, and each chunk is read whole before it is written). Returns crow."""
+        n = self.count.numel()
+        crow = torch.zeros(n + 1, dtype=torch.long)
+        crow[1:] = self.count.cumsum(0)
+        r0 = 0
+        while r0 < n:
+            r1 = max(int(torch.searchsorted(crow, int(crow[r0]) + CHUNK_ENTRIES, right=True)) - 1, r0 + 1)
+            r1 = min(r1, n)
+            e0, e1 = int(crow[r0]), int(crow[r1])
+            if e1 > e0 and not (out_col is self.col and torch.equal(self.start[r0:r1], crow[r0:r1])):
+                rows = torch.repeat_interleave(torch.arange(r0, r1), self.count[r0:r1], output_size=e1 - e0)
+                src = self.start[rows] - crow[rows] + torch.arange(e0, e1)
+                out_col[e0:e1], out_val[e0:e1] = self.col[src], self.val[src]
+            r0 = r1
+        return crow
+
+    def snapshot(self) -> CsrAdjacency:
+        """The rows so far, as a compact copy (building goes on)."""
+        nnz = int(self.count.sum())
+        col, val = torch.empty(nnz, dtype=torch.int32), torch.empty(nnz, dtype=self.val.dtype)
+        return CsrAdjacency(self._gather(col, val), col, val)
+
+    def finish(self) -> CsrAdjacency:
+        """All rows as CSR; with fixed slots, compacted in place (the store is spent)."""
+        if not self.fixed:
+            return self.snapshot()
+        crow = self._gather(self.col, self.val)
+        nnz = int(crow[-1])
+        return CsrAdjacency(crow, self.col[:nnz], self.val[:nnz])
+
+
+# 4. influence
+
+
+def influence(adj: CsrAdjacency, weights: Tensor, levels: list[list[tuple[int, int]]] | None = None) -> Tensor:
+    """[n] float64 I = wᵀ(Â + Â² + …) (module docstring, step 4). levels: row ranges per topological level."""
+    w, sums = weights.double(), adj.row_abs_sums
+    if not bool(torch.isfinite(sums).all()) or not bool(torch.isfinite(w).all()):
+        raise GraphFileError("adjacency or logit weights hold NaN/Inf: influence is undefined")
+    coef_scale = 1.0 / sums.clamp_min(ROW_SUM_MIN)
+    if levels is not None:
+        got = _influence_levels(adj, w, coef_scale, levels)
+        if got is not None:
+            return got
+    return _influence_series(adj, w, coef_scale)
+
+
+def _influence_levels(adj: CsrAdjacency, w: Tensor, scale: Tensor, levels: list[list[tuple[int, int]]]
+                      ) -> Tensor | None:  # fmt: skip
+    acc = torch.zeros(adj.n, dtype=torch.float64)  # influence received so far
+    done = torch.zeros(adj.n, dtype=torch.bool)
+    seen = torch.zeros(adj.n, dtype=torch.float64)  # each row's influence when it was processed
+    for level in levels:
+        coef = torch.zeros(adj.n, dtype=torch.float64)
+        for start, stop in level:
+            seen[start:stop], done[start:stop] = acc[start:stop], True
+            coef[start:stop] = (acc[start:stop] + w[start:stop]) * scale[start:stop]
+        for start, stop in level:
+            adj.push(coef, acc, start, stop)
+    if bool((adj.counts.gt(0) & ~done).any()) or not torch.equal(acc[done], seen[done]):
+        return None  # not a topological order of this graph
+    return acc
+
+
+def _influence_series(adj: CsrAdjacency, w: Tensor, scale: Tensor) -> Tensor:
+    v, total = w, torch.zeros(adj.n, dtype=torch.float64)
+    for _ in range(adj.n + 1):
+        nxt = torch.zeros(adj.n, dtype=torch.float64)
+        coef = v * scale
+        for start, stop in runs(coef != 0):
+            adj.push(coef, nxt, start, stop)
+        if not nxt.any():
+            return total
+        total += nxt
+        v = nxt
+    raise GraphFileError("adjacency has a cycle: influence did not vanish after n_nodes steps (not a DAG)")
