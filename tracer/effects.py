@@ -17,6 +17,7 @@ Both are [n_nodes] float64; the target row itself gets 0.
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import NamedTuple
 
 import torch
@@ -25,6 +26,14 @@ from tracer.errors import GraphFileError
 from tracer.layout import NodeLayout
 from tracer.prune import Edges, node_influence
 from tracer.result import Attribution
+
+
+class RankBy(str, Enum):
+    """What `tracer prune --rank-by` sorts nodes by for the node threshold."""
+
+    INFLUENCE = "influence"  # influence on all logit targets, weighted by probability (circuit-tracer's)
+    TARGET_INFLUENCE = "target-influence"  # influence on the primary target alone
+    SIGNED_EFFECT = "signed-effect"  # |signed total effect| on the primary target
 
 
 class Effects(NamedTuple):
@@ -67,3 +76,12 @@ def effects(attribution: Attribution, k: int = 0) -> Effects:
     infl = node_influence(attribution.adjacency, w)
     infl[row] = 0.0
     return Effects(row, infl, signed)
+
+
+def node_ranking(attribution: Attribution, rank_by: RankBy | str) -> torch.Tensor | None:
+    """[n_nodes] scores for tracer.prune.prune(rank=...), or None for the default (influence)."""
+    rank_by = RankBy(rank_by)
+    if rank_by == RankBy.INFLUENCE:
+        return None
+    eff = effects(attribution)
+    return eff.target_influence if rank_by == RankBy.TARGET_INFLUENCE else eff.signed_effect.abs()

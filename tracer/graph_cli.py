@@ -48,6 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("graph", type=Path, help="graph file (NAME.json, with NAME.adjacency.safetensors beside it)")
     p.add_argument("--node-threshold", type=float, default=0.8, help="share of influence the kept nodes cover")
     p.add_argument("--edge-threshold", type=float, default=0.98, help="share of edge score the kept edges cover")
+    p.add_argument("--rank-by", choices=["influence", "target-influence", "signed-effect"], default="influence",
+                   help="node score the node threshold sorts: influence on all logit targets (probability-weighted), "
+                        "on the primary target alone, or |signed total effect| on it")  # fmt: skip
     p.add_argument("-o", "--output", type=Path, help="graph file to write (default: overwrite GRAPH)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=run_prune)
@@ -91,7 +94,8 @@ def run_prune(args: argparse.Namespace) -> int:
     recover_pair(args.graph)
     old = load_graph(args.graph)
     attribution = load_attribution(args.graph, old)
-    new = reprune_loaded(old, attribution, node_threshold=args.node_threshold, edge_threshold=args.edge_threshold)
+    new = reprune_loaded(old, attribution, node_threshold=args.node_threshold, edge_threshold=args.edge_threshold,
+                         rank_by=args.rank_by)  # fmt: skip
     save_graph(out, new, None if same else attribution)
     m = new.metadata
     ps = m.pruned_scores

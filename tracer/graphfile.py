@@ -43,7 +43,7 @@ from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from tracer.effects import effects
+from tracer.effects import RankBy, effects, node_ranking
 from tracer.errors import GraphFileError, OutputError
 from tracer.finite import check_finite
 from tracer.io import atomic_write_text, check_output, new_temp, publish, remove_stale_temps, stale_temps
@@ -378,21 +378,23 @@ def _is_str_list(x: object) -> bool:
 # re-pruning
 
 
-def reprune(path: str | Path, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> GraphFile:
+def reprune(path: str | Path, node_threshold: float = 0.8, edge_threshold: float = 0.98,
+            rank_by: str = "influence") -> GraphFile:  # fmt: skip
     """Re-prune a saved graph from its stored unpruned adjacency at new thresholds; keeps the metadata (prompt,
     identities, settings, creation time), the view state and every node label. Nothing is written."""
     old = load_graph(path)
-    return reprune_loaded(old, load_attribution(path, old), node_threshold, edge_threshold)
+    return reprune_loaded(old, load_attribution(path, old), node_threshold, edge_threshold, rank_by)
 
 
 def reprune_loaded(old: GraphFile, attribution: Attribution, node_threshold: float = 0.8,
-                   edge_threshold: float = 0.98) -> GraphFile:  # fmt: skip
-    """reprune of a graph and its attribution already loaded (each read once)."""
-    result = prune(attribution, node_threshold=node_threshold, edge_threshold=edge_threshold)
+                   edge_threshold: float = 0.98, rank_by: str = "influence") -> GraphFile:  # fmt: skip
+    """reprune of a graph and its attribution already loaded (each read once); rank_by: tracer.effects.RankBy."""
+    result = prune(attribution, node_threshold=node_threshold, edge_threshold=edge_threshold,
+                   rank=node_ranking(attribution, rank_by))  # fmt: skip
     m = old.metadata
     labels = {n.id: n.label for n in old.nodes if n.label}
     new = build_graph_file(attribution, result, prompt=m.prompt, model=m.model, transcoders=m.transcoders,
-                           settings=m.settings, labels=labels)  # fmt: skip
+                           settings=m.settings | {"rank_by": str(RankBy(rank_by).value)}, labels=labels)  # fmt: skip
     new.metadata.created, new.metadata.adjacency_file = m.created, m.adjacency_file
     new.metadata.adjacency_hash, new.metadata.adjacency_size = m.adjacency_hash, m.adjacency_size
     new.metadata.timings = m.timings | {"prune": result.seconds}
