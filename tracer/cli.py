@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "tracer.intervene_cli",  # intervene, generate
     "viewer.cli",  # view
     "transcoders.cli",  # transcoders train | eval | convert
+    "tracer.features.cli",  # features build | show | search | export
 )
 
 

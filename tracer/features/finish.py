@@ -1,0 +1,129 @@
+"""The last step of a feature-store build: running statistics -> one row per feature, written in one transaction.
+
+1. summaries: frequency = fires / tokens, mean of the non-zero activations, max = the best top-k peak;
+   quantiles (QUANTILES) and a linear histogram [0, max] from the fine log histogram (each fine bin's count goes
+   to the linear bin holding its geometric centre: both are approximations within one fine bin, ~4.6 %).
+2. examples: the top-k contexts (band "top"), then up to `per_band` sampled contexts from each lower band
+   (BANDS: between the 50 % and 90 % quantiles, 25-50 %, below 25 %), skipping tokens already shown.
+3. lens and labels (tracer.features.lens, tracer.features.labels).
+4. write: vocab, every feature row, `complete = 1`, the checkpoint dropped — one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from tracer.features.labels import EMPTY, RULES, label_feature
+from tracer.features.lens import feature_lens
+from tracer.features.store import BANDS, pack_examples
+from tracer.models import Tokenizer, Transformer
+from transcoders import Transcoder
+
+if TYPE_CHECKING:
+    from tracer.features.build import State
+
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
+LOGIT_LENS = ("sum of the decoder over its output layers, times the final norm's gain (denominator 1), through "
+              "the unembedding")  # fmt: skip
+
+
+def fine_centers() -> torch.Tensor:
+    from tracer.features.build import FINE_BINS, FINE_HI, FINE_LO
+
+    return 10 ** (FINE_LO + (torch.arange(FINE_BINS, dtype=torch.float64) + 0.5) * (FINE_HI - FINE_LO) / FINE_BINS)
+
+
+def summaries(state: State, n_tokens: int) -> dict[str, torch.Tensor]:
+    """Step 1 for all features at once."""
+    t, hb = state.t, state.cfg.hist_bins
+    fires = t["n_fires"]
+    amax = t["top_val"][:, 0].clamp_min(0).double()
+    centers = fine_centers()
+    cum = t["hist"].cumsum(1).double()
+    q = torch.tensor(QUANTILES, dtype=torch.float64)
+    idx = torch.searchsorted(cum, (q[None, :] * fires[:, None].double()).contiguous()).clamp(max=len(centers) - 1)
+    qv = torch.minimum(centers[idx], amax[:, None])
+    lin = (centers[None, :] / amax.clamp_min(1e-12)[:, None] * hb).floor().clamp(0, hb - 1).long()
+    counts = torch.zeros(len(fires), hb, dtype=torch.int64).scatter_add_(1, lin, t["hist"])
+    return {"fires": fires, "freq": fires.double() / max(n_tokens, 1), "mean": t["sum"] / fires.clamp_min(1),
+            "max": amax, "qv": qv, "counts": counts}  # fmt: skip
+
+
+def examples(state: State, n: int, qv: np.ndarray) -> tuple[bytes | None, list[int], list[list[int]]]:
+    """Step 2 for feature n: (blob, peak token ids of the top contexts, token ids of the top contexts)."""
+    t, cfg = state.t, state.cfg
+    keep = (t["top_val"][n] > 0).nonzero().flatten()
+    tok = [t["top_tok"][n, keep]]
+    act = [t["top_act"][n, keep]]
+    band = [0] * len(keep)
+    shown = {(int(s), int(p)) for s, p in zip(t["top_seq"][n, keep], t["top_pos"][n, keep], strict=True)}
+    q25, q50, q90 = qv[1], qv[2], qv[4]
+    taken = {1: 0, 2: 0, 3: 0}
+    res_ok = (t["res_seq"][n] >= 0).nonzero().flatten().tolist()
+    for j in res_ok:
+        v = float(t["res_val"][n, j])
+        b = 3 if v < q25 else 2 if v < q50 else 1 if v < q90 else 0
+        key = (int(t["res_seq"][n, j]), int(t["res_pos"][n, j]))
+        if b == 0 or taken[b] >= cfg.per_band or key in shown:
+            continue
+        taken[b] += 1
+        shown.add(key)
+        tok.append(t["res_tok"][n, j : j + 1])
+        act.append(t["res_act"][n, j : j + 1])
+        band.append(b)
+    toks = torch.cat(tok).numpy()
+    order = np.argsort(np.array(band), kind="stable")  # bands in BANDS order
+    toks, acts, bands = toks[order], torch.cat(act).numpy()[order], np.array(band, dtype=np.uint8)[order]
+    peak = np.full(len(toks), cfg.before, dtype=np.int16)
+    top = toks[: len(keep)]
+    return pack_examples(toks, acts, peak, bands), top[:, cfg.before].tolist(), top.tolist()
+
+
+def _json(x: Any) -> str:
+    return json.dumps(x, separators=(",", ":"))
+
+
+def _pairs(ids: torch.Tensor, vals: torch.Tensor) -> str:
+    return _json([[int(i), round(float(v), 3)] for i, v in zip(ids, vals, strict=True)])
+
+
+def finish_rows(con: sqlite3.Connection, model: Transformer, tc: Transcoder, tokenizer: Tokenizer, state: State,
+                n_tokens: int, prov: dict[str, Any]) -> None:  # fmt: skip
+    """Steps 1-4."""
+    s = summaries(state, n_tokens)
+    lens = feature_lens(model, tc, state.cfg.n_tokens_lens)
+    V = model.cfg.vocab_size
+    vocab = [tokenizer.token_str(i) if i < tokenizer.vocab_size else f"<{i}>" for i in range(V)]
+    F = tc.cfg.n_features
+    qv_all, edges_max = s["qv"].numpy(), s["max"].numpy()
+    rows = []
+    for n in range(state.n):
+        layer, feat = divmod(n, F)
+        fires = int(s["fires"][n])
+        blob, peaks, _ = examples(state, n, qv_all[n]) if fires else (None, [], [])
+        peak_str = [vocab[i] if 0 <= i < V else "" for i in peaks]
+        tl, bl, ti = lens.top_logits, lens.bottom_logits, lens.top_inputs
+        lab = label_feature(peak_str, vocab[int(tl.ids[n, 0])], float(lens.logit_z[n]), float(lens.logit_gap[n]),
+                            vocab[int(ti.ids[n, 0])], float(lens.input_z[n])) if fires else EMPTY  # fmt: skip
+        rows.append((
+            layer, feat, fires, float(s["freq"][n]), float(s["mean"][n]), float(edges_max[n]),
+            _json([[q, round(float(v), 4)] for q, v in zip(QUANTILES, qv_all[n], strict=True)]),
+            _json(s["counts"][n].tolist() if fires else []),
+            _pairs(tl.ids[n], tl.values[n]), _pairs(bl.ids[n], bl.values[n]), _pairs(ti.ids[n], ti.values[n]),
+            lab.text, lab.rule, lab.confidence, "\x1f".join(dict.fromkeys(peak_str)), blob,
+        ))  # fmt: skip
+    prov = prov | {"logit_lens": LOGIT_LENS, "label_rules": RULES, "bands": list(BANDS), "quantiles": QUANTILES}
+    con.execute("BEGIN")
+    con.execute("DELETE FROM vocab")
+    con.executemany("INSERT INTO vocab VALUES (?, ?)", list(enumerate(vocab)))
+    con.execute("DELETE FROM features")
+    con.executemany(f"INSERT INTO features VALUES ({', '.join('?' * 16)})", rows)
+    con.execute("DELETE FROM checkpoint")
+    con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                    [("provenance", json.dumps(prov)), ("complete", "1")])  # fmt: skip
+    con.execute("COMMIT")
