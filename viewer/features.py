@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import NamedTuple, Protocol
 from tracer.layout import NodeKind
 from tracer.schema import Metadata
 from viewer.model import GraphView
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,12 +73,17 @@ class FeatureStore(Protocol):
 def find_store(metadata: Metadata, explicit: str | Path | None = None) -> FeatureStore | None:
     """The feature store for a graph (module docstring, step 2). Errors in an explicit store propagate
     (TracerError); an automatically found store that does not open or fit is skipped."""
+    from tracer.errors import TracerError
     from tracer.features.viewer_store import ViewerStore, discover
 
     if explicit is not None:
         return ViewerStore.open(explicit, metadata.transcoders.content_hash)
     path = discover(metadata)
-    return ViewerStore.open(path, metadata.transcoders.content_hash) if path is not None else None
+    try:
+        return ViewerStore.open(path, metadata.transcoders.content_hash) if path is not None else None
+    except TracerError as e:
+        log.warning("feature store %s skipped: %s", path, e)
+        return None
 
 
 def logit_effects(view: GraphView, node_id: str, limit: int = 8) -> list[tuple[str, float]]:
