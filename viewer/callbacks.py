@@ -14,17 +14,19 @@ from dash import Dash, Input, Output, State, ctx, no_update
 from dash.exceptions import PreventUpdate
 
 from tracer.errors import TracerError
-from viewer.clientside import FIT_SUBGRAPH, GRAPH_CLICK, INSTALL_LISTENERS, SYNC_AXES
+from viewer.clientside import FIT_SUBGRAPH, GRAPH_CLICK, GRAPH_HOVER, INSTALL_LISTENERS, SYNC_AXES
 from viewer.handlers import (
     Env,
     handle_click,
     handle_controls,
     handle_export,
+    handle_hover,
     handle_pin,
     handle_save,
     handle_search,
     handle_select,
     handle_subgraph_action,
+    handle_url_note,
     handle_view,
 )  # fmt: skip
 from viewer.ids import Id
@@ -62,8 +64,9 @@ def register_events(app: Dash, env: Env) -> None:
     app.clientside_callback(INSTALL_LISTENERS, _out(Id.LISTENERS, "data"), Input(Id.URL.value, "pathname"))
     app.clientside_callback(GRAPH_CLICK, _out(Id.CLICK_EVENT, "data"), _in(Id.MAIN_GRAPH, "clickData"))
     app.callback(_out(Id.URL, "search"), _out(Id.THRESHOLD, "value"), _out(Id.THRESHOLD, "disabled"),
-                 _out(Id.LINK_TYPE, "value"), url, _in(Id.THRESHOLD, "value"), _in(Id.LINK_TYPE, "value"))(
-        lambda search_, t, lk: handle_controls(env, ctx.triggered_id, search_, t, lk))  # fmt: skip
+                 _out(Id.LINK_TYPE, "value"), _out(Id.PINNED_EDGES, "value"), url, _in(Id.THRESHOLD, "value"),
+                 _in(Id.LINK_TYPE, "value"), _in(Id.PINNED_EDGES, "value"))(
+        lambda search_, t, lk, pe: handle_controls(env, ctx.triggered_id, search_, t, lk, pe))  # fmt: skip
     app.callback(to_url, _in(Id.CLICK_EVENT, "data"), s_url, prevent_initial_call=True)(
         lambda ev, search_: handle_click(env, ev, search_)
     )
@@ -98,6 +101,17 @@ def register_views(app: Dash, env: Env) -> None:
     app.callback(_out(Id.PINNED_LIST, "value", dup=True), _in(Id.SUBGRAPH, "selectedNodeData"),
                  prevent_initial_call=True)(lambda data: [d["id"] for d in data or []])  # fmt: skip
     app.clientside_callback(FIT_SUBGRAPH, _out(Id.SUBGRAPH_FIT, "data"), _in(Id.SUBGRAPH, "elements"))
+    app.clientside_callback(GRAPH_HOVER, _out(Id.HOVER_EVENT, "data"), _in(Id.MAIN_GRAPH, "hoverData"))
+    app.callback(_out(Id.OVERLAY_GRAPH, "figure", dup=True), _in(Id.HOVER_EVENT, "data"), s_url,
+                 prevent_initial_call=True)(lambda node, search_: handle_hover(env, node, search_))  # fmt: skip
+
+    def on_note(search_, _n):
+        if ctx.triggered_id == Id.URL_NOTE_CLOSE.value:
+            return no_update, {"display": "none"}
+        return handle_url_note(env, search_)
+
+    app.callback(_out(Id.URL_NOTE_TEXT), _out(Id.URL_NOTE, "style"), Input(Id.URL.value, "search"),
+                 _in(Id.URL_NOTE_CLOSE))(on_note)  # fmt: skip
     app.clientside_callback(
         SYNC_AXES, _out(Id.AXES_SYNC, "data"), _in(Id.MAIN_GRAPH, "figure"), _in(Id.OVERLAY_GRAPH, "figure")
     )

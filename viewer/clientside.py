@@ -3,6 +3,7 @@
 1. INSTALL_LISTENERS (once per page): remember Ctrl/Cmd on mousedown (pin instead of select); a click on any element
    carrying NODE_ATTR becomes a CLICK_EVENT; Escape becomes a KEY_EVENT.
 2. GRAPH_CLICK: a main-graph click -> CLICK_EVENT {id, pin, t}.
+   GRAPH_HOVER: the hovered main-graph node id (null when the pointer leaves), only when it changes.
 3. SYNC_AXES: keep the overlay figure (edges, rings) on the main figure's axis ranges through zoom and pan.
 4. FIT_SUBGRAPH: after the pinned nodes change, re-measure the cytoscape box and fit them in it.
 """
@@ -48,6 +49,15 @@ function(cd) {
     const p = cd && cd.points && cd.points[0];
     if (!p || typeof p.customdata !== 'string') { return dash_clientside.no_update; }
     return {id: p.customdata, pin: !!window.__tracerPin, t: Date.now()};
+}""")
+
+GRAPH_HOVER = _js("""
+function(hd) {
+    const p = hd && hd.points && hd.points[0];
+    const id = p && typeof p.customdata === 'string' ? p.customdata : null;
+    if (id === (window.__tracerHover === undefined ? null : window.__tracerHover)) { return dash_clientside.no_update; }
+    window.__tracerHover = id;
+    return id;
 }""")
 
 SYNC_AXES = _js("""

@@ -3,11 +3,13 @@
 1. serve: the app serves one graph file or one folder. `resolve(graph_id)` maps a URL's graph id to a path only
    when it is a relative name of a `.json` file inside the served folder (no `..`, no absolute path, no symlink
    leading out); anything else is a GraphFileError.
-2. list: the folder's graph files with prompt, model, date and scores, for the picker; unreadable ones are listed
-   with their error.
+2. list: the folder's graph files with prompt, model, date and scores, for the picker; unreadable ones, and
+   names that `resolve` refuses (a symlink leading out), are listed with their error and nothing read from them.
 3. load: load_graph (or reprune at a viewer threshold, from the sidecar) -> Loaded (GraphView + coordinates),
-   cached by (path, mtime, size, threshold) so a file re-traced under the same name is never stale. The cache
-   belongs to one GraphStore (one per app), holds only file-derived data shared by all sessions, and is bounded.
+   cached by (path, mtime, size, threshold) so a file re-traced under the same name is never stale. The sidecar
+   is read when the graph opens: a corrupt one counts as absent (slider off, with a note), the graph still shows.
+   The cache belongs to one GraphStore (one per app), holds only file-derived data shared by all sessions, and is
+   bounded. Messages name files relative to the served folder (`public`), never by their server path.
 4. scores: replacement/completeness of a node subset (the pinned subgraph), from the sidecar.
 5. save: write a ViewState into the graph file (atomic, via save_graph).
 """
@@ -23,7 +25,7 @@ from typing import NamedTuple, TypeVar
 import torch
 
 from tracer.batch import INDEX_NAME, load_index
-from tracer.errors import GraphFileError
+from tracer.errors import GraphFileError, TracerError
 from tracer.graphfile import load_attribution, load_graph, reprune, save_graph, sidecar_path
 from tracer.layout import NodeKind
 from tracer.result import Attribution
@@ -34,6 +36,7 @@ from viewer.model import GraphView
 
 T = TypeVar("T")
 MAX_LISTED = 500
+NO_SIDECAR = "no adjacency sidecar: subgraph scores and re-pruning unavailable"
 DEFAULT_EDGE_THRESHOLD = 0.98
 SKIP_NAMES = {"graph-metadata.json", INDEX_NAME}  # Neuronpedia's folder index and tracer.batch's: not graphs
 
@@ -44,8 +47,9 @@ class Loaded(NamedTuple):
     view: GraphView
     coords: Coordinates
     threshold: float | None  # the viewer's re-pruning threshold (None: as pruned in the file)
-    has_sidecar: bool
+    has_sidecar: bool  # a sidecar that loads and matches the graph (re-pruning and subgraph scores work)
     stamp: tuple[int, int]  # the file's (mtime_ns, size) when loaded
+    sidecar_note: str = ""  # why there is no usable sidecar ('' when there is one)
 
     @property
     def file_threshold(self) -> float | None:
@@ -99,7 +103,7 @@ class GraphStore:
         self.single: Path | None = p if p.is_file() else None
         self.root = p.parent if p.is_file() else p
         self._graphs, self._meta = Lru(cache_size), Lru(MAX_LISTED)
-        self._attr, self._scores = Lru(2), Lru(64)
+        self._attr, self._scores, self._checks = Lru(2), Lru(64), Lru(MAX_LISTED)
 
     # 1. serve
 
@@ -122,6 +126,11 @@ class GraphStore:
         if not path.is_file():
             raise GraphFileError(f"graph file not found: {graph_id}")
         return path
+
+    def public(self, message: str) -> str:
+        """A message with the served folder's absolute path taken out (paths become relative to it)."""
+        root = str(self.root)
+        return message.replace(root + "/", "").replace(root, ".")
 
     def default_id(self) -> str | None:
         return self.single.name if self.single else None
@@ -146,7 +155,7 @@ class GraphStore:
         try:
             index = load_index(path)
         except GraphFileError as e:
-            return [Entry(INDEX_NAME, error=str(e))]
+            return [Entry(INDEX_NAME, error=self.public(str(e)))]
         model = index.model.name if index.model else ""
         return [Entry(e.file, e.prompt, model, "", e.scores, e.n_nodes) if e.file and e.status != "failed"
                 else Entry(f"line {e.line}", e.prompt, error=e.error) for e in index.entries]  # fmt: skip
@@ -154,9 +163,10 @@ class GraphStore:
     def _entry(self, path: Path) -> Entry:
         gid = path.relative_to(self.root).as_posix()
         try:
-            return self._meta.get((path, _stamp(path)), lambda: self._summarise(gid, load_graph(path)))
+            real = self.resolve(gid)  # the rule that opening applies: nothing is read through a link leading out
+            return self._meta.get((real, _stamp(real)), lambda: self._summarise(gid, load_graph(real)))
         except GraphFileError as e:
-            return Entry(gid, error=str(e))
+            return Entry(gid, error=self.public(str(e)))
 
     @staticmethod
     def _summarise(gid: str, g: GraphFile) -> Entry:
@@ -168,18 +178,37 @@ class GraphStore:
     def load(self, graph_id: str | None, threshold: float | None = None) -> Loaded:
         path = self.resolve(graph_id)
         gid = graph_id or path.name
-        has_sidecar = sidecar_path(path).exists()
-        t, stamp = (threshold if has_sidecar else None), _stamp(path)
-        return self._graphs.get((path, stamp, t), lambda: self._build(gid, path, t, has_sidecar, stamp))
+        stamp = _stamp(path)
+        note = self.sidecar_note(path, stamp)
+        t = threshold if not note else None
+        return self._graphs.get((path, stamp, t, note), lambda: self._build(gid, path, t, note, stamp))
 
-    def _build(self, gid: str, path: Path, threshold: float | None, has_sidecar: bool, stamp: tuple) -> Loaded:
+    def _build(self, gid: str, path: Path, threshold: float | None, note: str, stamp: tuple) -> Loaded:
         if threshold is None:
             graph = load_graph(path)
         else:
             edge_t = load_graph(path).metadata.settings.get("edge_threshold", DEFAULT_EDGE_THRESHOLD)
             graph = reprune(path, threshold, float(edge_t) if isinstance(edge_t, int | float) else 0.98)
         view = GraphView.build(graph)
-        return Loaded(gid, path, view, coordinates(view), threshold, has_sidecar, stamp)
+        return Loaded(gid, path, view, coordinates(view), threshold, not note, stamp, note)
+
+    def sidecar_note(self, path: Path, stamp: tuple[int, int]) -> str:
+        """'' when the graph's sidecar loads and has the graph's tokens; else why it cannot be used (cached per
+        file version, so a corrupt sidecar is read once, not at every request)."""
+        side = sidecar_path(path)
+        if not side.exists():
+            return NO_SIDECAR
+
+        def check() -> str:
+            try:
+                a, _ = self.attribution(path)
+            except TracerError as e:
+                return f"{self.public(str(e))}: re-pruning and subgraph scores are off"
+            if a.layout.n_pos != len(load_graph(path).metadata.tokens):
+                return f"{side.name} belongs to another prompt: re-pruning and subgraph scores are off"
+            return ""
+
+        return self._checks.get((path, stamp, _stamp(side)), check)
 
     # 4. scores
 

@@ -26,16 +26,16 @@ from tracer.layout import NodeKind
 from viewer import layout, state
 from viewer.data import GraphStore, Loaded
 from viewer.features import FeatureStore
-from viewer.figures import Overlay, main_figure, overlay, overlay_figure
+from viewer.figures import Overlay, hover_edges, main_figure, overlay, overlay_figure, placement
 from viewer.ids import Id
+from viewer.labels import store_labels
 from viewer.model import connections, search
-from viewer.state import UrlState, effective_state, parse_query, to_query
+from viewer.state import UrlState, effective_state, ignored_values, parse_query, to_query
 from viewer.subgraph import pinned_options, subgraph_elements
 
 SHOW, HIDE = {"display": "block"}, {"display": "none"}
 READ_ONLY = "Save is off: this viewer is reachable from other machines (start it with --allow-write to save)"
 EMPTY_FIGURE = {"data": [], "layout": {}}
-NO_SIDECAR = "no adjacency sidecar: subgraph scores and re-pruning unavailable"
 
 
 @dataclass(frozen=True)
@@ -100,21 +100,27 @@ def handle_subgraph_action(env: Env, action: str, checked: list[str] | None, lab
 
 
 def handle_controls(env: Env, trigger: str | None, search_: str | None, threshold: float | None,
-                    link: str | None) -> tuple[Any, Any, Any, Any]:  # fmt: skip
-    """(query, slider value, slider disabled, edge type): a control moved -> the URL; the URL -> the controls
-    (no_update where a control already shows the right value)."""
+                    link: str | None, all_edges: list[str] | None = None) -> tuple[Any, ...]:  # fmt: skip
+    """(query, slider value, slider disabled, edge type, pinned-edges checklist): a control moved -> the URL; the
+    URL -> the controls (no_update where a control already shows the right value). The slider is disabled when
+    the graph has no usable sidecar (the scores panel says why)."""
     try:
         st, loaded = env.open(search_)
     except TracerError:
-        return no_update, no_update, True, no_update
+        return no_update, no_update, True, no_update, no_update
+    rest = (no_update,) * 4
     if trigger == Id.THRESHOLD.value:
         new = state.set_threshold(st, threshold, loaded.file_threshold)
-        return (no_update if new.threshold == st.threshold else to_query(new)), no_update, no_update, no_update
+        return (no_update if new.threshold == st.threshold else to_query(new)), *rest
     if trigger == Id.LINK_TYPE.value and link:
-        return to_query(state.set_link_type(st, link)), no_update, no_update, no_update
+        return to_query(state.set_link_type(st, link)), *rest
+    if trigger == Id.PINNED_EDGES.value:
+        return to_query(state.set_all_pinned_edges(st, bool(all_edges))), *rest
     value = st.threshold if st.threshold is not None else (loaded.file_threshold or 0.8)
     same = lambda new, old: no_update if new == old else new  # noqa: E731
-    return no_update, same(value, threshold), not loaded.has_sidecar, same(st.link_type.value, link)
+    checks = [state.ALL_EDGES] if st.all_pinned_edges else []
+    return (no_update, same(value, threshold), not loaded.has_sidecar, same(st.link_type.value, link),
+            same(checks, all_edges))  # fmt: skip
 
 
 # 2. URL -> views
@@ -129,7 +135,7 @@ def handle_page(env: Env, search_: str | None) -> tuple:
         _, loaded = env.open(search_)
     except TracerError as e:
         back = [layout.picker(env.store.entries(), env.store.root.name)] if folder_mode else []
-        return back, SHOW if back else HIDE, layout.error_card(str(e)), HIDE, []
+        return back, SHOW if back else HIDE, layout.error_card(env.store.public(str(e))), HIDE, []
     head = layout.header(loaded.view, loaded.graph_id, folder_mode, loaded.threshold)
     return [], HIDE, [], SHOW, head
 
@@ -153,11 +159,11 @@ def pinned_features(st: UrlState, loaded: Loaded) -> tuple[str, ...]:
 def scores(env: Env, st: UrlState, loaded: Loaded) -> list:
     """Whole-graph scores (from the file) and the pinned subgraph's (from the sidecar)."""
     members = pinned_features(st, loaded)
-    note = "" if loaded.has_sidecar else NO_SIDECAR
+    note = loaded.sidecar_note
     try:
         sub = env.store.subgraph_scores(loaded, members)
     except TracerError as e:
-        sub, note = None, str(e)
+        sub, note = None, env.store.public(str(e))
     m = loaded.view.graph.metadata
     return layout.scores_panel(m.scores, m.pruned_scores, sub, len(members), note)
 
@@ -171,7 +177,7 @@ def subgraph(st: UrlState, loaded: Loaded, checked: list[str] | None) -> tuple:
 
 def _overlay(loaded: Loaded, st: UrlState, query: str | None) -> Overlay:
     hits = search(loaded.view, query or "", st.labels)
-    return overlay(loaded.view, loaded.coords, st.clicked, list(st.pinned), hits, st.link_type)
+    return overlay(loaded.view, loaded.coords, st.clicked, list(st.pinned), hits, st.link_type, st.all_pinned_edges)
 
 
 def overlay_patch(ov: Overlay) -> Patch:
@@ -190,7 +196,8 @@ def _keys(st: UrlState, loaded: Loaded) -> dict[str, Any]:
     groups = [g.model_dump() for g in st.supernodes]
     keys = dict(page=page, panels=[page, st.clicked, labels, st.clicked in st.pinned],
                 scores=[page, sorted(pinned_features(st, loaded))], subgraph=[page, st.pinned, groups, labels],
-                figure=[page, labels], overlay=[st.clicked, st.pinned, st.link_type.value])  # fmt: skip
+                figure=[page, labels],
+                overlay=[st.clicked, st.pinned, st.link_type.value, st.all_pinned_edges])  # fmt: skip
     return json.loads(json.dumps(keys))
 
 
@@ -217,7 +224,9 @@ def handle_view(env: Env, search_: str | None, rendered: dict | None, query: str
         out += build[part]() if fresh[part] else (no_update,) * n
     v, co = loaded.view, loaded.coords
     if fresh["figure"]:
-        out += [main_figure(v, co, st.labels, loaded.graph_id), overlay_figure(v, co, _overlay(loaded, st, query))]
+        placed = placement(v, co, st.labels, store_labels(v, env.features))
+        out += [main_figure(v, co, st.labels, loaded.graph_id, placed),
+                overlay_figure(v, co, _overlay(loaded, st, query))]  # fmt: skip
     else:
         changed = keys["overlay"] != old.get("overlay")
         out += [no_update, overlay_patch(_overlay(loaded, st, query)) if changed else no_update]
@@ -232,6 +241,27 @@ def handle_search(env: Env, query: str | None, search_: str | None) -> tuple:
         raise PreventUpdate from None
     hits = search(loaded.view, query or "", st.labels)
     return layout.search_results(hits, loaded.view, st.labels, query or ""), overlay_patch(_overlay(loaded, st, query))
+
+
+def handle_hover(env: Env, node: str | None, search_: str | None) -> Patch:
+    """An overlay Patch drawing the hovered node's edges (none when the pointer left every node)."""
+    try:
+        _, loaded = env.open(search_)
+    except TracerError:
+        raise PreventUpdate from None
+    p = Patch()
+    for trace, (x, y) in hover_edges(loaded.view, loaded.coords, node).items():
+        p["data"][trace]["x"] = x
+        p["data"][trace]["y"] = y
+    return p
+
+
+def handle_url_note(env: Env, search_: str | None) -> tuple[str, dict]:
+    """(note text, note style): which values of the URL were ignored, shown until dismissed."""
+    bad = ignored_values(search_)
+    if not bad:
+        return "", HIDE
+    return f"Ignored in the URL (malformed or too long): {', '.join(bad)}", SHOW
 
 
 # 3. files

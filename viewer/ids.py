@@ -12,6 +12,7 @@ class Id(str, Enum):
     RENDERED = "rendered"  # store: what the main figure currently shows (decides full redraw vs Patch)
     LISTENERS = "listeners"  # dummy output of the clientside callback that installs document listeners
     AXES_SYNC = "axes-sync"  # dummy output of the clientside callback that keeps the overlay on the main axes
+    HOVER_EVENT = "hover-event"  # store: the hovered main-graph node id (clientside, deduplicated)
     SUBGRAPH_FIT = "subgraph-fit"  # dummy output of the clientside callback that fits the subgraph to its box
     # page sections
     PICKER = "picker"
@@ -20,11 +21,15 @@ class Id(str, Enum):
     HEADER = "header"
     SCORES = "scores"
     STATUS = "status"
+    URL_NOTE = "url-note"  # dismissible note: which URL values were ignored
+    URL_NOTE_TEXT = "url-note-text"
+    URL_NOTE_CLOSE = "url-note-close"
     # main graph and controls
     MAIN_GRAPH = "main-graph"
     OVERLAY_GRAPH = "overlay-graph"
     THRESHOLD = "threshold"
     LINK_TYPE = "link-type"
+    PINNED_EDGES = "pinned-edges"  # checklist: all edges of the pinned nodes (else only those among them)
     SEARCH = "search"
     SEARCH_RESULTS = "search-results"
     # panels
@@ -69,3 +74,4 @@ class QueryKey(str, Enum):
     CLERPS = "clerps"
     THRESHOLD = "pruningThreshold"
     LINK_TYPE = "linkType"
+    PINNED_EDGES = "pinnedEdges"  # ours: "all" draws every edge of the pinned nodes, not only those among them

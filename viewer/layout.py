@@ -17,9 +17,11 @@ from dash import dcc, html
 
 from tracer.layout import NodeKind
 from tracer.schema import GraphNode, Scores
+from viewer.feature_panel import feature_dashboard
 from viewer.features import FeatureDescription, logit_effects
 from viewer.ids import NODE_ATTR, Id, LinkType, QueryKey
 from viewer.model import Connections, GraphView, Link, display_name
+from viewer.state import ALL_EDGES
 from viewer.subgraph import STYLESHEET
 
 THRESHOLD_MARKS = {0.5: "0.5", 0.8: "0.8", 0.9: "0.9", 1.0: "1"}
@@ -40,8 +42,11 @@ def _controls() -> html.Div:
         html.Label(["Edges", dcc.RadioItems(id=Id.LINK_TYPE.value, value=LinkType.BOTH.value, inline=True,
                                             options=[{"label": t.value.title(), "value": t.value}
                                                      for t in LinkType])]),
+        html.Label(dcc.Checklist(id=Id.PINNED_EDGES.value, value=[], inline=True,
+                                 options=[{"label": "all edges of pinned nodes", "value": ALL_EDGES}]),
+                   title="off: only the edges among the pinned nodes are drawn"),
         dcc.Input(id=Id.SEARCH.value, type="search", debounce=True, className="search",
-                  placeholder="search: token, label, or layer/feature"),
+                  placeholder="search: node id, token, word, label, or layer/feature"),
         _button(Id.SAVE_BUTTON, "Save", "write pins, groups, labels and threshold into the graph file"),
         _button(Id.EXPORT_JSON, "Graph JSON"),
         _button(Id.EXPORT_NEURONPEDIA, "Neuronpedia JSON"),
@@ -72,8 +77,11 @@ def app_layout() -> html.Div:
     return html.Div(className="app", children=[
         dcc.Location(id=Id.URL.value, refresh=False),
         *(dcc.Store(id=i.value) for i in (Id.CLICK_EVENT, Id.KEY_EVENT, Id.RENDERED, Id.LISTENERS, Id.AXES_SYNC,
-                                                  Id.SUBGRAPH_FIT)),
+                                                  Id.SUBGRAPH_FIT, Id.HOVER_EVENT)),
         dcc.Download(id=Id.DOWNLOAD.value),
+        html.Div(id=Id.URL_NOTE.value, className="url-note", role="status", style={"display": "none"}, children=[
+            html.Span(id=Id.URL_NOTE_TEXT.value),
+            html.Button("×", id=Id.URL_NOTE_CLOSE.value, n_clicks=0, className="close", title="dismiss")]),
         html.Div(id=Id.ERROR_CARD.value),
         html.Div(id=Id.PICKER.value),
         html.Div(id=Id.GRAPH_PAGE.value, style={"display": "none"}, children=[
@@ -82,7 +90,7 @@ def app_layout() -> html.Div:
             html.Div(id=Id.SCORES.value, className="scores"),
             html.Div(className="main-row", children=[
                 html.Div(className="graph-stack", children=[
-                    dcc.Graph(id=Id.MAIN_GRAPH.value, className="main-graph", responsive=True,
+                    dcc.Graph(id=Id.MAIN_GRAPH.value, className="main-graph", responsive=True, clear_on_unhover=True,
                               config={"displaylogo": False, "scrollZoom": True}, style={"height": "560px"}),
                     dcc.Graph(id=Id.OVERLAY_GRAPH.value, className="overlay-graph", responsive=True,
                               config={"staticPlot": True}, style={"height": "560px"}),
@@ -187,14 +195,7 @@ def _feature_details(node: GraphNode, view: GraphView, desc: FeatureDescription 
     out = _token_list("Direct effects on output logits (this graph)", logit_effects(view, node.id))
     if desc is None:
         return out + [html.P("No feature store: top-activating examples unavailable.", className="note")]
-    if desc.frequency is not None:
-        out.append(html.P(f"fires on {desc.frequency:.3%} of tokens"))
-    out += _token_list("Top output tokens", desc.top_tokens) + _token_list("Bottom output tokens", desc.bottom_tokens)
-    if desc.histogram:
-        out += [html.H5("Activation histogram"), _histogram(desc.histogram)]
-    if desc.examples:
-        out += [html.H5("Top-activating examples"), *(_shaded(e) for e in desc.examples)]
-    return out
+    return out + feature_dashboard(desc)
 
 
 def influence_share(view: GraphView, node: GraphNode) -> float:

@@ -1,12 +1,14 @@
 """Per-user view state, kept only in the URL: parse, encode and pure updates.
 
-1. parse: query string -> UrlState. Malformed keys are dropped, never raised (a shared link must not crash the
-   app). A URL without any view key takes the graph file's saved ViewState instead (`effective_state`).
+1. parse: query string -> UrlState. Malformed values are dropped, never raised (a shared link must not crash the
+   app), and `ignored_values` names them for a note on the page. A URL without any view key takes the graph
+   file's saved ViewState instead (`effective_state`).
 2. update: small pure functions (select, toggle_pin, group, ungroup, unpin, set_label, ...) -> a new UrlState.
 3. encode: UrlState -> query string; it always carries `pinnedIds` (maybe empty), so a view emptied by the user
    stays empty on reload instead of falling back to the saved one.
 Query names follow Anthropic's frontend: clickedId, pinnedIds (comma-separated), supernodes (JSON
-[[label, id, ...], ...]), clerps (JSON [[id, label], ...]), pruningThreshold, linkType; plus `graph` (the file).
+[[label, id, ...], ...]), clerps (JSON [[id, label], ...]), pruningThreshold, linkType; plus `graph` (the file)
+and `pinnedEdges=all` (draw every edge of the pinned nodes, not only those among them).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from viewer.ids import LinkType, QueryKey
 
 MAX_PINNED = 200  # the subgraph panel stays readable (and cytoscape fast) up to about this many nodes
 MAX_ID_CHARS = 200
+ALL_EDGES = "all"  # pinnedEdges value
 GROUP_PREFIX = "group:"  # pinned-list item value of a supernode: GROUP_PREFIX + its index
 VIEW_KEYS = (QueryKey.CLICKED, QueryKey.PINNED, QueryKey.SUPERNODES, QueryKey.CLERPS, QueryKey.THRESHOLD)
 
@@ -38,6 +41,7 @@ class UrlState(BaseModel):
         default=None, gt=0.0, le=1.0, description="re-pruning node threshold, None = file's"
     )
     link_type: LinkType = LinkType.BOTH
+    all_pinned_edges: bool = Field(default=False, description="draw all edges of pinned nodes, not only among them")
     explicit: bool = Field(default=False, description="the URL carried view keys (else the file's saved view applies)")
 
 
@@ -73,12 +77,36 @@ def _parse_value(key: QueryKey, raw: str) -> tuple[str, object] | None:
         return ("threshold", value) if 0.0 < value <= 1.0 else None
     if key is QueryKey.LINK_TYPE:
         return ("link_type", LinkType(raw)) if raw in {t.value for t in LinkType} else None
+    if key is QueryKey.PINNED_EDGES:
+        return ("all_pinned_edges", raw == ALL_EDGES) if raw in (ALL_EDGES, "") else None
     rows = _json_rows(raw)
     if rows is None:
         return None
     if key is QueryKey.SUPERNODES:
         return "supernodes", tuple(Supernode(label=r[0], members=list(dict.fromkeys(r[1:]))) for r in rows)
     return "labels", {r[0]: r[1] for r in rows if len(r) == 2}  # CLERPS
+
+
+def _dropped_parts(key: QueryKey, raw: str) -> bool:
+    """Whether a value that parsed lost some of its parts (ids too long or beyond MAX_PINNED, bad clerp rows)."""
+    if key is QueryKey.PINNED:
+        ids = [s for s in raw.split(",") if s]
+        return any(len(s) > MAX_ID_CHARS for s in ids) or len(dict.fromkeys(ids)) > MAX_PINNED
+    if key is QueryKey.CLERPS:
+        return any(len(r) != 2 for r in _json_rows(raw) or [])
+    return False
+
+
+def ignored_values(search: str | None) -> list[str]:
+    """`key=value` (shortened) of every URL value that was dropped in whole or in part."""
+    query = parse_qs((search or "").lstrip("?"), keep_blank_values=True)
+    out = []
+    for key in QueryKey:
+        if key.value in query:
+            raw = query[key.value][-1]
+            if _parse_value(key, raw) is None or _dropped_parts(key, raw):
+                out.append(f"{key.value}={raw if len(raw) <= 40 else raw[:39] + '…'}")
+    return out
 
 
 def parse_query(search: str | None) -> UrlState:
@@ -106,7 +134,8 @@ def effective_state(search: str | None, saved: ViewState | None) -> UrlState:
     state = parse_query(search)
     if state.explicit or saved is None:
         return state
-    return from_view(saved, state.graph).model_copy(update={"link_type": state.link_type})
+    return from_view(saved, state.graph).model_copy(update={"link_type": state.link_type,
+                                                           "all_pinned_edges": state.all_pinned_edges})
 
 
 def to_view(state: UrlState) -> ViewState:
@@ -204,6 +233,10 @@ def set_link_type(state: UrlState, link_type: str) -> UrlState:
     return state.model_copy(update={"link_type": LinkType(link_type)})
 
 
+def set_all_pinned_edges(state: UrlState, on: bool) -> UrlState:
+    return state.model_copy(update={"all_pinned_edges": on})
+
+
 # 3. encode
 
 
@@ -225,4 +258,6 @@ def to_query(state: UrlState) -> str:
         pairs.append((QueryKey.THRESHOLD.value, f"{state.threshold:g}"))
     if state.link_type is not LinkType.BOTH:
         pairs.append((QueryKey.LINK_TYPE.value, state.link_type.value))
+    if state.all_pinned_edges:
+        pairs.append((QueryKey.PINNED_EDGES.value, ALL_EDGES))
     return "?" + urlencode(pairs, quote_via=quote, safe="@,/")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tracer.csr import CsrAdjacency
 from tracer.graphfile import build_graph_file
 from tracer.layout import NodeKind, NodeLayout
 from tracer.prune import PruneResult, cumulative_share, logit_weights, node_influence, prune
@@ -55,7 +56,7 @@ def synthetic_attribution(n_layers: int = 3, n_pos: int = 5, n_features: int = 2
     ).coalesce()
     probs = torch.from_numpy(np.sort(rng.dirichlet(np.ones(n_logits)))[::-1].copy()).float() * 0.9
     tokens = ["<bos>", *(WORDS[i % len(WORDS)] for i in range(n_pos - 1))]
-    return Attribution(layout=layout, adjacency=adjacency,
+    return Attribution(layout=layout, adjacency=CsrAdjacency.of(adjacency),
                        activations=torch.from_numpy(rng.gamma(2.0, 1.0, n_features)).float(), logit_probs=probs,
                        error_norms=torch.from_numpy(rng.gamma(2.0, 0.5, (n_layers, n_pos))).float(),
                        token_strs=tokens, logit_strs=[f" tok{i}" for i in range(n_logits)])  # fmt: skip
@@ -63,7 +64,8 @@ def synthetic_attribution(n_layers: int = 3, n_pos: int = 5, n_features: int = 2
 
 def keep_all(attribution: Attribution) -> PruneResult:
     """A PruneResult that keeps every node and edge (for graphs of an exact size)."""
-    a = attribution.adjacency.coalesce()
+    adj = attribution.adjacency
+    a = (adj if isinstance(adj, torch.Tensor) else adj.to_sparse_coo()).coalesce()  # CSR since tracer.csr
     infl = node_influence(a, logit_weights(attribution.layout, attribution.logit_probs))
     n = attribution.layout.n_nodes
     return PruneResult(torch.ones(n, dtype=torch.bool), a, infl, cumulative_share(infl), a.double(), 1.0, 1.0, 0.0)

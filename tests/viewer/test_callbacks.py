@@ -27,6 +27,7 @@ from viewer.handlers import (
     handle_save,
     handle_search,
     handle_subgraph_action,
+    handle_url_note,
     handle_view,
 )  # fmt: skip
 from viewer.ids import NODE_ATTR, Id
@@ -88,6 +89,9 @@ def test_page_picker_and_error_card(env: Env, graph_dir: Path):
     for bad, msg in (("?graph=broken.json", "not a valid graph file"), ("?graph=../x.json", "invalid graph id")):
         _, _, error, page_style, _ = handle_page(env, bad)
         assert page_style["display"] == "none" and any(msg in t for t in texts(error))
+    (graph_dir / "corrupt.json").write_text("{oops")
+    _, _, error, _, _ = handle_page(env, "?graph=corrupt.json")
+    assert texts(error)[1].startswith("corrupt.json is not valid JSON") and str(graph_dir) not in str(texts(error))
     *_, page_style, head = handle_page(env, G)
     assert page_style["display"] == "block" and "The capital of France is" in texts(head)
 
@@ -176,14 +180,16 @@ def test_view_sends_only_changed_parts(env: Env, graph: GraphFile):
 
 
 def test_controls(env: Env):
-    q, value, disabled, link = handle_controls(env, None, G, None, None)
-    assert (q, value, disabled, link) == (no_update, 0.95, False, "both")  # the file was pruned at 0.95
-    assert handle_controls(env, None, G, 0.95, "both") == (no_update, no_update, False, no_update)
+    q, value, disabled, link, all_edges = handle_controls(env, None, G, None, None)
+    assert (q, value, disabled, link, all_edges) == (no_update, 0.95, False, "both", [])  # pruned at 0.95
+    assert handle_controls(env, None, G, 0.95, "both", []) == (no_update, no_update, False, no_update, no_update)
     q, *_ = handle_controls(env, Id.THRESHOLD.value, G, 0.6, "both")
     assert parse_query(q).threshold == 0.6
     assert handle_controls(env, None, q, 0.95, "both")[1] == 0.6
     assert handle_controls(env, Id.THRESHOLD.value, G, 0.95, "both")[0] is no_update
     assert parse_query(handle_controls(env, Id.LINK_TYPE.value, G, 0.95, "input")[0]).link_type.value == "input"
+    q = handle_controls(env, Id.PINNED_EDGES.value, G, 0.95, "both", ["all"])[0]
+    assert parse_query(q).all_pinned_edges and handle_controls(env, None, q, 0.95, "both", [])[4] == ["all"]
 
 
 def test_save_and_exports(env: Env, graph_dir: Path, graph: GraphFile):
@@ -227,6 +233,12 @@ class FakeStore:
                                   examples=[Example(["The", " city", XSS], [0.0, 1.0, 3.0])],
                                   histogram=([0.0, 1.0, 2.0], [5, 1]), frequency=0.0123)  # fmt: skip
 
+    def labels(self, keys) -> dict[tuple[int, int], str]:
+        return {}
+
+    def search(self, text: str, limit: int = 30) -> list:
+        return []
+
 
 def test_feature_store_plugs_in(graph_dir: Path, graph: GraphFile):
     store = FakeStore()
@@ -241,3 +253,19 @@ def test_feature_store_plugs_in(graph_dir: Path, graph: GraphFile):
     assert handle_panels(env, f"{G}&clickedId={node_of(graph, NodeKind.LOGIT)}") and store.asked == [
         (f.layer, f.feature)
     ]
+
+
+def test_corrupt_sidecar_disables_the_slider_with_a_note(env: Env, graph_dir: Path):
+    (graph_dir / "small.adjacency.safetensors").write_bytes(b"not safetensors")
+    q = f"{G}&pruningThreshold=0.5"
+    assert handle_controls(env, None, q, None, None)[2] is True  # slider disabled
+    v = view(env, q)
+    assert isinstance(v["main-graph", "figure"], dict) and v["graph-page", "style"]["display"] == "block"
+    note = [t for t in texts(v["scores", "children"]) if "sidecar" in t]
+    assert note and "re-pruning" in note[0] and str(graph_dir) not in note[0]
+
+
+def test_url_note_names_ignored_values(env: Env):
+    text, style = handle_url_note(env, f"{G}&pruningThreshold=abc&clerps=[1]")
+    assert style["display"] == "block" and "pruningThreshold=abc" in text and "clerps=[1]" in text
+    assert handle_url_note(env, G)[1]["display"] == "none"

@@ -113,3 +113,38 @@ def test_save_view(graph_dir: Path):
     assert saved.view == view and saved.model_copy(update={"view": original.view}) == original
     assert (graph_dir / "small.adjacency.safetensors").stat().st_mtime_ns == before  # sidecar untouched
     assert not [p for p in graph_dir.iterdir() if p.name.endswith(".tmp")]  # atomic: no temp file left
+
+
+def test_picker_reads_nothing_through_a_symlink_out(graph_dir: Path, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("elsewhere") / "g.json"
+    secret = load_graph(graph_dir / "small.json")
+    secret.metadata.prompt = "a secret prompt"
+    save_graph(outside, secret)
+    (graph_dir / "link.json").symlink_to(outside)
+    entries = {e.graph_id: e for e in GraphStore(graph_dir).entries()}
+    link = entries["link.json"]
+    assert "outside the served folder" in link.error
+    assert (link.prompt, link.model, link.scores, link.n_nodes) == ("", "", None, 0)
+    assert entries["small.json"].prompt == "The capital of France is"
+
+
+def test_corrupt_sidecar_is_found_at_open(graph_dir: Path, graph: GraphFile):
+    side = graph_dir / "small.adjacency.safetensors"
+    side.write_bytes(side.read_bytes()[:200])  # truncated
+    store = GraphStore(graph_dir)
+    loaded = store.load("small.json", 0.5)  # a threshold from the URL is ignored: the saved graph shows
+    assert not loaded.has_sidecar and loaded.threshold is None
+    assert len(loaded.view.graph.nodes) == len(graph.nodes)
+    assert "sidecar" in loaded.sidecar_note and "re-pruning" in loaded.sidecar_note
+    assert str(graph_dir) not in loaded.sidecar_note  # named relative to the served folder
+    assert store.subgraph_scores(loaded, ("F0.1@1",)) is None
+
+
+def test_messages_name_paths_relative_to_the_folder(graph_dir: Path):
+    (graph_dir / "sub").mkdir()
+    (graph_dir / "sub" / "bad.json").write_text("{oops")
+    store = GraphStore(graph_dir)
+    with pytest.raises(GraphFileError) as e:
+        store.load("sub/bad.json")
+    assert store.public(str(e.value)).startswith("sub/bad.json is not valid JSON")
+    assert {e.graph_id: e for e in store.entries()}["sub/bad.json"].error.startswith("sub/bad.json is not valid JSON")

@@ -17,6 +17,7 @@ from viewer.figures import (
     coordinates,
     edge_bin,
     edge_style,
+    hover_edges,
     main_figure,
     overlay,
     overlay_figure,
@@ -91,6 +92,7 @@ def test_figure_nodes_and_escaping(view: GraphView):
     target = view.graph.nodes[0].id
     fig = main_figure(view, co, {target: XSS}, "rev")
     assert len(fig["data"]) == len(NodeTrace) and fig["layout"]["uirevision"] == "rev"
+    assert fig["data"][NodeTrace.LABELS]["text"] == []  # no placement given: no labels
     seen = []
     for kind in NodeKind:
         trace = fig["data"][NODE_TRACE[kind]]
@@ -102,12 +104,10 @@ def test_figure_nodes_and_escaping(view: GraphView):
     assert "&lt;img src=x onerror=alert(1)&gt;" in hover and "<img" not in hover
     assert fig["layout"]["xaxis"]["ticktext"][0] == "&lt;bos&gt;" and view.graph.metadata.tokens[0] == "<bos>"
     assert fig["layout"]["yaxis"]["ticktext"][0] == "Emb" and fig["layout"]["yaxis"]["ticktext"][-1] == "Lgt"
-    logits = fig["data"][NodeTrace.LOGIT]
-    assert logits["text"] == [view.graph.nodes[view.row[i]].token for i in logits["customdata"]]
     assert display_name(view.graph.nodes[view.row[target]], {target: XSS}) == XSS
     over = overlay_figure(view, co, overlay(view, co, target, [], [], LinkType.BOTH))
-    assert len(over["data"]) == OverlayTrace.CLICKED + 1 and over["data"][OverlayTrace.CLICKED]["x"].tolist() == [
-        co.x[0]]  # fmt: skip
+    assert len(over["data"]) == len(OverlayTrace) + 2 * N_BINS - 1
+    assert over["data"][OverlayTrace.CLICKED]["x"].tolist() == [co.x[0]]
     for axis in ("xaxis", "yaxis"):  # the overlay lies exactly on the main figure
         assert over["layout"][axis]["range"] == fig["layout"][axis]["range"]
     assert over["layout"]["margin"] == fig["layout"]["margin"]
@@ -138,10 +138,17 @@ def test_overlay_edges(view: GraphView, link_type: LinkType):
 
 def test_overlay_pinned_edges_and_bins(view: GraphView):
     co = coordinates(view)
-    pins = [n.id for n in view.graph.nodes if n.kind is NodeKind.LOGIT][:2]
-    ov = overlay(view, co, None, pins, [], LinkType.BOTH)
+    logit = next(n.id for n in view.graph.nodes if n.kind is NodeKind.LOGIT)
+    pins = [logit, *(e.source for e in view.graph.edges if e.target == logit)][:3]
+    pins.append(next(n.id for n in view.graph.nodes if n.id not in pins))
+    among = overlay(view, co, None, pins, [], LinkType.BOTH)  # default: only edges between two pinned nodes
+    assert len(segments(among)) == sum(e.target in pins and e.source in pins for e in view.graph.edges) >= 2
+    ov = overlay(view, co, None, pins, [], LinkType.BOTH, all_pinned_edges=True)
     assert len(segments(ov)) == sum(e.target in pins or e.source in pins for e in view.graph.edges)
-    assert len(ov.pinned[0]) == 2 and len(ov.clicked[0]) == 0
+    assert len(segments(ov)) > len(segments(among))
+    assert len(ov.pinned[0]) == 4 and len(ov.clicked[0]) == 0
+    inputs = overlay(view, co, None, pins, [], LinkType.INPUT, all_pinned_edges=True)
+    assert len(segments(inputs)) == sum(e.target in pins for e in view.graph.edges)
     wn = np.array([0.0, 0.001, 0.05, 0.2, 0.39, 0.4, 3.0, -0.001, -0.2, -5.0])
     assert edge_bin(wn).tolist() == [0, 0, 1, 2, 3, 3, 3, N_BINS, N_BINS + 2, 2 * N_BINS - 1]
     widths = [edge_style(k)[1] for k in range(N_BINS)]
@@ -149,3 +156,29 @@ def test_overlay_pinned_edges_and_bins(view: GraphView):
     rgb = lambda s: [int(v) for v in s[4:-1].split(",")]  # noqa: E731
     assert all(rgb(edge_style(k)[0])[1] > rgb(edge_style(k)[0])[0] for k in range(N_BINS))  # green
     assert all(rgb(edge_style(k)[0])[0] > rgb(edge_style(k)[0])[1] for k in range(N_BINS, 2 * N_BINS))  # purple
+
+
+def test_hover_edges(view: GraphView):
+    co = coordinates(view)
+    node = feature_with_edges(view)
+    traces = hover_edges(view, co, node)
+    xy = {n.id: (co.x[i], co.y[i]) for i, n in enumerate(view.graph.nodes)}
+    for trace, sign in ((OverlayTrace.HOVER_POS, 1), (OverlayTrace.HOVER_NEG, -1)):
+        x, y = traces[trace]
+        got = sorted((x[k], y[k], x[k + 1], y[k + 1]) for k in range(0, len(x), 3))
+        want = sorted((*xy[e.source], *xy[e.target]) for e in view.graph.edges
+                      if node in (e.source, e.target) and (e.weight >= 0) == (sign > 0))  # fmt: skip
+        assert got == want
+    assert all(len(x) == 0 for x, _ in hover_edges(view, co, None).values())
+
+
+def test_plotly_text_shows_quotes_literally():
+    g = synthetic_graph(synthetic_attribution(seed=2))
+    g.metadata.tokens[1:4] = ['"', "'m", "<script>alert(1)</script>"]
+    v = GraphView.build(g)
+    co = coordinates(v)
+    fig = main_figure(v, co, {}, "r")
+    ticks = fig["layout"]["xaxis"]["ticktext"]
+    assert ticks[1:4] == ['"', "'m", "&lt;script&gt;alert(1)&lt;/script&gt;"]  # no &quot; / &#x27; for plotly
+    hover = " ".join(t for tr in fig["data"] for t in tr.get("hovertext", []))
+    assert "&quot;" not in hover and "&#x27;" not in hover and 'Output "' in hover

@@ -18,7 +18,7 @@ def full_state() -> UrlState:
     return UrlState(graph="sub/g one.json", clicked="F1.7@3", pinned=("F1.7@3", "EMB@0", "LOGIT5@4"),
                     supernodes=(Supernode(label="say, \"Paris\" & co", members=["F1.7@3", "EMB@0"]),),
                     labels={"F1.7@3": XSS, "ERR0@1": "naïve ✓"}, threshold=0.55, link_type=LinkType.INPUT,
-                    explicit=True)  # fmt: skip
+                    all_pinned_edges=True, explicit=True)  # fmt: skip
 
 
 def test_round_trip_and_names():
@@ -29,7 +29,7 @@ def test_round_trip_and_names():
     assert set(raw) == {k.value for k in QueryKey}
     assert raw["pinnedIds"] == ["F1.7@3,EMB@0,LOGIT5@4"] and raw["clickedId"] == ["F1.7@3"]
     assert raw["supernodes"] == ['[["say, \\"Paris\\" & co","F1.7@3","EMB@0"]]']
-    assert raw["pruningThreshold"] == ["0.55"] and raw["linkType"] == ["input"]
+    assert raw["pruningThreshold"] == ["0.55"] and raw["linkType"] == ["input"] and raw["pinnedEdges"] == ["all"]
 
 
 def test_empty_view_stays_explicit():
@@ -88,3 +88,14 @@ def test_labels_and_threshold():
     assert st.set_threshold(s, 0.8, 0.8).threshold is None
     assert st.set_threshold(s, 0.6, 0.8).threshold == 0.6
     assert st.to_view(st.set_threshold(s, 0.6, 0.8)).node_threshold == 0.6
+
+
+@pytest.mark.parametrize("query, expect", [
+    ("?pruningThreshold=abc&supernodes=garbage&clerps=[1]", ["supernodes=garbage", "clerps=[1]",
+                                                             "pruningThreshold=abc"]),
+    ('?clerps=[["a","b","c"],["d","e"]]&linkType=sideways', ['clerps=[["a","b","c"],["d","e"]]', "linkType=sideways"]),
+    ("?pinnedIds=" + "x" * 300 + ",ok&pinnedEdges=maybe", ["pinnedIds=" + "x" * 39 + "…", "pinnedEdges=maybe"]),
+    ("?graph=g.json&pinnedIds=a,b&pruningThreshold=0.5&unknownKey=1", []),
+])  # fmt: skip
+def test_ignored_values_are_named(query, expect):
+    assert sorted(st.ignored_values(query)) == sorted(expect)
