@@ -16,6 +16,7 @@ from tracer.errors import TracerError
 SUBCOMMAND_MODULES = (
     "tracer.trace_cli",  # trace
     "tracer.graph_cli",  # prune, export
+    "tracer.compare_cli",  # diff, common, supernodes
     "tracer.intervene_cli",  # intervene, generate
     "viewer.cli",  # view
     "transcoders.cli",  # transcoders train | eval | convert
