@@ -17,11 +17,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--debug", action="store_true", help="Dash debug mode (dev tools, hot reload)")
     p.add_argument("--allow-write", action="store_true",
                    help="let Save write view state into graph files even when --host is not loopback")  # fmt: skip
+    p.add_argument("--features", type=Path, help="feature store for the detail panel (default: the one beside "
+                   "the graph's transcoders, when there is one)")  # fmt: skip
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from viewer.app import serve  # Dash is imported only when viewing
 
-    serve(args.path, host=args.host, port=args.port, debug=args.debug, allow_write=args.allow_write)
+    serve(args.path, host=args.host, port=args.port, debug=args.debug, allow_write=args.allow_write,
+          features=args.features)  # fmt: skip
     return 0

@@ -5,7 +5,8 @@
    (an SQLite store built by `tracer features build`); tests may pass any object with these methods.
 2. `find_store(metadata, explicit)`: the store for a graph: `tracer view --features STORE`, else the one the trace
    recorded (`settings["feature_store"]`), else the store beside the bundled transcoders when the graph's
-   transcoder hash is theirs; None when there is none (the panel then says so).
+   transcoder hash is theirs; None when there is none (the panel then says so). `features_for` does the same for
+   what a viewer serves (a file or a folder).
 3. Without a store the panel shows what the graph itself knows: the feature's direct effects on the output logits
    (its edges into logit nodes), see `logit_effects`.
 """
@@ -16,11 +17,14 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from tracer.layout import NodeKind
 from tracer.schema import Metadata
 from viewer.model import GraphView
+
+if TYPE_CHECKING:
+    from viewer.data import GraphStore
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +88,20 @@ def find_store(metadata: Metadata, explicit: str | Path | None = None) -> Featur
     except TracerError as e:
         log.warning("feature store %s skipped: %s", path, e)
         return None
+
+
+def features_for(graphs: GraphStore, explicit: str | Path | None = None) -> FeatureStore | None:
+    """The store for what the viewer serves: one graph file -> `find_store` on its metadata; a folder -> the
+    explicit store (unchecked: graphs may differ), else the bundled transcoders' store when it exists."""
+    from tracer.features.viewer_store import bundled_store
+
+    if graphs.single is not None:
+        return find_store(graphs.load(None).view.graph.metadata, explicit)
+    if explicit is not None:
+        from tracer.features.viewer_store import ViewerStore
+
+        return ViewerStore.open(explicit)
+    return bundled_store()
 
 
 def logit_effects(view: GraphView, node_id: str, limit: int = 8) -> list[tuple[str, float]]:

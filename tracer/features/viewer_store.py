@@ -85,3 +85,18 @@ def discover(metadata: Metadata) -> Path | None:
     if bundled.is_file() and metadata.transcoders.content_hash == _bundled_hash():
         return bundled
     return None
+
+
+def bundled_store() -> ViewerStore | None:
+    """The bundled transcoders' own store, when it exists and fits them (else None)."""
+    from tracer.features import store_path
+    from transcoders import DEFAULT_TRANSCODERS
+
+    path = store_path(DEFAULT_TRANSCODERS)
+    h = _bundled_hash()
+    if not path.is_file() or h is None:
+        return None
+    try:
+        return ViewerStore.open(path, h)
+    except FeatureStoreError:
+        return None
