@@ -12,6 +12,7 @@ from tests.conftest import random_model, tiny_config
 from tests.tracer.graph_fixtures import random_attribution
 from tests.tracer.test_attribution import CFG, TOKENS, random_transcoder
 from tracer.attribute import attribute
+from tracer.cli import main
 from tracer.effects import activation_scale, effects
 from tracer.graphfile import build_graph_file, load_graph, save_graph
 from tracer.interventions import FeatureRef, Intervention, Mode, intervene
@@ -85,3 +86,20 @@ def test_graph_file_stores_effects_and_migrates_v2(tmp_path):
     v2.write_text(json.dumps(old))
     migrated = load_graph(v2)
     assert migrated.schema_version == 3 and all(n.signed_effect is None for n in migrated.nodes)
+
+
+@pytest.mark.parametrize("rank_by", ["target-influence", "signed-effect"])
+def test_prune_rank_by(rank_by, tmp_path, capsys):
+    attr = random_attribution(n_layers=3, n_pos=6, density=0.5, seed=2, dtype=torch.float64)
+    ident = Identity(name="tiny", content_hash="0", kind="")
+    path = save_graph(tmp_path / "g.json", build_graph_file(attr, prune(attr), prompt="p", model=ident,
+                                                            transcoders=ident, settings={}), attr)  # fmt: skip
+    assert main(["prune", str(path), "--rank-by", rank_by, "--node-threshold", "0.5", "--json"]) == 0
+    capsys.readouterr()
+    eff = effects(attr)
+    rank = eff.target_influence if rank_by == "target-influence" else eff.signed_effect.abs()
+    mask = prune(attr, node_threshold=0.5, rank=rank).node_mask
+    graph = load_graph(path)
+    assert {n.id for n in graph.nodes} == {node_id(attr.layout.node(r)) for r in mask.nonzero().flatten().tolist()}
+    assert not torch.equal(mask, prune(attr, node_threshold=0.5).node_mask)  # the ranking matters
+    assert graph.metadata.settings["rank_by"] == rank_by
