@@ -28,8 +28,17 @@ _hide_hub_kernels()
 
 
 def tiny_config(style: str, **kw) -> ModelConfig:
-    """A 3-layer model of the GPT-2 or Llama style, small enough for float64 perturbation tests."""
-    if style == "gpt2":
+    """A 3-layer model of the GPT-2, Llama, Gemma-2 or Gemma-3 style, small enough for float64 perturbation tests
+    (Gemma: short windows, small soft-caps and a query scalar != d_head so that every detail is exercised)."""
+    gemma = dict(n_layers=3, d_model=16, n_heads=4, n_kv_heads=2, d_head=8, d_mlp=24, vocab_size=50, n_ctx=32,
+                 mlp=MlpKind.GEGLU, norm_offset=1.0, embed_scale=4.0, post_norms=True, sliding_window=3,
+                 attn_scale=10**-0.5, tied_embeddings=True, bos_token_id=2, eos_token_id=1)  # fmt: skip
+    if style == "gemma2":
+        base = gemma | dict(family="gemma2", local_layers=(0, 2), attn_softcap=1.5, final_softcap=2.0)
+    elif style == "gemma3":
+        base = gemma | dict(family="gemma3_text", local_layers=(0, 1), qk_norm=True, rope_theta=1000.0,
+                            rope_local_theta=37.0)  # fmt: skip
+    elif style == "gpt2":
         base = dict(family="gpt2", n_layers=3, d_model=16, n_heads=2, d_mlp=32, vocab_size=50, n_ctx=32,
                     norm=NormKind.LAYERNORM, mlp=MlpKind.GELU, pos=PosKind.LEARNED, qkv_bias=True, o_bias=True,
                     mlp_bias=True, bos_token_id=0, eos_token_id=0)  # fmt: skip

@@ -90,7 +90,7 @@ class RowBuilder:
         self.plan = plan_edges(dec, feats[:, 0], feats[:, 1], act, backend=cfg.kernel)
         self.errors_PLD = rec.errors.clone()
         self.errors_PLD[0] = 0  # BOS errors are constants, not nodes
-        self.embed_PD = model.embed.weight[rec.tokens].to(dec.dtype)
+        self.embed_PD = model.embed_tokens(rec.tokens).to(dec.dtype)  # scaled for Gemma
         room = layout.max_sources() if cfg.edge_topk is None else layout.max_sources().clamp_max(cfg.edge_topk)
         budget = None  # with fewer feature rows than features, slots go to rows as they come
         if cfg.max_feature_nodes is not None and cfg.max_feature_nodes < len(feats):

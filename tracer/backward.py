@@ -8,8 +8,15 @@ pre-activation is a fixed linear map we apply directly instead of through autogr
    normalised MLP input) at its layer and position.
 2. Descend layers from the highest target's layer down to 0. At layer l, the current gradient is d/d(mlp_out_l),
    stored; then add the skip path and the injections of targets at layer l, and cross attention:
-   g_pre = g_mid + J_ln1^T · V^T · A^T · O^T · g_mid (frozen pattern A, value/output projections V, O).
-3. The gradient left at the bottom is d/d(token embedding).
+   g_pre = g_mid + J_ln1^T · V^T · A^T · O^T · J_post^T · g_mid (frozen pattern A, value/output projections V,
+   O; J_post: Gemma's post-attention norm with its frozen denominator, identity elsewhere).
+3. The gradient left at the bottom is d/d(token embedding) (the scaled one for Gemma).
+Frozen on the prompt, hence constants of the linear map: attention patterns (incl. Gemma-2's score soft-cap and
+the sliding windows), every norm denominator (pre-, post-attention, MLP and final norms). The post-MLP norm and
+the MLP sit inside MLP_OUT, which the transcoder replaces. Logit targets are pre-soft-cap logit directions (the
+final soft-cap is monotone per token and is applied after the unembedding).
+The transcoder's input hook is RESID_MID (identity), MLP_IN (norm incl. weight) or LN2_NORMALIZED (the
+standardised input before the weight, TransformerLens's `ln2.hook_normalized`).
 Positions after the batch's last target position never matter (causal), so the batch is cut there.
 """
 
@@ -36,10 +43,15 @@ class Grads(NamedTuple):
     embed_BPD: torch.Tensor  # [B, P', D] d target / d token embedding
 
 
+def standardize_transpose(norm: Norm, scale: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """J^T g of a norm's standardisation (before its weight) with a frozen denominator: scale [P, 1], g [B, P, D]."""
+    out = g / scale
+    return out - out.mean(-1, keepdim=True) if norm.kind == NormKind.LAYERNORM else out
+
+
 def norm_transpose(norm: Norm, scale: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """J^T g of a norm with a frozen denominator: scale [P, 1], g [B, P, D]."""
-    out = g * norm.weight / scale
-    return out - out.mean(-1, keepdim=True) if norm.kind == NormKind.LAYERNORM else out
+    return standardize_transpose(norm, scale, g * norm.gain)
 
 
 class ReplacementBackward:
@@ -48,21 +60,32 @@ class ReplacementBackward:
     def __init__(self, model: Transformer, tc: Transcoder, rec: Record) -> None:
         self.model, self.tc, self.rec = model, tc, rec
         self.cfg = model.cfg
-        self.reads_normalised = tc.cfg.input_hook == HookPoint.MLP_IN
+        self.input_hook = tc.cfg.input_hook
         self.dtype = rec.mlp_out.dtype
         self.flops = 0  # matmul work done so far (2 x multiply-adds), for benchmarks
 
     def _read_transpose(self, layer: int, pos: slice | torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """J^T of the transcoder's input hook w.r.t. resid_mid for g [..., D] at positions `pos` (a slice of the
         prompt for [B, P', D], or one position per row for [n, D])."""
-        if not self.reads_normalised:
+        ln2, scale = self.model.block(layer).ln2, self.rec.ln2_scale[layer, pos]
+        if self.input_hook == HookPoint.MLP_IN:
+            return norm_transpose(ln2, scale, g)
+        if self.input_hook == HookPoint.LN2_NORMALIZED:
+            return standardize_transpose(ln2, scale, g)
+        return g
+
+    def _post_transpose(self, layer: int, pos: slice | torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """J^T of Gemma's post-attention norm (frozen denominator) for g [..., D] at `pos`; identity elsewhere."""
+        post = self.model.block(layer).ln1_post
+        if post is None or self.rec.attn_post_scale is None:
             return g
-        return norm_transpose(self.model.block(layer).ln2, self.rec.ln2_scale[layer, pos], g)
+        return norm_transpose(post, self.rec.attn_post_scale[layer, pos], g)
 
     def _attn_transpose(self, layer: int, g: torch.Tensor) -> torch.Tensor:
         """(d attn_out / d resid_pre)^T g for g [B, P', D] (pattern frozen)."""
         cfg, blk = self.cfg, self.model.block(layer)
         B, P, _ = g.shape
+        g = self._post_transpose(layer, slice(0, P), g)
         self.flops += 2 * B * P * (cfg.d_model * cfg.n_heads * cfg.d_head * 2 + cfg.n_heads * P * cfg.d_head)
         H, KV, dh = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
         # heads outermost and batch folded into columns: one bmm of [P, P] x [P, B*dh] per head
@@ -78,6 +101,7 @@ class ReplacementBackward:
         costs B*H*dh*D instead of B*P*H*dh*D."""
         cfg, blk = self.cfg, self.model.block(layer)
         B, H, dh = g_BD.shape[0], cfg.n_heads, cfg.d_head
+        g_BD = self._post_transpose(layer, pos, g_BD)
         self.flops += 2 * B * (H * dh * cfg.d_model * 2 + n_pos * H * cfg.d_model)
         u = (g_BD @ blk.attn.o.weight).view(B, H, dh)
         wv = blk.attn.v.weight.view(cfg.n_kv_heads, dh, -1).repeat_interleave(H // cfg.n_kv_heads, dim=0)

@@ -35,6 +35,7 @@ class Record:
     acts: torch.Tensor  # [P, L, F] transcoder activations, zero at position 0
     errors: torch.Tensor  # [P, L, D] true MLP output - reconstruction (position 0 included: it stays constant)
     features: torch.Tensor  # [N, 3] int64 (layer, pos, feature) of the active features (non-zero acts)
+    attn_post_scale: torch.Tensor | None = None  # [L, P, 1] post-attention-norm denominators (Gemma), else None
 
     @property
     def n_pos(self) -> int:
@@ -50,6 +51,8 @@ def record(model: Transformer, tc: Transcoder, tokens: torch.Tensor) -> Record:
     """tokens [P] (BOS first) -> Record."""
     L = model.cfg.n_layers
     points = (HookPoint.ATTN_PATTERN, HookPoint.LN1_SCALE, HookPoint.LN2_SCALE, HookPoint.MLP_OUT, tc.cfg.input_hook)
+    if model.cfg.post_norms:
+        points += (HookPoint.ATTN_POST_SCALE,)
     sites = [Site(p, layer) for p in points for layer in range(L)] + [Site(HookPoint.LNF_SCALE)]
     # 1. Forward
     with model.hooks.capture(sites) as cache:
@@ -73,6 +76,7 @@ def record(model: Transformer, tc: Transcoder, tokens: torch.Tensor) -> Record:
         ln1_scale=_stack(cache, HookPoint.LN1_SCALE, L), ln2_scale=_stack(cache, HookPoint.LN2_SCALE, L),
         lnf_scale=cache[Site(HookPoint.LNF_SCALE)][0], tc_input=tc_input, mlp_out=mlp_out, acts=acts,
         errors=errors, features=nz[:, [1, 0, 2]].contiguous(),
+        attn_post_scale=_stack(cache, HookPoint.ATTN_POST_SCALE, L) if model.cfg.post_norms else None,
     )  # fmt: skip
 
 
@@ -84,6 +88,8 @@ def frozen_sites(rec: Record, n_layers: int) -> dict[Site, HookFn]:
         fns[Site(HookPoint.ATTN_PATTERN, i)] = lambda _, i=i: rec.patterns[i][None]
         fns[Site(HookPoint.LN1_SCALE, i)] = lambda _, i=i: rec.ln1_scale[i][None]
         fns[Site(HookPoint.LN2_SCALE, i)] = lambda _, i=i: rec.ln2_scale[i][None]
+        if rec.attn_post_scale is not None:  # Gemma's post-attention norm, frozen like the others
+            fns[Site(HookPoint.ATTN_POST_SCALE, i)] = lambda _, i=i: rec.attn_post_scale[i][None]  # type: ignore[index]
     return fns
 
 

@@ -43,7 +43,7 @@ class DType(StrEnum):
         return cls(str(dtype).removeprefix("torch."))
 
 
-INPUT_HOOKS = (HookPoint.MLP_IN, HookPoint.RESID_MID)
+INPUT_HOOKS = (HookPoint.MLP_IN, HookPoint.LN2_NORMALIZED, HookPoint.RESID_MID)
 OUTPUT_HOOKS = (HookPoint.MLP_OUT,)
 
 

@@ -48,11 +48,13 @@ class CtModelKind(StrEnum):
     CLT = "cross_layer_transcoder"
 
 
+# TransformerLens names: `ln2.hook_normalized` is x / rms(x) (LayerNorm: (x - mean) / std) BEFORE ln2's weight and
+# bias (Gemma Scope's input hook); `mlp.hook_in` is after them.
 CT_HOOKS = {"hook_resid_mid": HookPoint.RESID_MID, "mlp.hook_in": HookPoint.MLP_IN,
-            "ln2.hook_normalized": HookPoint.MLP_IN, "hook_mlp_out": HookPoint.MLP_OUT,
+            "ln2.hook_normalized": HookPoint.LN2_NORMALIZED, "hook_mlp_out": HookPoint.MLP_OUT,
             "mlp.hook_out": HookPoint.MLP_OUT}  # fmt: skip
 CT_HOOK_NAMES = {HookPoint.RESID_MID: "hook_resid_mid", HookPoint.MLP_IN: "mlp.hook_in",
-                 HookPoint.MLP_OUT: "hook_mlp_out"}  # fmt: skip
+                 HookPoint.LN2_NORMALIZED: "ln2.hook_normalized", HookPoint.MLP_OUT: "hook_mlp_out"}  # fmt: skip
 
 
 def _first_line(e: BaseException) -> str:

@@ -70,7 +70,7 @@ def perturbation_matrix(model, tc, attr, tokens=TOKENS, cfg=CFG, tok=None, colum
             errors[ref.pos, ref.layer] *= 2
         elif ref.kind == NodeKind.EMBEDDING:
             delta = torch.zeros(rec.n_pos, model.cfg.d_model, dtype=rec.mlp_out.dtype)
-            delta[ref.pos] = model.embed.weight[ref.index]
+            delta[ref.pos] = model.embed_tokens(torch.tensor(ref.index))
         else:
             continue
         expected[:, row] = target_values(model, tc, rec, layout, directions, acts, errors, delta) - base
@@ -83,6 +83,12 @@ CASES = [
     ("gpt2", TranscoderKind.PLT, HookPoint.RESID_MID, True),
     ("llama", TranscoderKind.PLT, HookPoint.MLP_IN, False),
     ("llama", TranscoderKind.CLT, HookPoint.RESID_MID, False),
+    ("gpt2", TranscoderKind.CLT, HookPoint.LN2_NORMALIZED, True),
+    ("llama", TranscoderKind.PLT, HookPoint.LN2_NORMALIZED, False),
+    ("gemma2", TranscoderKind.CLT, HookPoint.LN2_NORMALIZED, True),
+    ("gemma2", TranscoderKind.PLT, HookPoint.MLP_IN, False),
+    ("gemma3", TranscoderKind.PLT, HookPoint.LN2_NORMALIZED, True),
+    ("gemma3", TranscoderKind.CLT, HookPoint.RESID_MID, False),
 ]
 
 

@@ -160,3 +160,28 @@ def test_prompt_errors():
         tok.encode_prompt("  ", n_ctx=8)
     with pytest.raises(PromptError, match="context window is 3"):
         tok.encode_prompt("a b a", n_ctx=3)
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama", "gemma2"])
+def test_ln2_normalized_is_before_the_weight(style):
+    """LN2_NORMALIZED is TransformerLens's `ln2.hook_normalized`: (x - mean) / std for LayerNorm, x / rms(x) for
+    RMSNorm, computed by hand from resid_mid; MLP_IN is that times the norm's weight (Gemma: 1 + w) plus bias."""
+    from tests.conftest import random_model, tiny_config
+
+    model = random_model(tiny_config(style))
+    sites = [Site(p, 1) for p in (HookPoint.RESID_MID, HookPoint.LN2_NORMALIZED, HookPoint.MLP_IN)]
+    with model.hooks.capture(sites) as c:
+        model(torch.tensor([[1, 3, 5, 7, 9]]))
+    x = c[sites[0]]
+    eps = model.cfg.norm_eps
+    if style == "gpt2":
+        xc = x - x.mean(-1, keepdim=True)
+        hand = xc / (xc.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    else:
+        hand = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    torch.testing.assert_close(c[sites[1]], hand, atol=1e-12, rtol=0)
+    ln2 = model.block(1).ln2
+    w = ln2.weight + (1.0 if style == "gemma2" else 0.0)
+    assert (w - 1).abs().min() > 1e-3  # weights away from 1, so the two hooks differ
+    after = hand * w + (ln2.bias if ln2.bias is not None else 0)
+    torch.testing.assert_close(c[sites[2]], after, atol=1e-12, rtol=0)

@@ -5,7 +5,7 @@ import yaml
 from tests.conftest import tiny_config
 from tests.transcoders.conftest import random_transcoder
 from tracer.errors import TranscoderLoadError
-from tracer.models import HookPoint
+from tracer.models import HookPoint, Site
 from transcoders import (
     ActivationKind,
     TranscoderFormat,
@@ -141,9 +141,10 @@ def test_bad_config_values(tmp_path):
     with pytest.raises(TranscoderLoadError) as e:
         load_transcoders(tmp_path)
     assert "hook_attn_out" in _one_line(e)
-    for name in ("mlp.hook_in", "ln2.hook_normalized", "blocks.0.hook_resid_mid"):
+    expected = {"mlp.hook_in": HookPoint.MLP_IN, "ln2.hook_normalized": HookPoint.LN2_NORMALIZED,
+                "blocks.0.hook_resid_mid": HookPoint.RESID_MID}  # fmt: skip
+    for name, expect in expected.items():
         (tmp_path / "config.yaml").write_text(yaml.safe_dump(meta | {"feature_input_hook": name}))
-        expect = HookPoint.RESID_MID if "resid" in name else HookPoint.MLP_IN
         assert load_transcoders(tmp_path).cfg.input_hook == expect
     save_transcoders(random_transcoder(), tmp_path / "o", TranscoderFormat.OURS)
     (tmp_path / "o" / "config.json").write_text('{"kind": "clt"}')
@@ -182,3 +183,34 @@ def test_sparse_decode_matches_dense_values_and_gradients():
     torch.testing.assert_close(grads[0][1], grads[1][1])
     for g0, g1 in zip(grads[0][2], grads[1][2], strict=True):
         torch.testing.assert_close(g0, g1)
+
+
+def test_ln2_hook_normalized_reads_before_the_weight(tmp_path):
+    """A circuit-tracer set whose feature_input_hook is `ln2.hook_normalized`: the recorded activations are the
+    JumpReLU of W_enc x / rms(x) + b_enc computed by hand (before the RMSNorm weight, which is not all ones)."""
+    from tests.conftest import random_model
+    from tracer.record import record
+
+    model = random_model(tiny_config("llama"))
+    tc = random_transcoder(TranscoderKind.PLT, JUMP, skip=False)
+    save_transcoders(tc, tmp_path, TranscoderFormat.CIRCUIT_TRACER)
+    meta = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(meta | {"feature_input_hook": "ln2.hook_normalized"}))
+    loaded = load_transcoders(tmp_path, model.cfg)
+    assert loaded.cfg.input_hook == HookPoint.LN2_NORMALIZED
+    tokens = torch.tensor([1, 5, 9, 3, 7])
+    rec = record(model, loaded, tokens)
+    with model.hooks.capture(Site(HookPoint.RESID_MID, layer) for layer in range(3)) as cache:
+        model(tokens[None])
+    assert loaded.theta is not None
+    flips = 0
+    for layer in range(3):
+        x = cache[Site(HookPoint.RESID_MID, layer)][0, 1:]
+        xn = x / (x.pow(2).mean(-1, keepdim=True) + model.cfg.norm_eps).sqrt()
+        pre = xn @ loaded.W_enc[layer].T.double() + loaded.b_enc[layer].double()
+        hand = pre * (pre > loaded.theta[layer].double())
+        torch.testing.assert_close(rec.acts[1:, layer], hand, atol=1e-5, rtol=0)
+        w = model.block(layer).ln2.weight
+        pre_w = (xn * w) @ loaded.W_enc[layer].T.double() + loaded.b_enc[layer].double()  # post-weight reading
+        flips += int(((pre_w > loaded.theta[layer]) != (pre > loaded.theta[layer])).sum())
+    assert flips > 0  # reading after the weight would have given another active set
