@@ -12,6 +12,8 @@ Steps (each is also a subcommand; outputs of one are the inputs of the next):
 6. evaluate: held-out natural-text loss and planted-task accuracy -> `default_model/eval.json`.
 7. clt: train the default cross-layer transcoder on the model's own training mix and ship it (float16) with its
    evaluation -> `tracer/assets/default_clt/` (see tracer/bundle/clt.py; ~45 min on one thread for 7.5 M tokens).
+8. features: the default CLT's feature store, rebuilt on the model's own text mix ->
+   `tracer/assets/default_clt/features.sqlite` (see tracer/features/bundle.py; a few minutes on one thread).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tracer.bundle import corpus, planted, tokenizer
 from tracer.bundle.clt import CLT_DIR, DEFAULT_TOKENS, step_clt
 from tracer.bundle.train import DEFAULT_OUT, TrainConfig, model_config, plot_losses, tokenize_stream, train
 from tracer.errors import TracerError
+from tracer.features.bundle import step_features
 from tracer.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_text
 from tracer.models import Transformer, save_hf
 
@@ -133,7 +136,8 @@ def step_evaluate(args: argparse.Namespace) -> None:
 
 
 STEPS = {"corpus": step_corpus, "tokenizer": step_tokenizer, "streams": step_streams, "train": step_train,
-         "assets": step_assets, "evaluate": step_evaluate, "clt": step_clt}  # fmt: skip
+         "assets": step_assets, "evaluate": step_evaluate, "clt": step_clt,
+         "features": step_features}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
