@@ -8,10 +8,12 @@ On the unpruned adjacency A[target, source] (a DAG; rows targets, columns source
    A[m, s] is the change of m's pre-activation caused by s; A[t', m] is the effect of m's whole activation a_m.
    A feature that stays active responds to its pre-activation with slope 1, so the effect of one unit of m's
    pre-activation is A[t', m] / a_m. With D = diag(1/a) on feature columns (1 elsewhere) and Ã = A·D:
-       T = e_tᵀ (I - Ã)⁻¹ A = e_tᵀ (Ã + Ã² + …) D⁻¹,
+       T = e_tᵀ (I - Ã)⁻¹ A = Σ_k e_tᵀ Ã^k A,
    the sum over all paths s -> … -> t of the edge weights, each intermediate feature's edge divided by its
    activation. Removing node s is predicted to change the target by -T[s]. Computed as a vector power series
-   vᵀ ← vᵀÃ over the edge list, which ends exactly because Ã is nilpotent (DAG); capped at n_nodes steps.
+   (wᵀ = vᵀA, T += w, v = w·D) over the edge list, which ends exactly because Ã is nilpotent (DAG); capped at
+   n_nodes steps. Holding a group's rows (D = 0 there) cuts paths through them: Σ_{s in group} T[s] is then the
+   prediction for removing the whole group (a supernode).
 Both are [n_nodes] float64; the target row itself gets 0.
 """
 
@@ -22,9 +24,9 @@ from typing import NamedTuple
 
 import torch
 
-from tracer.errors import GraphFileError
+from tracer.csr import CsrAdjacency, paths
 from tracer.layout import NodeLayout
-from tracer.prune import Edges, node_influence
+from tracer.prune import node_influence
 from tracer.result import Attribution
 
 
@@ -50,20 +52,18 @@ def activation_scale(layout: NodeLayout, activations: torch.Tensor) -> torch.Ten
     return d
 
 
-def signed_total_effect(adjacency, layout: NodeLayout, activations: torch.Tensor, target_row: int) -> torch.Tensor:
-    """Step 2: adjacency (sparse torch [n, n] or tracer.csr.CsrAdjacency) -> [n_nodes] float64 T."""
-    edges = Edges.of(adjacency)
+def signed_total_effect(adjacency, layout: NodeLayout, activations: torch.Tensor, target_row: int,
+                        held: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Step 2: adjacency (sparse torch [n, n] or tracer.csr.CsrAdjacency) -> [n_nodes] float64 T.
+    held: [n_nodes] bool rows whose activations do not respond (paths through them are cut): with a group's rows
+    held, Σ_{s in group} T[s] is the linear prediction for removing the whole group."""
     d = activation_scale(layout, activations)
-    vals = edges.values.double()
-    v = torch.zeros(edges.n, dtype=torch.float64)
-    v[target_row] = 1.0
-    total = torch.zeros(edges.n, dtype=torch.float64)
-    for _ in range(edges.n + 1):
-        v = torch.zeros(edges.n, dtype=torch.float64).index_add_(0, edges.cols, v[edges.rows] * vals) * d
-        if not v.any():
-            return total / d.where(d != 0, 1.0)
-        total += v
-    raise GraphFileError("adjacency has a cycle: the signed effect did not vanish after n_nodes steps (not a DAG)")
+    if held is not None:
+        d = d.masked_fill(held, 0.0)
+    e = torch.zeros(layout.n_nodes, dtype=torch.float64)
+    e[target_row] = 1.0
+    # T = Σ_k v_kᵀA with v_0 = e_t, v_{k+1} = (v_kᵀA)∘d: tracer.csr.paths (one pass in the layout's topological order)
+    return paths(CsrAdjacency.of(adjacency), e, d, layout.levels())
 
 
 def effects(attribution: Attribution, k: int = 0) -> Effects:
@@ -73,7 +73,7 @@ def effects(attribution: Attribution, k: int = 0) -> Effects:
     w = torch.zeros(lay.n_nodes, dtype=torch.float64)
     w[row] = 1.0
     signed = signed_total_effect(attribution.adjacency, lay, attribution.activations, row)
-    infl = node_influence(attribution.adjacency, w)
+    infl = node_influence(attribution.adjacency, w, lay)
     infl[row] = 0.0
     return Effects(row, infl, signed)
 

@@ -13,7 +13,7 @@ from tests.tracer.graph_fixtures import random_attribution
 from tests.tracer.test_attribution import CFG, TOKENS, random_transcoder
 from tracer.attribute import attribute
 from tracer.cli import main
-from tracer.effects import activation_scale, effects
+from tracer.effects import activation_scale, effects, signed_total_effect
 from tracer.graphfile import build_graph_file, load_graph, save_graph
 from tracer.interventions import FeatureRef, Intervention, Mode, intervene
 from tracer.models import HookPoint
@@ -62,6 +62,23 @@ def test_signed_effect_is_the_replacement_models_derivative(style, kind, activat
         measured = intervene(model, tc, TOKENS, [iv], Mode.REPLACEMENT, rec).logit_change(target) / eps
         predicted = -float(eff.signed_effect[attr.layout.feature_rows(torch.tensor(i))])
         assert measured == pytest.approx(predicted, abs=1e-4 * (1 + abs(predicted)))
+    # a group (supernode) across layers: paths through its own members are cut
+    group = torch.tensor([0, len(f) // 2, len(f) - 1])
+    rows = attr.layout.feature_rows(group)
+    held = torch.zeros(attr.layout.n_nodes, dtype=torch.bool)
+    held[rows] = True
+    t_held = signed_total_effect(attr.adjacency, attr.layout, attr.activations, eff.target_row, held)
+    refs = [FeatureRef(int(f[i, 0]), int(f[i, 2]), int(f[i, 1])) for i in group]
+    acts = attr.activations[group].tolist()
+    fixed = [Intervention.set((1 - eps) * a, r) for a, r in zip(acts, refs, strict=True)]  # members held
+    measured = intervene(model, tc, TOKENS, fixed, Mode.REPLACEMENT, rec).logit_change(target) / eps
+    predicted = -float(t_held[rows].sum())
+    assert measured == pytest.approx(predicted, abs=1e-4 * (1 + abs(predicted)))
+    # scaling multiplies each member's current activation, which still responds to the other members
+    scaled = intervene(model, tc, TOKENS, [Intervention.scale(1 - eps, *refs)], Mode.REPLACEMENT, rec)
+    unheld = -float(eff.signed_effect[rows].sum())
+    assert scaled.logit_change(target) / eps == pytest.approx(unheld, abs=1e-4 * (1 + abs(unheld)))
+    assert predicted != pytest.approx(unheld, abs=1e-6)  # cutting paths matters
 
 
 def test_graph_file_stores_effects_and_migrates_v2(tmp_path):
