@@ -16,7 +16,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tracer.checks import check_thresholds
+from tracer.checks import check_graph_output, check_thresholds
 from tracer.errors import GraphFileError
 from tracer.export import ExportFormat, write_graphml, write_neuronpedia
 from tracer.graphfile import load_attribution, load_graph, recover_pair, reprune_loaded, save_graph, sidecar_path
@@ -87,9 +87,7 @@ def run_prune(args: argparse.Namespace) -> int:
     check_thresholds(args.node_threshold, args.edge_threshold)
     out = args.output or args.graph
     same = out.resolve() == args.graph.resolve()
-    check_output(out, "graph file")
-    if not same:
-        check_output(sidecar_path(out), "sidecar")
+    check_output(out, "graph file") if same else check_graph_output(out)
     _check_sidecar_present(args.graph)
     recover_pair(args.graph)
     old = load_graph(args.graph)

@@ -18,10 +18,9 @@ from pathlib import Path
 import torch
 
 from tracer.attribute import TraceConfig, attribute, phase
-from tracer.checks import check_threads, check_thresholds
+from tracer.checks import check_graph_output, check_threads, check_thresholds
 from tracer.errors import ModelLoadError
-from tracer.graphfile import build_graph_file, recover_pair, save_graph, sidecar_path
-from tracer.io import check_output
+from tracer.graphfile import build_graph_file, recover_pair, save_graph
 from tracer.models import load_model
 from tracer.models.loading import file_hash
 from tracer.prune import prune
@@ -84,8 +83,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.output or DEFAULT_OUT_DIR / f"{slug(args.prompt)}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     check_thresholds(args.node_threshold, args.edge_threshold)
     check_threads(args.threads)
-    check_output(out, "graph file")
-    check_output(sidecar_path(out), "sidecar")
+    check_graph_output(out)
     recover_pair(out)  # leftovers of a killed run to the same output
     cfg = TraceConfig(
         max_n_logits=args.max_n_logits, desired_logit_prob=args.desired_logit_prob, batch_size=args.batch_size,

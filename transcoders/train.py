@@ -133,7 +133,10 @@ def init_state(cfg: TrainConfig, model: Transformer, src: ActivationSource, name
     if tc.theta is not None:
         parametrize.register_parametrization(tc, "theta", _Exp())
     if init_from is not None:
-        warm = load_file(str(init_from))
+        try:
+            warm = load_file(str(init_from))
+        except Exception as e:  # safetensors raises its own error types for truncated files
+            raise ConfigError(f"cannot warm-start from {init_from}: {(str(e).splitlines() or [e])[0]}") from None
         try:
             tc.load_state_dict({k[3:]: v for k, v in warm.items() if k.startswith("tc.")})
         except RuntimeError as e:
@@ -252,6 +255,17 @@ def save_checkpoint(st: State, cfg: TrainConfig, path: Path) -> None:
 
 
 def load_checkpoint(path: Path, cfg: TrainConfig) -> State:
+    """Resume from a checkpoint; a truncated or corrupt one is one ConfigError line (not a traceback)."""
+    from safetensors import SafetensorError
+
+    try:
+        return _load_checkpoint(path, cfg)
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"checkpoint {path} is truncated or corrupt ({why}); delete it to start over") from None
+
+
+def _load_checkpoint(path: Path, cfg: TrainConfig) -> State:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:

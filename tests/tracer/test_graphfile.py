@@ -62,7 +62,8 @@ def test_round_trip_and_sidecar(tmp_path):
     loaded = load_graph(path)
     assert loaded.metadata.adjacency_file == "g.adjacency.safetensors" and g.metadata.adjacency_file is None
     m = loaded.metadata
-    assert m.adjacency_size == (tmp_path / "g.adjacency.safetensors").stat().st_size and len(m.adjacency_hash or "") == 32
+    assert m.adjacency_size == (tmp_path / "g.adjacency.safetensors").stat().st_size
+    assert len(m.adjacency_hash or "") == 32
     m.adjacency_file = m.adjacency_hash = m.adjacency_size = None
     assert loaded == g
     a2 = load_attribution(path)

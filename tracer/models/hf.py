@@ -232,6 +232,7 @@ def _gpt2_to_hf(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, torc
 def read_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of `model.safetensors` or of the shards named by its index."""
     index = path / "model.safetensors.index.json"
+    where = path  # the file being read, for the message
     try:
         if index.exists():
             files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -241,10 +242,11 @@ def read_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
             raise ModelLoadError(f"{path} has no model.safetensors or model.safetensors.index.json")
         sd: dict[str, torch.Tensor] = {}
         for f in files:
-            sd |= load_file(str(path / f))
+            where = path / f
+            sd |= load_file(str(where))
         return sd
     except (SafetensorError, OSError, ValueError, KeyError) as e:
-        raise ModelLoadError(f"cannot read weights in {path}: {str(e).splitlines()[0]}") from None
+        raise ModelLoadError(f"cannot read weights in {where}: {str(e).splitlines()[0]}") from None
 
 
 def state_from_hf(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

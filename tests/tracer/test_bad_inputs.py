@@ -1,0 +1,155 @@
+"""Every bad input of tests/tracer/bad_inputs.py: exit 2, one `error:` line naming the file or value, no traceback,
+nothing new or changed in the output folder; the heaviest under a memory limit; the README table is current."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer as HFTok
+from tokenizers import models, pre_tokenizers, trainers
+
+from tests.conftest import random_model, tiny_config
+from tests.tracer.bad_inputs import CASES, Case, Ctx, table
+from tests.tracer.test_attribution import random_transcoder
+from tracer.cli import main
+from tracer.graphfile import sidecar_path
+from tracer.models import HookPoint, save_hf
+from transcoders import TranscoderKind, save_transcoders
+from transcoders.formats import TranscoderFormat
+
+ROOT = Path(__file__).resolve().parents[2]
+TEXT = ["the cat sat on the mat", "the dog ate the bone", "a cat and a dog", "on the mat sat a dog"] * 20
+MEMORY_LIMIT = 3 << 30  # address space of a subprocess case (torch alone maps ~0.7 GB)
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("subject")
+    tok = HFTok(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # type: ignore[assignment]
+    tok.train_from_iterator(TEXT, trainers.BpeTrainer(vocab_size=60, special_tokens=["<unk>", "<s>"]))
+    cfg = tiny_config("llama", vocab_size=tok.get_vocab_size(), bos_token_id=1, eos_token_id=1)
+    model = random_model(cfg, dtype=torch.float32)
+    save_hf(cfg, model.state_dict(), root / "model")
+    tok.save(str(root / "model" / "tokenizer.json"))
+    tc = random_transcoder(model, TranscoderKind.CLT, HookPoint.MLP_IN, False).float()
+    save_transcoders(tc, root / "clt")
+    save_transcoders(tc, root / "ct", TranscoderFormat.CIRCUIT_TRACER)
+    wrong = random_transcoder(random_model(tiny_config("llama", d_model=8, n_heads=2, n_kv_heads=1)),
+                              TranscoderKind.CLT, HookPoint.MLP_IN, False).float()  # fmt: skip
+    save_transcoders(wrong, root / "wrong")
+    graph = root / "graphs" / "g.json"
+    argv = ["trace", "the cat sat on", "--model", str(root / "model"), "--transcoders", str(root / "clt"), "--json"]
+    assert main([*argv, "-o", str(graph)]) == 0
+    return root
+
+
+def make_ctx(subject: Path, tmp: Path) -> Ctx:
+    out = tmp / "out"
+    out.mkdir(parents=True)
+    shutil.copy(subject / "graphs" / "g.json", out / "g.json")
+    shutil.copy(sidecar_path(subject / "graphs" / "g.json"), sidecar_path(out / "g.json"))
+    return Ctx(subject, tmp, out)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def check_error(case: Case, rc: int, out: str, err: str) -> None:
+    lines = err.splitlines()
+    assert rc == 2, (rc, err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert case.expect in lines[0], lines[0]
+    assert "Traceback" not in err + out
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_bad_input_is_one_line_and_writes_nothing(case: Case, subject, tmp_path, capsys):
+    ctx = make_ctx(subject, tmp_path)
+    argv = case.argv(ctx)
+    capsys.readouterr()
+    before = snapshot(ctx.out)
+    rc = main(argv)
+    cap = capsys.readouterr()
+    check_error(case, rc, cap.out, cap.err)
+    assert snapshot(ctx.out) == before
+
+
+HEAVY = ("model-nan", "clt-huge-shape", "sidecar-huge-layout", "model-huge-header")
+DRIVER = """
+import contextlib, io, json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
+from tracer.cli import main
+out = []
+for argv in json.loads(sys.stdin.read()):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(argv)
+    out.append([rc, err.getvalue()])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_heavy_bad_inputs_stay_within_memory(subject, tmp_path):
+    """The heaviest inputs (NaN weights, 10⁹-sized shapes and headers) in one subprocess under an address-space
+    limit: each still ends in its one error line, and nothing is written."""
+    cases = [next(c for c in CASES if c.id == i) for i in HEAVY]
+    ctxs = [make_ctx(subject, tmp_path / c.id) for c in cases]
+    argvs = [c.argv(x) for c, x in zip(cases, ctxs, strict=True)]
+    before = [snapshot(x.out) for x in ctxs]
+    env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", DRIVER.format(limit=MEMORY_LIMIT)], input=json.dumps(argvs), cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    for case, (rc, err), x, b in zip(cases, json.loads(r.stdout.splitlines()[-1]), ctxs, before, strict=True):
+        check_error(case, rc, "", err)
+        assert snapshot(x.out) == b
+
+
+def test_busy_port_is_one_line(subject, tmp_path, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        rc = main(["view", str(subject / "graphs" / "g.json"), "--port", str(port)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"error: cannot listen on 127.0.0.1:{port}") and err.count("\n") == 1
+
+
+def test_unwritable_folder_is_one_line(subject, tmp_path, capsys, monkeypatch):
+    """A read-only folder (simulated: tests may run as root, which ignores permissions)."""
+    ctx = make_ctx(subject, tmp_path)
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != ctx.out)
+    before = snapshot(ctx.out)
+    assert main(ctx.trace("the cat")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: graph file") and "is not writable" in err and err.count("\n") == 1
+    assert snapshot(ctx.out) == before
+
+
+def test_graphml_control_characters_are_replaced(subject, tmp_path):
+    ctx = make_ctx(subject, tmp_path)
+    from tests.tracer.bad_inputs import edit_json
+
+    edit_json(ctx.graph, lambda d: d["nodes"][0].update(label="bell\x07 and nul\x00"))
+    out = tmp_path / "g.graphml"
+    assert main(["export", str(ctx.graph), "--to", "graphml", "-o", str(out)]) == 0
+    import networkx as nx
+
+    g = nx.read_graphml(out)
+    assert "bell\ufffd and nul\ufffd" in {d.get("label") for _, d in g.nodes(data=True)}
+
+
+def test_readme_table_is_current():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert table() in readme, "README table out of date: run `python -m tests.tracer.bad_inputs` and paste it"
