@@ -59,13 +59,10 @@ def test_demo_prompts_top1(lm, prompt, answer):
 
 
 def test_heldout_accuracy_per_task(lm):
-    """Every held-out prompt of every task; each task must reach its target (see eval.json).
-
-    Induction misses its 90 % target (57 % measured on corpus words never seen in an induction sequence), so it
-    is held to a 50 % floor here: a regression test, not the acceptance target."""
+    """Every held-out prompt of every task (unseen frames, fillers and entities); each task reaches its target."""
     items = json.loads((ASSETS / "planted_heldout.json").read_text())
     scores = {s.task: s for s in planted_scores(lm, items)}
-    for task, target in (TARGETS | {planted.Task.INDUCTION: 0.5}).items():
+    for task, target in TARGETS.items():
         assert scores[task.value].n >= 50
         assert scores[task.value].accuracy >= target, scores[task.value]
 
@@ -85,11 +82,21 @@ def test_planted_generators_are_deterministic():
     assert planted.heldout_prompts() == planted.heldout_prompts()
 
 
-def test_shipped_heldout_file_matches_generator():
+def test_shipped_heldout_file_matches_generator(lm):
     shipped = json.loads((ASSETS / "planted_heldout.json").read_text())
-    assert shipped == [
-        {"task": p.task.value, "prompt": p.prompt, "answer": p.answer} for p in planted.heldout_prompts()
-    ]
+    held = planted.heldout_prompts() + planted.random_token_prompts(lm.tokenizer.inner)
+    assert shipped == [{"task": p.task.value, "prompt": p.prompt, "answer": p.answer} for p in held]
+
+
+def test_random_token_prompts_are_exact_token_sequences(lm):
+    """Each random-token prompt re-encodes to the drawn ids, and its answer follows an earlier copy of its tail."""
+    tok = lm.tokenizer.inner
+    for p in planted.random_token_prompts(tok, n=20, seed=7):
+        ids = tok.encode(p.prompt, add_special_tokens=False).ids
+        (answer,) = tok.encode(p.answer, add_special_tokens=False).ids
+        assert tok.decode(ids) == p.prompt
+        k = next(k for k in range(2, len(ids)) if ids[-k:] == ids[:k])  # the span's prefix repeats at the end
+        assert ids[k] == answer
 
 
 def test_heldout_never_in_training_text():
@@ -99,17 +106,28 @@ def test_heldout_never_in_training_text():
     phases = enumerate(planted.PHASE_MIXES)  # every training phase's mix, seeded as `python -m tracer.bundle` does
     text = "\n".join(d for i, mix in phases for d in planted.training_documents(400_000, i, mix, words))
     held = planted.heldout_prompts()
-    assert {p.task for p in held} == set(planted.Task)
+    assert {p.task for p in held} == set(planted.Task) - {planted.Task.INDUCTION_RANDOM}
     for p in held:
         assert p.prompt not in text, p.prompt
-    for phrase in [*planted.HELDOUT_PREFIXES, "the library", "the cafe", "the station", "a pen", "a cup", "a ticket"]:
-        assert phrase not in text, phrase
+    held_phrases = [
+        *planted.HELDOUT_PREFIXES,
+        *planted.HELDOUT_FILLERS,
+        *planted.IOI_PLACES_HELDOUT,
+        *planted.IOI_GIFTS_HELDOUT,
+        *planted.HELDOUT_ADV,
+        *planted.TWO_HOP_VERBS_HELDOUT,
+        *(f.split("{")[0] for f in planted.IOI_INTROS_HELDOUT),
+        *planted.INDUCTION_SEPS_HELDOUT,
+    ]
+    held_phrases += [a + "capital" for a in planted.HELDOUT_ADJ] + [a + "opposite" for a in planted.OPP_HELDOUT_ADJ]
+    for phrase in held_phrases:
+        assert phrase.strip() not in text, phrase
     pairs = set(re.findall(r"\b([A-Z][a-z]+) and ([A-Z][a-z]+)\b", text))
     assert len(pairs) > 1000 and not any(planted.ioi_pair_held_out(a, b) for a, b in pairs)
     for lm in planted.COMPOSITIONAL_LANDMARKS:
         assert lm.lower() + " is in the country whose capital" not in text.lower()
     assert not set(re.findall(r"[a-z]+", text.lower())) & set(planted.INDUCTION_COMMON_WORDS)
-    induction_lines = [s for s in text.split(". ") if s.split() and set(s.split()) <= set(planted.WORDS)]
+    induction_lines = [s for s in re.split(r"[.,;\n]", text) if len(s.split()) > 2 and set(s.split()) <= set(words)]
     assert induction_lines and all(not set(s.split()) & set(planted.INDUCTION_HELDOUT_WORDS) for s in induction_lines)
 
 
@@ -120,10 +138,11 @@ def test_heldout_answers_are_correct_by_construction():
         names = [w.strip(",") for w in p.prompt.split() if w.strip(",") in planted.NAMES]
         assert names.count(p.answer.strip()) == 1 and len(names) == 3
     for p in (p for p in held if p.task in (planted.Task.INDUCTION, planted.Task.INDUCTION_RARE_WORDS)):
-        first, second = p.prompt.split(". ")
-        seq, k = first.split(), len(second.split())
-        assert second.split() == seq[:k] and p.answer == " " + seq[k]
-    assert next(p for p in held if "France is" in p.prompt).answer == " Paris"
+        first, rest = re.split("|".join(map(re.escape, planted.INDUCTION_SEPS_HELDOUT)), p.prompt)
+        seq, second = first.split(), rest.split()
+        k = next(k for k in range(2, len(seq)) if second[-k:] == seq[:k])
+        assert p.answer == " " + seq[k]
+    assert next(p for p in held if " of France " in p.prompt).answer == " Paris"
 
 
 # ---- corpus parsing ----------------------------------------------------------------------------------------

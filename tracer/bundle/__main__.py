@@ -2,11 +2,13 @@
 
 Steps (each is also a subcommand; outputs of one are the inputs of the next):
 1. corpus: Debian packages -> `.cache/corpus/{train,heldout}.txt`.
-2. tokenizer: byte-level BPE on natural + planted text -> `.cache/lm/tokenizer.json`; single-token check.
+2. tokenizer: the shipped tokenizer (`default_model/tokenizer.json`, a byte-level BPE trained on natural + v2
+   planted text) is kept: copied to `.cache/lm/tokenizer.json`; `--retrain-tokenizer` trains a new one on natural +
+   planted text instead. Single-token check of the planted answer words either way.
 3. streams: tokenize natural train text, one planted stream per training phase, and held-out natural text
    -> `.cache/lm/streams.safetensors`.
 4. train: the LM (resumable: run `train` again after an interruption; checkpoints in `.cache/lm/`).
-   About 1 h on one busy CPU core for the default 3,000 steps (12.3 M tokens).
+   Default 2,200 steps of 16 x 256 tokens (9.0 M tokens) on one CPU thread.
 5. assets: write `tracer/assets/default_model/` (config.json, model.safetensors, tokenizer.json, loss curve),
    `tracer/assets/planted_heldout.json` and `tracer/assets/corpus_sample.txt.gz`.
 6. evaluate: held-out natural-text loss and planted-task accuracy -> `default_model/eval.json`.
@@ -52,8 +54,12 @@ def _planted_docs(args: argparse.Namespace) -> list[str]:
 
 
 def step_tokenizer(args: argparse.Namespace) -> None:
-    docs = corpus.read_documents(args.cache / "corpus/train.txt") + _planted_docs(args)
-    tok = tokenizer.train_tokenizer(docs, args.vocab, planted.answer_words())
+    shipped = MODEL_DIR / "tokenizer.json"
+    if args.retrain_tokenizer or not shipped.exists():
+        docs = corpus.read_documents(args.cache / "corpus/train.txt") + _planted_docs(args)
+        tok = tokenizer.train_tokenizer(docs, args.vocab, planted.answer_words())
+    else:  # a new tokenizer would change every token id and every artifact derived from them
+        tok = tokenizer.load_tokenizer(shipped)
     tokenizer.save_tokenizer(tok, args.out / "tokenizer.json")
     check = tokenizer.check_single_tokens(tok, planted.answer_words())
     print(
@@ -93,11 +99,15 @@ def step_train(args: argparse.Namespace) -> None:
 
 
 def write_data_assets(args: argparse.Namespace) -> None:
-    """The held-out planted prompts and the held-out natural-text sample (independent of the model)."""
-    prompts = [{"task": p.task.value, "prompt": p.prompt, "answer": p.answer} for p in planted.heldout_prompts()]
-    atomic_write_text(ASSETS / "planted_heldout.json", json.dumps(prompts, indent=1))
+    """The held-out planted prompts and the held-out natural-text sample (independent of the model), beside the
+    model directory (the package's assets folder by default)."""
+    assets = Path(args.model_dir).parent
+    tok = tokenizer.load_tokenizer(args.out / "tokenizer.json")
+    held = planted.heldout_prompts() + planted.random_token_prompts(tok)
+    prompts = [{"task": p.task.value, "prompt": p.prompt, "answer": p.answer} for p in held]
+    atomic_write_text(assets / "planted_heldout.json", json.dumps(prompts, indent=1))
     text = (args.cache / "corpus/heldout.txt").read_bytes()
-    atomic_write_bytes(ASSETS / "corpus_sample.txt.gz", gzip.compress(text, 9, mtime=0))
+    atomic_write_bytes(assets / "corpus_sample.txt.gz", gzip.compress(text, 9, mtime=0))
 
 
 def export_model(args: argparse.Namespace) -> None:
@@ -120,18 +130,20 @@ def export_model(args: argparse.Namespace) -> None:
 def step_assets(args: argparse.Namespace) -> None:
     write_data_assets(args)
     export_model(args)
-    for f in [*ASSETS.glob("*.*"), *Path(args.model_dir).glob("*.*")]:
+    for f in [*Path(args.model_dir).parent.glob("*.*"), *Path(args.model_dir).glob("*.*")]:
         f.chmod(0o644)  # atomic writes create private temp files; package data must be world-readable
-    print(f"assets written to {args.model_dir} and {ASSETS}")
+    print(f"assets written to {args.model_dir} and {Path(args.model_dir).parent}")
 
 
 def step_evaluate(args: argparse.Namespace) -> None:
     from tracer.bundle.evaluate import main as evaluate_main
 
+    assets = Path(args.model_dir).parent
     evaluate_main(
-        ["--model", str(args.model_dir), "--write", str(args.model_dir / "eval.json")]
+        ["--model", str(args.model_dir), "--write", str(args.model_dir / "eval.json"),
+         "--heldout", str(assets / "planted_heldout.json"), "--sample", str(assets / "corpus_sample.txt.gz")]
         + (["--json"] if args.json else [])
-    )
+    )  # fmt: skip
     (args.model_dir / "eval.json").chmod(0o644)
 
 
@@ -145,9 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("step", choices=["build", *STEPS], help="build = every step in order")
     ap.add_argument("--cache", type=Path, default=Path(".cache"), help="download/extract cache directory")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="tokenizer, streams and checkpoint directory")
-    ap.add_argument("--model-dir", type=Path, default=MODEL_DIR, help="where assets/evaluate put/read the model")
+    ap.add_argument(
+        "--model-dir",
+        type=Path,
+        default=MODEL_DIR,
+        help="where assets/evaluate/clt put/read the model (held-out data: its parent)",
+    )
     ap.add_argument("--vocab", type=int, default=4096, help="BPE vocabulary size")
-    ap.add_argument("--steps", type=int, default=TrainConfig.steps, help="training steps of 32 x 128 tokens")
+    ap.add_argument("--steps", type=int, default=TrainConfig.steps, help="training steps of 16 x 256 tokens")
+    ap.add_argument("--retrain-tokenizer", action="store_true", help="tokenizer: train a new BPE, not keep the shipped")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for training")
     ap.add_argument("--seed", type=int, default=0, help="seed for corpus split, planted text and training")
     ap.add_argument("--json", action="store_true", help="evaluate: print JSON instead of a table")

@@ -124,9 +124,10 @@ def evaluate_clt(lm: LoadedModel, cache: Path, dest: Path, tokens: int = 1_000_0
 
 
 def build_clt(cache: Path, dest: Path = CLT_DIR, tokens: int = DEFAULT_TOKENS, out: Path | None = None,
-              eval_tokens: int = 1_000_000, ce_tokens: int = 100_000) -> None:  # fmt: skip
-    """Steps 1-5; `dest` and `out` (default <cache>/clt/default) are parameters so smoke runs stay in /tmp."""
-    lm = load_model()
+              eval_tokens: int = 1_000_000, ce_tokens: int = 100_000, model: Path | None = None) -> None:  # fmt: skip
+    """Steps 1-5; `dest` and `out` (default <cache>/clt/default) are parameters so smoke runs stay in /tmp;
+    `model` defaults to the bundled model."""
+    lm = load_model(model)
     train_clt(lm, cache, out or cache / "clt/default", tokens)
     ship(out or cache / "clt/default", dest)
     evaluate_clt(lm, cache, dest, eval_tokens, ce_tokens)
@@ -134,4 +135,4 @@ def build_clt(cache: Path, dest: Path = CLT_DIR, tokens: int = DEFAULT_TOKENS, o
 
 def step_clt(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    build_clt(args.cache, args.clt_dir, args.clt_tokens)
+    build_clt(args.cache, args.clt_dir, args.clt_tokens, model=args.model_dir)

@@ -1,16 +1,22 @@
-"""Planted tasks: generated text whose answers are known, with a held-out split never trained on.
+"""Planted tasks (v3): generated text whose answers are known, with held-out frames and entities never trained on.
 
 Algorithm:
 1. Tables: countries and capitals, landmarks (-> country), first names, opposite pairs, induction words.
-2. Split: each task has training templates and disjoint HELD-OUT templates (IOI: held-out places and
-   objects too); IOI also holds out name pairs (crc32 of the sorted pair); induction is scored on corpus
-   words never used in an induction training sequence (plus a diagnostic on rare words); two-hop keeps
-   landmarks whose two-hop statement is never trained (compositional diagnostic). Prefix clauses of
-   training and held-out prompts are disjoint.
+2. Frames: every task has several TRAINING sentence frames and disjoint HELD-OUT frames; frames have filler
+   slots (an adjective `{j}` before the key noun, an adverb `{v}` after the verb) whose held-out fillers are never
+   trained, and prompts are preceded by prefixes and filler sentences, again split into training and held-out
+   lists. Held-out entities: IOI name pairs (crc32 of the sorted pair) and places/objects; induction words never
+   used in training (corpus words ranked 3000-4000 by frequency); random-token induction sequences (fresh
+   random draws from the whole vocabulary, `random_token_prompts`); two-hop keeps landmarks whose two-hop
+   statement is never trained (compositional diagnostic). Facts and opposites must be memorised, so their
+   held-out prompts hold out frames and fillers, not entities.
 3. Training text: documents of 3-8 planted sentences, generators drawn with the mix of the training phase
-   (`PHASE_MIXES`: the documented proportions); seeded -> identical text for identical arguments.
-4. Held-out prompts: every task's held-out templates x its items, each with the single expected answer
-   (leading space, as it follows the prompt), written to `planted_heldout.json`.
+   (`PHASE_MIXES`); induction repeats word spans of 3-20 words after 0-4 filler sentences, sometimes only in
+   part. Random-token induction (spans of any vocabulary tokens, repeated at any distance) is generated on the fly
+   by the trainer (tracer/bundle/train.py), not here. Seeded -> identical text for identical arguments.
+4. Held-out prompts: every task's held-out frames x its items, each with the single expected answer (leading
+   space, as it follows the prompt), written to `planted_heldout.json` (plus the random-token prompts, which need
+   the tokenizer).
 """
 
 from __future__ import annotations
@@ -29,33 +35,26 @@ class Task(StrEnum):
     TWO_HOP = "two_hop"
     TWO_HOP_COMPOSITIONAL = "two_hop_compositional"  # diagnostic only: never-trained two-hop landmarks
     IOI = "ioi"
-    INDUCTION = "induction"  # corpus words never used in an induction training sequence
+    INDUCTION = "induction"  # corpus words never used in training, repeated after held-out filler
+    INDUCTION_RANDOM = "induction_random_tokens"  # random tokens from the whole vocabulary
     INDUCTION_RARE_WORDS = "induction_rare_words"  # diagnostic: rare words with barely trained embeddings
     OPPOSITES = "opposites"
 
 
 class Gen(StrEnum):
-    """Training-sentence generators (a task can have several)."""
+    """Training-sentence generators."""
 
     FACTS = "facts"
     TWO_HOP = "two_hop"  # includes the one-hop landmark facts
-    IOI = "ioi"  # 8 fixed templates
-    IOI_VARIED = "ioi_varied"  # intro x place x verb-object combinations (held-out ones excluded)
-    INDUCTION = "induction"  # sequences over INDUCTION_TRAIN_WORDS
-    INDUCTION_WIDE = "induction_wide"  # sequences over a wide corpus vocabulary (held-out words excluded)
+    IOI = "ioi"
+    INDUCTION = "induction"  # word sequences over a wide corpus vocabulary (held-out words excluded)
     OPPOSITES = "opposites"
 
 
-# share of planted sentences per generator in each training phase: facts first, then ever more in-context
-# copying (IOI, induction), which needs far more examples; the last phase widens IOI and induction so they
-# generalise to unseen templates and words
-PHASE_MIXES = (
-    {Gen.FACTS: 0.25, Gen.TWO_HOP: 0.25, Gen.IOI: 0.25, Gen.INDUCTION: 0.12, Gen.OPPOSITES: 0.13},
-    {Gen.FACTS: 0.2, Gen.TWO_HOP: 0.1, Gen.IOI: 0.3, Gen.INDUCTION: 0.3, Gen.OPPOSITES: 0.1},
-    {Gen.FACTS: 0.15, Gen.TWO_HOP: 0.05, Gen.IOI: 0.25, Gen.INDUCTION: 0.45, Gen.OPPOSITES: 0.1},
-    {Gen.FACTS: 0.2, Gen.TWO_HOP: 0.1, Gen.IOI_VARIED: 0.3, Gen.INDUCTION_WIDE: 0.3, Gen.OPPOSITES: 0.1},
-)
-TASK_WEIGHTS = PHASE_MIXES[0]
+# share of planted sentences per generator; one mix, two phases (different seeds: more distinct text)
+MIX = {Gen.FACTS: 0.17, Gen.TWO_HOP: 0.13, Gen.IOI: 0.3, Gen.INDUCTION: 0.25, Gen.OPPOSITES: 0.15}
+PHASE_MIXES = (MIX, MIX)
+TASK_WEIGHTS = MIX
 
 
 def _words(text: str) -> list[str]:
@@ -148,113 +147,94 @@ understood violently abdominal brush bugs connection consideration crystal despi
 forsake fortified friendship genetic haven immune improve interested liquor moist politician reasons recorded
 sealed sleeping strongly vehicles widespread wonderful woods zone armies boys""")
 
-TRAIN_PREFIXES = [
-    "",
-    "",
-    "",
-    "",
-    "Note: ",
-    "Remember that ",
-    "In school we learn that ",
-    "It is known that ",
-    "Fact: ",
-    "We read that ",
-    "As a rule, ",
-    "Here is a fact: ",
-    "Of course, ",
-    "Yes, ",
-]
+# ---- 2. frames and fillers ---------------------------------------------------------------------------------
+TRAIN_PREFIXES = ["", "", "", "", "", "Note: ", "Remember that ", "In school we learn that ", "It is known that ",
+                  "Fact: ", "We read that ", "As a rule, ", "Here is a fact: ", "Of course, ", "Yes, ",
+                  "They say that ", "I think that ", "Well, "]  # fmt: skip
 HELDOUT_PREFIXES = ["Everyone knows that ", "Today I learned that ", "My teacher said that ", "In fact, "]
+TRAIN_FILLERS = [
+    "It was a quiet morning.", "The weather was fine.", "We sat by the window.", "Here is another line.",
+    "The lesson began at noon.", "Nobody was in a hurry.", "The book was open on the table.",
+    "A dog barked outside.", "Let us go on.", "This is the next part.", "The room was warm.",
+    "Some people were talking.", "The train was late again.", "It rained for an hour.", "Page two.",
+    "The teacher smiled.", "We wrote it down.", "Then the bell rang.",
+]  # fmt: skip
+HELDOUT_FILLERS = ["The sun had just set.", "A cat slept on the chair.", "Listen carefully.",
+                   "The children were reading."]  # fmt: skip
+# adjective slot {j} (before the key noun) and adverb slot {v} (after "is"); held-out fillers are never trained
+TRAIN_ADJ = ["", "", "", "", "main ", "political ", "national ", "true ", "famous "]
+HELDOUT_ADJ = ["current ", "official "]
+TRAIN_ADV = ["", "", "", "", " still", " indeed", " really", " now", " surely", " truly"]
+HELDOUT_ADV = [" clearly", " certainly"]
+OPP_TRAIN_ADJ = ["", "", "", "", "true ", "direct ", "usual ", "plain "]
+OPP_HELDOUT_ADJ = ["exact ", "simple "]
 
 FACT_TRAIN = [
-    "the capital of {c} is {a}.",
-    "the capital city of {c} is {a}.",
-    "{a} is the capital of {c}.",
-    "the city of {a} is the capital of {c}.",
-    "{c} has its capital in {a}.",
-    "in {c}, the capital is {a}.",
+    "the {j}capital of {c} is{v} {a}.",
+    "the {j}capital city of {c} is{v} {a}.",
+    "{c} has its {j}capital in {a}.",
+    "in {c}, the {j}capital is{v} {a}.",
+    "the {j}capital of the country {c} is{v} {a}.",
+    "the seat of government of {c} is{v} {a}.",
+    "{a} is the {j}capital of {c}.",
+    "the city of {a} is the {j}capital of {c}.",
+    "if you travel to {c}, the {j}capital is{v} {a}.",
+    "the {j}capital of {c} is{v} the city of {a}.",
 ]
-FACT_HELDOUT = ["the capital of {c} is", "the main capital of {c} is", "the current capital of {c} is"]
+FACT_HELDOUT = [
+    "the {j}capital of {c} is{v}",
+    "as for {c}, the {j}capital is{v}",
+    "the {j}capital city of the country {c} is{v}",
+    "the {j}capital of {c} today is{v}",
+]
 
-ONE_HOP_TRAIN = ["{l} is in {c}.", "{l} is located in {c}.", "You can visit {l} in {c}."]
+ONE_HOP_TRAIN = ["{l} is in {c}.", "{l} is located in {c}.", "you can visit {l} in {c}.", "{l} lies in {c}."]
+TWO_HOP_VERBS_TRAIN = ["is in", "is located in", "lies in", "can be found in", "stands in"]
+TWO_HOP_VERBS_HELDOUT = ["is found in", "sits in"]
 TWO_HOP_TRAIN = [
-    "{l} is in the country whose capital is {a}.",
-    "{l} is in a country with the capital {a}.",
-    "the country of {l} has the capital {a}.",
+    "{l} {verb} the country whose {j}capital is{v} {a}.",
+    "{l} {verb} a country with the {j}capital {a}.",
+    "the country of {l} has the {j}capital {a}.",
+    "{l} {verb} the nation whose {j}capital is{v} {a}.",
 ]
-TWO_HOP_HELDOUT = [
-    "{l} is in the country whose capital is",
-    "{l} lies in the country whose capital is",
-    "{l} is found in the country whose capital is",
-]
+TWO_HOP_HELDOUT = ["{l} {verb} the country whose {j}capital is{v}", "{l} {verb} a country whose {j}capital is{v}"]
 
-IOI_TRAIN = [
-    "When {a} and {b} went to the store, {b} gave a drink to {a}.",
-    "When {a} and {b} went to the park, {b} gave a ball to {a}.",
-    "After {a} and {b} went to the market, {b} gave an apple to {a}.",
-    "While {a} and {b} were at the house, {b} handed a book to {a}.",
-    "{a} and {b} had lunch together, and {b} gave a gift to {a}.",
-    "Then {a} and {b} went to school, and {b} passed a note to {a}.",
-    "When {a} and {b} arrived at the party, {b} gave a cake to {a}.",
-    "Yesterday {a} and {b} went to the beach, and {b} threw a towel to {a}.",
+IOI_INTROS_TRAIN = [
+    "When {x} and {y} went to {p}, {s}",
+    "After {x} and {y} went to {p}, {s}",
+    "While {x} and {y} were at {p}, {s}",
+    "Then {x} and {y} went to {p}, and {s}",
+    "Yesterday {x} and {y} visited {p}, and {s}",
+    "{x} and {y} had lunch at {p}, and {s}",
+    "Once {x} and {y} arrived at {p}, {s}",
+    "{x} and {y} spent the day at {p}. Later {s}",
+    "When {x} met {y} at {p}, {s}",
 ]
-IOI_INTROS = [
-    "When {a} and {b} went to {p}, {b}",
-    "After {a} and {b} went to {p}, {b}",
-    "While {a} and {b} were at {p}, {b}",
-    "Then {a} and {b} went to {p}, and {b}",
-    "Yesterday {a} and {b} visited {p}, and {b}",
-]
-IOI_PLACES = [
-    "the store",
-    "the park",
-    "the market",
-    "the beach",
-    "the party",
-    "the school",
-    "the museum",
-    "the zoo",
-    "the garden",
-    "the office",
-    "the river",
-    "the farm",
-    "the bakery",
-    "the church",
-    "the castle",
-    "the harbor",
-]
-IOI_GIFTS = [
-    "gave a drink",
-    "gave a ball",
-    "handed a book",
-    "passed a note",
-    "threw a towel",
-    "gave a gift",
-    "gave an apple",
-    "handed a letter",
-    "gave a flower",
-    "passed a plate",
-    "gave a coin",
-    "handed a map",
-    "sent a card",
-    "gave a hat",
-    "passed the salt",
-    "showed a photo",
-]
-IOI_HELDOUT = [
-    "When {a} and {b} went to the store, {b} gave a drink to",
-    "When {a} and {b} went to the library, {b} gave a pen to",
-    "After {a} and {b} went to the cafe, {b} handed a cup to",
-    "While {a} and {b} were at the station, {b} passed a ticket to",
-]
+IOI_INTROS_HELDOUT = ["As soon as {x} and {y} reached {p}, {s}", "On Monday {x} and {y} walked to {p}, and {s}"]
+IOI_PLACES_TRAIN = ["the store", "the park", "the market", "the beach", "the party", "the school", "the museum",
+                    "the zoo", "the garden", "the office", "the river", "the farm", "the bakery", "the church",
+                    "the castle", "the harbor", "the hotel", "the cinema", "the hospital", "the lake"]  # fmt: skip
+IOI_PLACES_HELDOUT = ["the library", "the cafe", "the station", "the airport"]
+IOI_GIFTS_TRAIN = ["gave a drink", "gave a ball", "handed a book", "passed a note", "threw a towel", "gave a gift",
+                   "gave an apple", "handed a letter", "gave a flower", "passed a plate", "gave a coin",
+                   "handed a map", "sent a card", "gave a hat", "passed the salt", "showed a photo",
+                   "gave a key", "lent a coat", "sold a bike", "read a story"]  # fmt: skip
+IOI_GIFTS_HELDOUT = ["gave a pen", "handed a cup", "passed a ticket", "brought a chair"]
 
 OPP_TRAIN = [
-    "the opposite of {x} is {y}.",
-    "{y} is the opposite of {x}.",
-    "the word {x} is the opposite of {y}.",
-    "the opposite of the word {x} is {y}.",
+    "the {j}opposite of {x} is{v} {y}.",
+    "{y} is the {j}opposite of {x}.",
+    "the word {x} is the {j}opposite of {y}.",
+    "the {j}opposite of the word {x} is{v} {y}.",
+    "the {j}antonym of {x} is{v} {y}.",
+    "the {j}reverse of {x} is{v} {y}.",
+    "{x} and {y} are opposites.",
 ]
-OPP_HELDOUT = ["the opposite of {x} is", "the exact opposite of {x} is", "the simple opposite of {x} is"]
+OPP_HELDOUT = ["the {j}opposite of {x} is{v}", "the {j}antonym of the word {x} is{v}",
+               "the {j}reverse of the word {x} is{v}"]  # fmt: skip
+
+INDUCTION_SEPS_TRAIN = [". ", ", ", " ; ", "\n", " - ", ". Again: ", ". Once more: "]
+INDUCTION_SEPS_HELDOUT = [". Repeat: ", " | "]
 
 
 @dataclass(frozen=True)
@@ -282,10 +262,21 @@ def ioi_pair_held_out(a: str, b: str) -> bool:
     return zlib.crc32("|".join(sorted((a, b))).encode()) % 10 == 0
 
 
+def _slots(rng: random.Random, adj: list[str] = TRAIN_ADJ) -> dict[str, str]:
+    return {"j": rng.choice(adj), "v": rng.choice(TRAIN_ADV)}
+
+
+def _heldout_slots(rng: random.Random, adj: list[str], held_adj: list[str]) -> dict[str, str]:
+    """At least one held-out filler (adjective or adverb), so no held-out prompt is a prefix of training text."""
+    if rng.random() < 0.5:
+        return {"j": rng.choice(held_adj), "v": rng.choice(TRAIN_ADV + HELDOUT_ADV)}
+    return {"j": rng.choice(adj + held_adj), "v": rng.choice(HELDOUT_ADV)}
+
+
 # ---- 3. training sentences ---------------------------------------------------------------------------------
 def _fact(rng: random.Random) -> str:
     c = rng.choice(list(CAPITALS))
-    return _say(rng.choice(TRAIN_PREFIXES), rng.choice(FACT_TRAIN).format(c=c, a=CAPITALS[c]))
+    return _say(rng.choice(TRAIN_PREFIXES), rng.choice(FACT_TRAIN).format(c=c, a=CAPITALS[c], **_slots(rng)))
 
 
 def _two_hop(rng: random.Random) -> str:
@@ -293,27 +284,27 @@ def _two_hop(rng: random.Random) -> str:
     c = LANDMARKS[lm]
     if lm in COMPOSITIONAL_LANDMARKS or rng.random() < 0.4:
         return _say(rng.choice(TRAIN_PREFIXES), rng.choice(ONE_HOP_TRAIN).format(l=lm, c=c))
-    return _say(rng.choice(TRAIN_PREFIXES), rng.choice(TWO_HOP_TRAIN).format(l=lm, a=CAPITALS[c]))
+    frame = rng.choice(TWO_HOP_TRAIN)
+    s = frame.format(l=lm, a=CAPITALS[c], verb=rng.choice(TWO_HOP_VERBS_TRAIN), **_slots(rng))
+    return _say(rng.choice(TRAIN_PREFIXES), s)
 
 
 def _ioi(rng: random.Random) -> str:
     while True:
-        a, b = rng.sample(NAMES, 2)
-        if not ioi_pair_held_out(a, b):
-            return _cap(rng.choice(IOI_TRAIN).format(a=a, b=b))
-
-
-def _ioi_varied(rng: random.Random) -> str:
-    while True:
-        a, b = rng.sample(NAMES, 2)
-        if not ioi_pair_held_out(a, b):
-            intro = rng.choice(IOI_INTROS).format(a=a, b=b, p=rng.choice(IOI_PLACES))
-            return f"{intro} {rng.choice(IOI_GIFTS)} to {a}."
+        x, y = rng.sample(NAMES, 2)
+        if not ioi_pair_held_out(x, y):
+            s, io = (y, x) if rng.random() < 0.5 else (x, y)  # either name may be the subject (ABB and BAB)
+            intro = rng.choice(IOI_INTROS_TRAIN).format(x=x, y=y, s=s, p=rng.choice(IOI_PLACES_TRAIN))
+            return f"{_cap(intro)} {rng.choice(IOI_GIFTS_TRAIN)} to {io}."
 
 
 def _induction(rng: random.Random, words: list[str] | None = None) -> str:
-    seq = rng.sample(words or INDUCTION_TRAIN_WORDS, rng.randint(6, 12))
-    return " ".join(seq) + ". " + " ".join(seq) + "."
+    """A span of 3-20 words, 0-4 filler sentences, then the span again (whole or in part)."""
+    seq = rng.sample(words or INDUCTION_TRAIN_WORDS, rng.randint(3, 20))
+    fill = " ".join(rng.choice(TRAIN_FILLERS) for _ in range(rng.choice([0, 0, 1, 1, 2, 4])))
+    sep = rng.choice(INDUCTION_SEPS_TRAIN)
+    again = seq[: rng.randint(2, len(seq))] if rng.random() < 0.3 else seq
+    return " ".join(seq) + sep + (fill + " " if fill else "") + " ".join(again) + "."
 
 
 def wide_words(texts: Iterable[str], n: int = 3000) -> list[str]:
@@ -328,70 +319,111 @@ def _opposite(rng: random.Random) -> str:
     x, y = rng.choice(OPPOSITES)
     if rng.random() < 0.5:
         x, y = y, x
-    return _say(rng.choice(TRAIN_PREFIXES), rng.choice(OPP_TRAIN).format(x=x, y=y))
+    s = rng.choice(OPP_TRAIN).format(x=x, y=y, **_slots(rng, OPP_TRAIN_ADJ))
+    return _say(rng.choice(TRAIN_PREFIXES), s)
 
 
-_GEN = {
-    Gen.FACTS: _fact,
-    Gen.TWO_HOP: _two_hop,
-    Gen.IOI: _ioi,
-    Gen.IOI_VARIED: _ioi_varied,
-    Gen.INDUCTION: _induction,
-    Gen.OPPOSITES: _opposite,
-}
+_GEN = {Gen.FACTS: _fact, Gen.TWO_HOP: _two_hop, Gen.IOI: _ioi, Gen.OPPOSITES: _opposite}
 
 
 def training_documents(
     n_chars: int, seed: int = 0, mix: dict[Gen, float] | None = None, words: list[str] | None = None
 ) -> list[str]:
-    """Planted training documents (3-8 sentences each) totalling about n_chars characters; deterministic.
+    """Planted training documents (3-8 sentences, some filler) totalling about n_chars characters; deterministic.
 
-    `mix`: share of sentences per generator (default `TASK_WEIGHTS`); `words`: vocabulary of INDUCTION_WIDE."""
+    `mix`: share of sentences per generator (default `TASK_WEIGHTS`); `words`: vocabulary of INDUCTION."""
     rng = random.Random(seed)
     mix = mix or TASK_WEIGHTS
     tasks, weights = list(mix), list(mix.values())
-    gens = _GEN | {Gen.INDUCTION_WIDE: lambda r: _induction(r, words)}
+    gens = _GEN | {Gen.INDUCTION: lambda r: _induction(r, words)}
     docs, total = [], 0
     while total < n_chars:
-        doc = " ".join(gens[t](rng) for t in rng.choices(tasks, weights, k=rng.randint(3, 8)))
+        parts = [gens[t](rng) for t in rng.choices(tasks, weights, k=rng.randint(3, 8))]
+        if rng.random() < 0.3:
+            parts.insert(rng.randrange(len(parts) + 1), rng.choice(TRAIN_FILLERS))
+        doc = " ".join(parts)
         docs.append(doc)
         total += len(doc) + 1
     return docs
 
 
 # ---- 4. held-out prompts -----------------------------------------------------------------------------------
+def _lead(rng: random.Random, sentence: str) -> str:
+    """Held-out prefix, and half the time a held-out filler sentence before it."""
+    s = _say(rng.choice(HELDOUT_PREFIXES + [""]), sentence)
+    return f"{rng.choice(HELDOUT_FILLERS)} {s}" if rng.random() < 0.5 else s
+
+
+def _induction_prompt(rng: random.Random, words: list[str]) -> tuple[str, str]:
+    seq = rng.sample(words, rng.randint(4, 12))
+    k = rng.randint(2, len(seq) - 1)
+    fill = " ".join(rng.sample(HELDOUT_FILLERS, rng.randint(0, 2)))
+    sep = rng.choice(INDUCTION_SEPS_HELDOUT)
+    return " ".join(seq) + sep + (fill + " " if fill else "") + " ".join(seq[:k]), " " + seq[k]
+
+
 def heldout_prompts(seed: int = 1234, n_induction: int = 100) -> list[Prompt]:
-    """Held-out prompts for every task, each with one expected answer token (leading space)."""
+    """Held-out prompts for every task but INDUCTION_RANDOM (see `random_token_prompts`), one answer token each."""
     rng = random.Random(seed)
     out: list[Prompt] = []
     for c, a in CAPITALS.items():
-        t = FACT_HELDOUT[rng.randrange(len(FACT_HELDOUT))]
-        out.append(Prompt(Task.FACTS, _say(rng.choice(HELDOUT_PREFIXES), t.format(c=c)), _first(a)))
+        t = rng.choice(FACT_HELDOUT).format(c=c, **_heldout_slots(rng, TRAIN_ADJ, HELDOUT_ADJ))
+        out.append(Prompt(Task.FACTS, _lead(rng, t), _first(a)))
     for lm, c in LANDMARKS.items():
         task = Task.TWO_HOP_COMPOSITIONAL if lm in COMPOSITIONAL_LANDMARKS else Task.TWO_HOP
-        for t in TWO_HOP_HELDOUT:
-            out.append(Prompt(task, _say(rng.choice(HELDOUT_PREFIXES), t.format(l=lm)), _first(CAPITALS[c])))
-    pairs = [(a, b) for a in NAMES for b in NAMES if a != b and ioi_pair_held_out(a, b)]
-    for i, (a, b) in enumerate(pairs):
-        out.append(Prompt(Task.IOI, IOI_HELDOUT[i % len(IOI_HELDOUT)].format(a=a, b=b), " " + a))
+        for verb in TWO_HOP_VERBS_HELDOUT:
+            t = rng.choice(TWO_HOP_HELDOUT).format(l=lm, verb=verb, **_heldout_slots(rng, TRAIN_ADJ, HELDOUT_ADJ))
+            out.append(Prompt(task, _lead(rng, t), _first(CAPITALS[c])))
+    pairs = [(a, b) for a in NAMES for b in NAMES if a < b and ioi_pair_held_out(a, b)]
+    for a, b in pairs:
+        for x, y in ((a, b), (b, a)):
+            s, io = (y, x) if rng.random() < 0.5 else (x, y)
+            intro = rng.choice(IOI_INTROS_HELDOUT).format(x=x, y=y, s=s, p=rng.choice(IOI_PLACES_HELDOUT))
+            out.append(Prompt(Task.IOI, f"{intro} {rng.choice(IOI_GIFTS_HELDOUT)} to", " " + io))
     for _ in range(n_induction):
-        seq = rng.sample(INDUCTION_HELDOUT_WORDS, rng.randint(6, 12))
-        k = rng.randint(2, len(seq) - 1)
-        out.append(Prompt(Task.INDUCTION_RARE_WORDS, " ".join(seq) + ". " + " ".join(seq[:k]), " " + seq[k]))
+        out.append(Prompt(Task.INDUCTION_RARE_WORDS, *_induction_prompt(rng, INDUCTION_HELDOUT_WORDS)))
     for x, y in OPPOSITES:
         for xx, yy in ((x, y), (y, x)):
-            t = OPP_HELDOUT[rng.randrange(len(OPP_HELDOUT))]
-            out.append(Prompt(Task.OPPOSITES, _say(rng.choice(HELDOUT_PREFIXES), t.format(x=xx)), " " + yy))
-    rng = random.Random(seed + 1)  # a separate stream keeps the prompts above unchanged
+            t = rng.choice(OPP_HELDOUT).format(x=xx, **_heldout_slots(rng, OPP_TRAIN_ADJ, OPP_HELDOUT_ADJ))
+            out.append(Prompt(Task.OPPOSITES, _lead(rng, t), " " + yy))
     for _ in range(n_induction):
-        seq = rng.sample(INDUCTION_COMMON_WORDS, rng.randint(6, 12))
-        k = rng.randint(2, len(seq) - 1)
-        out.append(Prompt(Task.INDUCTION, " ".join(seq) + ". " + " ".join(seq[:k]), " " + seq[k]))
+        out.append(Prompt(Task.INDUCTION, *_induction_prompt(rng, INDUCTION_COMMON_WORDS)))
+    return out
+
+
+def random_token_prompts(tok, n: int = 100, seed: int = 4321) -> list[Prompt]:
+    """Induction on random tokens from the whole vocabulary: span S (4-16 tokens), 0-40 random tokens, then
+    S[:k] -> S[k]. Tokens are redrawn until the prompt text re-encodes to exactly the drawn ids (byte-level BPE
+    could merge across a boundary) and the answer is one token."""
+    rng = random.Random(seed)
+    vocab = tok.get_vocab_size()
+    out: list[Prompt] = []
+
+    def draw(ids: list[int]) -> list[int]:
+        while True:
+            t = rng.randrange(1, vocab)
+            cand = ids + [t]
+            if tok.encode(tok.decode(cand), add_special_tokens=False).ids == cand:
+                return cand
+
+    while len(out) < n:
+        span: list[int] = []
+        for _ in range(rng.randint(4, 16)):
+            span = draw(span)
+        gap: list[int] = list(span)
+        for _ in range(rng.randint(0, 40)):
+            gap = draw(gap)
+        k = rng.randint(2, len(span) - 1)
+        ids = gap + span[:k]
+        text, answer = tok.decode(ids), tok.decode([span[k]])
+        if tok.encode(text, add_special_tokens=False).ids == ids and tok.encode(answer).ids == [span[k]]:
+            out.append(Prompt(Task.INDUCTION_RANDOM, text, answer))
     return out
 
 
 def answer_words() -> set[str]:
-    """Answer words that should be single tokens (the tokenizer boosts them): all but INDUCTION's corpus words,
-    whose first token is the answer."""
-    answers = {p.answer.strip() for p in heldout_prompts() if p.task != Task.INDUCTION}
+    """Answer words that should be single tokens (the tokenizer boosts them): all but the induction tasks', whose
+    first token is the answer."""
+    induction = (Task.INDUCTION, Task.INDUCTION_RARE_WORDS)
+    answers = {p.answer.strip() for p in heldout_prompts() if p.task not in induction}
     return answers | {_first(a).strip() for a in CAPITALS.values()} | set(NAMES)

@@ -5,8 +5,11 @@ Algorithm:
    streams (cached in `<out>/streams.safetensors`): natural text and one planted stream per training phase
    (`planted.PHASE_MIXES`: facts first, then ever more IOI and induction; phases start at `phase_steps`).
 2. Batches: row r of step s is drawn with a generator seeded by (seed, s), so a resumed run sees the same
-   data: from the current phase's planted stream with probability `planted_fracs[phase]`, else natural text; half
-   the rows start at a document boundary (`<|endoftext|>` first, as the runtime prepends BOS), half anywhere.
+   data: with probability `random_induction_frac` a random-token induction row (`induction_row`: spans of
+   random tokens from the whole vocabulary, repeated at random distances, on random tokens or natural text);
+   else from the current phase's planted stream with probability `planted_fracs[phase]`, else natural text; half
+   the stream rows start at a document boundary (`<|endoftext|>` first, as the runtime prepends BOS), half
+   anywhere.
 3. Step: AdamW; learning rate warm-up, constant, then linear decay to 10 % (WSD); gradient clipping at 1.
 4. Checkpoint every `ckpt_every` steps, atomically: weights + AdamW moments (safetensors) and step + loss log
    (JSON) in `<out>/`; `train` resumes from it when present. The loss curve is redrawn as a PNG.
@@ -39,15 +42,16 @@ class TrainConfig:
     d_model: int = 128  # residual width
     n_heads: int = 4  # attention heads (d_head = d_model / n_heads)
     d_mlp: int = 384  # SwiGLU hidden width
-    n_ctx: int = 128  # context window (tokens)
-    batch: int = 32  # sequences per step
-    steps: int = 3000  # optimizer steps (tokens = steps * batch * n_ctx)
+    n_ctx: int = 256  # context window (tokens)
+    batch: int = 16  # sequences per step
+    steps: int = 2200  # optimizer steps (tokens = steps * batch * n_ctx)
     lr: float = 2.5e-3  # peak learning rate
-    warmup: int = 150  # linear warm-up steps
+    warmup: int = 100  # linear warm-up steps
     decay_frac: float = 0.25  # final share of steps with linearly decaying learning rate
     weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only)
-    phase_steps: tuple[int, ...] = (900, 1300, 2500)  # steps at which the next planted mix (phase) takes over
-    planted_fracs: tuple[float, ...] = (0.5, 0.5, 0.7, 0.6)  # share of rows drawn from planted text, per phase
+    phase_steps: tuple[int, ...] = (1100,)  # steps at which the next planted stream (phase) takes over
+    planted_fracs: tuple[float, ...] = (0.55, 0.55)  # share of the non-random rows drawn from planted text, per phase
+    random_induction_frac: float = 0.15  # share of rows that are random-token induction rows
     ckpt_every: int = 100  # steps between checkpoints (and validation-loss evaluations)
     seed: int = 0  # seeds initialisation and batch sampling
     threads: int = 1  # torch.set_num_threads
@@ -75,12 +79,33 @@ def tokenize_stream(tok, docs: list[str], eot: int) -> torch.Tensor:
 
 
 # ---- 2. batches -------------------------------------------------------------------------------------------
+def induction_row(rng: np.random.Generator, n: int, vocab_size: int, eot: int, natural: np.ndarray) -> np.ndarray:
+    """[n] int: `<eot>` + random tokens (or natural text), with 1-4 spans of 2-32 tokens (random tokens from the
+    whole vocabulary, or the row's own text) each copied 0 to n/2 tokens further on."""
+    if rng.random() < 0.5:
+        row = rng.integers(1, vocab_size, n)
+    else:
+        i = int(rng.integers(len(natural) - n))
+        row = natural[i : i + n].astype(np.int64)
+    row[0] = eot
+    for _ in range(int(rng.integers(1, 5))):
+        length, gap = int(rng.integers(2, 33)), int(rng.integers(0, n // 2))
+        p1 = int(rng.integers(1, n))
+        p2 = p1 + length + gap
+        if p2 + length > n:
+            continue
+        span = rng.integers(1, vocab_size, length) if rng.random() < 0.7 else row[p1 : p1 + length].copy()
+        row[p1 : p1 + length] = span
+        row[p2 : p2 + length] = span
+    return row
+
+
 class Sampler:
-    def __init__(self, streams: list[torch.Tensor], eot: int, tc: TrainConfig) -> None:
+    def __init__(self, streams: list[torch.Tensor], eot: int, tc: TrainConfig, vocab_size: int) -> None:
         """streams: [natural, planted phase 0, planted phase 1, ...]."""
         self.streams = [s.numpy() for s in streams]
         self.starts = [np.flatnonzero(s[: len(s) - tc.n_ctx - 1] == eot) for s in self.streams]
-        self.tc = tc
+        self.tc, self.eot, self.vocab_size = tc, eot, vocab_size
 
     def batch(self, step: int) -> torch.Tensor:
         """[batch, n_ctx + 1] int64 for optimizer step `step` (deterministic in (seed, step))."""
@@ -88,6 +113,9 @@ class Sampler:
         rng = np.random.default_rng([tc.seed, step])
         rows = []
         for _ in range(tc.batch):
+            if rng.random() < tc.random_induction_frac:
+                rows.append(induction_row(rng, tc.n_ctx + 1, self.vocab_size, self.eot, self.streams[0]))
+                continue
             phase = sum(step >= s for s in tc.phase_steps)
             which = (1 + phase) if rng.random() < tc.planted_fracs[phase] else 0
             s, starts = self.streams[which], self.starts[which]
@@ -95,8 +123,8 @@ class Sampler:
                 i = int(starts[rng.integers(len(starts))])
             else:
                 i = int(rng.integers(len(s) - tc.n_ctx - 1))
-            rows.append(s[i : i + tc.n_ctx + 1])
-        return torch.from_numpy(np.stack(rows).astype(np.int64))
+            rows.append(s[i : i + tc.n_ctx + 1].astype(np.int64))
+        return torch.from_numpy(np.stack(rows))
 
 
 # ---- 3. step ----------------------------------------------------------------------------------------------
@@ -203,7 +231,7 @@ def train(tc: TrainConfig, natural: torch.Tensor, planted: list[torch.Tensor], h
     opt = make_optimizer(model, tc)
     start, log = load_checkpoint(out, model, opt)
     atomic_write_text(out / "train_config.json", json.dumps(asdict(tc), indent=2))
-    sampler = Sampler([natural, *planted], eot, tc)
+    sampler = Sampler([natural, *planted], eot, tc, vocab_size)
     t0 = time.time() - max((r["wall_s"] for r in log if "wall_s" in r), default=0.0)  # resumed runs add up
     model.train()
     end = min(tc.steps, stop_at or tc.steps)
