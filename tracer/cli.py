@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "tracer.graph_cli",  # prune, export
     "tracer.compare_cli",  # diff, common, supernodes
     "tracer.intervene_cli",  # intervene, generate
+    "tracer.validate_cli",  # validate
     "viewer.cli",  # view
     "transcoders.cli",  # transcoders train | eval | convert
     "tracer.features.cli",  # features build | show | search | export

@@ -48,13 +48,14 @@ class World:
             dist.barrier(group=self.object_group)
 
 
-def init_world() -> World:
-    """1. The torchrun world (initialised once per process), or World() outside torchrun."""
+def init_world(backend: str | None = None) -> World:
+    """1. The torchrun world (initialised once per process), or World() outside torchrun. backend: "gloo" for work
+    whose tensors stay on the CPU (default: NCCL when CUDA is available, else gloo)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)

@@ -55,6 +55,8 @@ def add_parser(subparsers) -> None:
     tr.add_argument("--init-from", type=Path, default=None, help="warm start: checkpoint.safetensors of a run")
     tr.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     tr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    tr.add_argument("--shard-features", action="store_true", help="under torchrun: each rank owns a slice of every "
+                    "layer's features (default: data parallel, each rank its own token shard)")  # fmt: skip
     _add_train_options(tr)
     tr.set_defaults(func=run_train)
 
@@ -82,6 +84,16 @@ def _threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def _world(args: argparse.Namespace):
+    """The torchrun world (gloo: training tensors stay on the CPU), or None for one process."""
+    from tracer.distributed import init_world
+
+    world = init_world(backend="gloo")
+    if not world.distributed and args.shard_features:
+        raise ConfigError("--shard-features needs several ranks: launch with torchrun --nproc-per-node N")
+    return world if world.distributed else None
+
+
 def run_train(args: argparse.Namespace) -> int:
     from transcoders.train import train
 
@@ -94,9 +106,18 @@ def run_train(args: argparse.Namespace) -> int:
     if lm.tokenizer is None:
         raise ConfigError(f"model {args.model} has no tokenizer; training needs one to read the corpus")
     stream = tokenize_corpus(lm.tokenizer, args.corpus, (cfg.data_tokens or cfg.tokens) + cfg.buffer_tokens)
-    res = train(
-        lm.model, stream, cfg, args.out, lm.name, lm.content_hash, args.cache_dir, progress=not args.no_progress
-    )
+    world = _world(args)
+    if world is not None:  # torchrun: transcoders.distributed
+        from transcoders.distributed import train_distributed
+
+        res = train_distributed(lm.model, stream, cfg, args.out, world, lm.name, lm.content_hash, args.cache_dir,
+                                args.shard_features, progress=not args.no_progress)  # fmt: skip
+        if not world.is_main:
+            return 0
+    else:
+        res = train(
+            lm.model, stream, cfg, args.out, lm.name, lm.content_hash, args.cache_dir, progress=not args.no_progress
+        )
     assert res is not None
     print(f"saved {args.out}: {res.steps} steps, {res.tokens_per_s:,.0f} tokens/s, "
           f"NMSE {res.final['nmse']:.3f}, L0 {res.final['l0']:.1f}, dead {res.final['dead']:.1%}")  # fmt: skip
