@@ -12,11 +12,11 @@
    and upcasts its values, so temporaries are bounded by the chunk, not the graph.
 3. passes: |A| row sums; the transposed mat-vec xᵀÂ with Â the row-normalised |A|; the entries between a node
    subset, or of a row subset, as a small edge list (tracer.prune.Edges) for the steps that follow.
-4. influence: I = wᵀ(Â + Â² + …). Given topological levels (row groups such that every row's sources lie in
-   later levels: logits, then features by layer from the top; NodeLayout.levels) it is one pass: each level's
-   rows have their final I + w when reached and push it to their sources. The order is verified (a row that
-   receives influence after it was processed means the levels were wrong), and the power series vᵀ ← vᵀÂ — which
-   ends because Â is nilpotent on a DAG — is the fallback and the path without levels.
+4. influence: I = wᵀ(Â + Â² + …), a case of path sums (`paths`). Given topological levels (row groups such that
+   every row's sources lie in later levels: logits, then features by layer from the top; NodeLayout.levels) it
+   is one pass: each level's rows have their final I + w when reached and push it to their sources. The order is
+   verified (a row that receives influence after it was processed means the levels were wrong), and the power
+   series vᵀ ← vᵀÂ — which ends because Â is nilpotent on a DAG — is the fallback and the path without levels.
 """
 
 from __future__ import annotations
@@ -119,9 +119,11 @@ class CsrAdjacency:
 
     # 2. chunks
 
-    def chunks(self, start: int = 0, stop: int | None = None, max_entries: int = CHUNK_ENTRIES) -> Iterator[Chunk]:
-        """Rows [start, stop) in contiguous pieces of at most max_entries entries (a longer row is its own piece)."""
+    def chunks(self, start: int = 0, stop: int | None = None, max_entries: int | None = None) -> Iterator[Chunk]:
+        """Rows [start, stop) in contiguous pieces of at most max_entries (default CHUNK_ENTRIES) entries (a longer
+        row is its own piece)."""
         stop = self.n if stop is None else stop
+        max_entries = max_entries or CHUNK_ENTRIES
         while start < stop:
             e0 = int(self.crow[start])
             end = int(torch.searchsorted(self.crow[start + 1 : stop + 1], e0 + max_entries, right=True)) + start
@@ -141,10 +143,12 @@ class CsrAdjacency:
             out.index_add_(0, c.rows, c.values.to(torch.float64, copy=True).abs_())
         return out
 
-    def push(self, coef: Tensor, out: Tensor, start: int = 0, stop: int | None = None) -> None:
-        """out[s] += Σ_t coef[t]·|A[t, s]| over rows t in [start, stop): with coef = x / row sums, this adds xᵀÂ."""
+    def push(self, coef: Tensor, out: Tensor, start: int = 0, stop: int | None = None, absolute: bool = True) -> None:
+        """out[s] += Σ_t coef[t]·|A[t, s]| (A[t, s] if not absolute) over rows t in [start, stop); with coef = x / row
+        sums this adds xᵀÂ."""
         for c in self.chunks(start, stop):
-            out.index_add_(0, c.cols, c.values.to(torch.float64, copy=True).abs_().mul_(coef[c.rows]))
+            v = c.values.to(torch.float64, copy=True)
+            out.index_add_(0, c.cols, (v.abs_() if absolute else v).mul_(coef[c.rows]))
 
     def select(self, row_mask: Tensor, col_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The entries in rows of row_mask [n] bool (and columns of col_mask, if given): int64 rows and cols, values."""
@@ -210,22 +214,42 @@ class RowStore:
         self.val[dest] = dense[b, c]
         self.count[rows] = counts
 
-    def _gather(self, out_col: Tensor, out_val: Tensor) -> Tensor:
-        """Copy every row's entries to its CSR place in out_* (may be the buffers themselves when slots are fixed:
-        a row never moves right, and each chunk is read whole before it is written). Returns crow."""
-        n = self.count.numel()
-        crow = torch.zeros(n + 1, dtype=torch.long)
+    def _crow(self) -> Tensor:
+        crow = torch.zeros(self.count.numel() + 1, dtype=torch.long)
         crow[1:] = self.count.cumsum(0)
+        return crow
+
+    def _gather(self, out_col: Tensor, out_val: Tensor) -> Tensor:
+        """Copy every row's entries to its CSR place in new buffers out_*, chunk by chunk. Returns crow."""
+        crow, n = self._crow(), self.count.numel()
         r0 = 0
         while r0 < n:
-            r1 = max(int(torch.searchsorted(crow, int(crow[r0]) + CHUNK_ENTRIES, right=True)) - 1, r0 + 1)
-            r1 = min(r1, n)
+            r1 = min(max(int(torch.searchsorted(crow, int(crow[r0]) + CHUNK_ENTRIES, right=True)) - 1, r0 + 1), n)
             e0, e1 = int(crow[r0]), int(crow[r1])
-            if e1 > e0 and not (out_col is self.col and torch.equal(self.start[r0:r1], crow[r0:r1])):
+            if e1 > e0:
                 rows = torch.repeat_interleave(torch.arange(r0, r1), self.count[r0:r1], output_size=e1 - e0)
                 src = self.start[rows] - crow[rows] + torch.arange(e0, e1)
                 out_col[e0:e1], out_val[e0:e1] = self.col[src], self.val[src]
             r0 = r1
+        return crow
+
+    def _compact(self) -> Tensor:
+        """Close the gaps between fixed slots in place: rows never move right, so moving runs of rows that shift
+        alike, in row order, overwrites nothing still to be read (numpy copies overlapping ranges correctly)."""
+        crow = self._crow()
+        rows = self.count.nonzero().flatten()
+        if rows.numel() == 0:
+            return crow
+        shift = self.start[rows] - crow[rows]
+        cut = torch.cat([torch.tensor([0]), (shift.diff() != 0).nonzero().flatten() + 1, torch.tensor([len(rows)])])
+        as_int = {2: torch.int16, 4: torch.int32, 8: torch.int64}[self.val.element_size()]  # numpy has no bf16
+        col, val = self.col.numpy(), self.val.view(as_int).numpy()
+        for i, j in zip(cut[:-1].tolist(), cut[1:].tolist(), strict=True):
+            first, last = int(rows[i]), int(rows[j - 1])
+            d0, d1, k = int(crow[first]), int(crow[last + 1]), int(shift[i])
+            if k:
+                col[d0:d1] = col[d0 + k : d1 + k]
+                val[d0:d1] = val[d0 + k : d1 + k]
         return crow
 
     def snapshot(self) -> CsrAdjacency:
@@ -238,7 +262,7 @@ class RowStore:
         """All rows as CSR; with fixed slots, compacted in place (the store is spent)."""
         if not self.fixed:
             return self.snapshot()
-        crow = self._gather(self.col, self.val)
+        crow = self._compact()
         nnz = int(crow[-1])
         return CsrAdjacency(crow, self.col[:nnz], self.val[:nnz])
 
@@ -251,40 +275,48 @@ def influence(adj: CsrAdjacency, weights: Tensor, levels: list[list[tuple[int, i
     w, sums = weights.double(), adj.row_abs_sums
     if not bool(torch.isfinite(sums).all()) or not bool(torch.isfinite(w).all()):
         raise GraphFileError("adjacency or logit weights hold NaN/Inf: influence is undefined")
-    coef_scale = 1.0 / sums.clamp_min(ROW_SUM_MIN)
+    scale = 1.0 / sums.clamp_min(ROW_SUM_MIN)
+    return paths(adj, w * scale, scale, levels, absolute=True)
+
+
+def paths(adj: CsrAdjacency, seed: Tensor, scale: Tensor, levels: list[list[tuple[int, int]]] | None = None,
+          absolute: bool = False) -> Tensor:  # fmt: skip
+    """[n] float64 y solving y[s] = Σ_t (scale[t]·y[t] + seed[t])·B[t, s], B = |A| (absolute) or A: the sum over all
+    paths into s, each edge weighted by B and each node it passes by `scale`. Influence is y with B = |A|,
+    seed = w / row sums, scale = 1 / row sums; signed path sums (tracer.effects) use B = A. One pass in the order of
+    `levels` when they are a topological order of the graph, else the power series."""
     if levels is not None:
-        got = _influence_levels(adj, w, coef_scale, levels)
+        got = _paths_levels(adj, seed.double(), scale.double(), levels, absolute)
         if got is not None:
             return got
-    return _influence_series(adj, w, coef_scale)
+    return _paths_series(adj, seed.double(), scale.double(), absolute)
 
 
-def _influence_levels(adj: CsrAdjacency, w: Tensor, scale: Tensor, levels: list[list[tuple[int, int]]]
-                      ) -> Tensor | None:  # fmt: skip
-    acc = torch.zeros(adj.n, dtype=torch.float64)  # influence received so far
+def _paths_levels(adj: CsrAdjacency, seed: Tensor, scale: Tensor, levels: list[list[tuple[int, int]]],
+                  absolute: bool) -> Tensor | None:  # fmt: skip
+    acc = torch.zeros(adj.n, dtype=torch.float64)  # y received so far
     done = torch.zeros(adj.n, dtype=torch.bool)
-    seen = torch.zeros(adj.n, dtype=torch.float64)  # each row's influence when it was processed
+    seen = torch.zeros(adj.n, dtype=torch.float64)  # each row's y when it was processed
     for level in levels:
         coef = torch.zeros(adj.n, dtype=torch.float64)
         for start, stop in level:
             seen[start:stop], done[start:stop] = acc[start:stop], True
-            coef[start:stop] = (acc[start:stop] + w[start:stop]) * scale[start:stop]
+            coef[start:stop] = scale[start:stop] * acc[start:stop] + seed[start:stop]
         for start, stop in level:
-            adj.push(coef, acc, start, stop)
+            adj.push(coef, acc, start, stop, absolute)
     if bool((adj.counts.gt(0) & ~done).any()) or not torch.equal(acc[done], seen[done]):
         return None  # not a topological order of this graph
     return acc
 
 
-def _influence_series(adj: CsrAdjacency, w: Tensor, scale: Tensor) -> Tensor:
-    v, total = w, torch.zeros(adj.n, dtype=torch.float64)
+def _paths_series(adj: CsrAdjacency, seed: Tensor, scale: Tensor, absolute: bool) -> Tensor:
+    coef, total = seed, torch.zeros(adj.n, dtype=torch.float64)
     for _ in range(adj.n + 1):
         nxt = torch.zeros(adj.n, dtype=torch.float64)
-        coef = v * scale
         for start, stop in runs(coef != 0):
-            adj.push(coef, nxt, start, stop)
+            adj.push(coef, nxt, start, stop, absolute)
         if not nxt.any():
             return total
         total += nxt
-        v = nxt
+        coef = scale * nxt
     raise GraphFileError("adjacency has a cycle: influence did not vanish after n_nodes steps (not a DAG)")

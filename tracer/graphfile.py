@@ -47,7 +47,7 @@ from tracer.effects import RankBy, effects, node_ranking
 from tracer.errors import GraphFileError, OutputError
 from tracer.finite import check_finite
 from tracer.io import atomic_write_text, check_output, new_temp, publish, remove_stale_temps, stale_temps
-from tracer.layout import KIND_ORDER, NodeKind, NodeLayout, NodeRef
+from tracer.layout import KIND_ORDER, NodeKind, NodeRef
 from tracer.prune import Edges, PruneResult, RowValues, prune
 from tracer.result import Attribution
 from tracer.schema import SCHEMA_VERSION, GraphEdge, GraphFile, GraphNode, Identity, Metadata, node_id
