@@ -1,8 +1,9 @@
 """A tiny model + CLT with one planted feature, for the feature-store tests.
 
-Word-level tokenizer; attention outputs zeroed, so layer 0's MLP input is the normalised token embedding.
-Embedding dimension 0 is non-zero only for " France" (4.0) and dimension 1 only for " Paris" (4.0). The planted
-feature PLANTED = (0, 3) reads dimension 0 (threshold 1: it fires on " France" and nowhere else) and its decoder
+Word-level tokenizer; attention outputs zeroed, so layer 0's MLP input is the normalised token embedding; neither
+the MLPs nor the random features' decoders write e0 or e1.
+The embeddings of " France" and " Paris" are 4·e0 and 4·e1; no other token has a component along e0 or e1. The
+planted feature PLANTED = (0, 3) reads dimension 0 (threshold 1: it fires on " France" and nowhere else) and its decoder
 writes dimension 1 to every output layer, so its logit lens says " Paris". The other features are random.
 """
 
@@ -43,8 +44,11 @@ def model() -> Transformer:
             p.copy_(0.3 * torch.randn(p.shape, generator=g))
         for b in m.blocks:
             b.attn.o.weight.zero_()  # type: ignore[union-attr]
+            b.mlp.down.weight[:2] = 0  # type: ignore[union-attr,index]  # MLPs never write e0 or e1
         E = m.embed.weight
         E[:, :2] = 0
+        E[FRANCE] = 0
+        E[PARIS] = 0
         E[FRANCE, 0] = 4.0
         E[PARIS, 1] = 4.0
     return m.requires_grad_(False).eval()
@@ -62,7 +66,7 @@ def transcoder(m: Transformer, n_features: int = 8) -> Transcoder:
         tc.theta.fill_(2.0)
         for s in range(2):
             tc.W_dec[s].copy_(0.1 * torch.randn(tc.W_dec[s].shape, generator=g))
-            tc.W_dec[s][:, :, 1] = 0
+            tc.W_dec[s][:, :, :2] = 0
         layer, f = PLANTED
         tc.W_enc[layer, f] = 0
         tc.W_enc[layer, f, 0] = 1.0

@@ -148,9 +148,25 @@ class Hit(NamedTuple):
 class _Doc(NamedTuple):
     layer: int
     feature: int
-    label: str
-    tokens: tuple[str, ...]  # top logits, top inputs and peak tokens, stripped and casefolded
-    context: str  # casefolded text of the top contexts
+    label: str  # casefolded
+    logits: tuple[str, ...]  # top logit-lens tokens, best first, stripped and casefolded
+    inputs: tuple[str, ...]  # top input tokens, the same
+    peaks: tuple[str, ...]  # the token at the peak of each top context, the same
+    contexts: tuple[str, ...]  # casefolded text of each top context
+
+
+def _ranked(q: str, items: tuple[str, ...], weight: float) -> float:
+    """weight·(1 - rank/n) for the best-ranked item equal to q (half for an item containing q), else 0."""
+    for r, t in enumerate(items):
+        if t == q or q in t:
+            return weight * (1 - r / len(items)) * (1.0 if t == q else 0.5)
+    return 0.0
+
+
+def _share(q: str, items: tuple[str, ...], weight: float) -> float:
+    if not items:
+        return 0.0
+    return weight * sum(1.0 if t == q else 0.5 if q in t else 0.0 for t in items) / len(items)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -166,6 +182,7 @@ class FeatureStoreDB:
         self.path, self.con, self.provenance = path, con, provenance
         self._vocab: list[str] | None = None
         self._docs: list[_Doc] | None = None
+        self._labels: dict[tuple[int, int], str] | None = None
 
     @property
     def n_layers(self) -> int:
@@ -216,42 +233,48 @@ class FeatureStoreDB:
         except (ValueError, KeyError, TypeError, zlib.error, IndexError) as e:
             raise FeatureStoreError(f"feature {layer}/{feature} in {self.path} is corrupt: {e}") from None
 
-    def labels(self) -> dict[tuple[int, int], str]:
-        """(layer, feature) -> label, for every feature with a non-empty label."""
-        rows = self.con.execute("SELECT layer, feature, label FROM features WHERE label != ''")
-        return {(int(a), int(b)): c for a, b, c in rows}
-
     def _index(self) -> list[_Doc]:
         """The search index, built once: label, top tokens (logits, inputs, peaks) and the top contexts' text."""
         if self._docs is None:
-            rows = self.con.execute("SELECT layer, feature, label, top_logits, top_inputs, peak_text, examples "
+            rows = self.con.execute("SELECT layer, feature, label, top_logits, top_inputs, examples "
                                     "FROM features WHERE n_fires > 0")  # fmt: skip
+            norm = lambda i: self._tok(int(i)).strip().casefold()  # noqa: E731
             docs = []
-            for layer, feat, label, tl, ti, peak, blob in rows:
-                toks = [self._tok(int(i)) for i, _ in json.loads(tl)[:5] + json.loads(ti)[:5]] + peak.split("\x1f")
-                ctx = "\x1f".join("".join(self._tok(t) for t in e.tokens if t >= 0)
-                                  for e in unpack_examples(blob) if e.band == 0)  # fmt: skip
-                docs.append(_Doc(layer, feat, label, tuple(t.strip().casefold() for t in toks if t.strip()),
-                                 ctx.casefold()))  # fmt: skip
+            for layer, feat, label, tl, ti, blob in rows:
+                top = [e for e in unpack_examples(blob) if e.band == 0]
+                docs.append(_Doc(
+                    layer, feat, label.casefold(), tuple(norm(i) for i, _ in json.loads(tl)),
+                    tuple(norm(i) for i, _ in json.loads(ti)), tuple(norm(e.tokens[e.peak]) for e in top),
+                    tuple("".join(self._tok(t) for t in e.tokens if t >= 0).casefold() for e in top),
+                ))  # fmt: skip
             self._docs = docs
         return self._docs
 
     def search(self, text: str, limit: int = 20) -> list[Hit]:
-        """Features ranked by: query in the label (3), equal to a top token (2; contained: 1), share of its top
-        contexts containing the query (≤ 1); ties by layer and feature."""
+        """Features ranked by the sum of: the query in the label (3); the best rank of a top output token equal to
+        it (≤ 2) and of a top input token (≤ 1.5); the share of top contexts peaking on it (≤ 2) and containing it
+        (≤ 1); partial matches (the query inside a token) count half. Ties by layer and feature."""
         q = text.strip().casefold()
         if not q:
             return []
         hits = []
         for d in self._index():
-            s = 3.0 * (q in d.label.casefold())
-            s += 2.0 if q in d.tokens else (1.0 if any(q in t for t in d.tokens) else 0.0)
-            if d.context:
-                s += min(1.0, d.context.count(q) / max(1, d.context.count("\x1f") + 1))
+            s = 3.0 * (q in d.label) + _ranked(q, d.logits, 2.0) + _ranked(q, d.inputs, 1.5)
+            s += _share(q, d.peaks, 2.0) + sum(q in c for c in d.contexts) / max(1, len(d.contexts))
             if s > 0:
-                hits.append(Hit(d.layer, d.feature, d.label, round(s, 4)))
+                hits.append(Hit(d.layer, d.feature, self._label_of(d), round(s, 4)))
         hits.sort(key=lambda h: (-h.score, h.layer, h.feature))
         return hits[:limit]
+
+    def _label_of(self, d: _Doc) -> str:
+        return self.labels().get((d.layer, d.feature), "")
+
+    def labels(self) -> dict[tuple[int, int], str]:
+        """(layer, feature) -> label, for every feature with a non-empty label (read once)."""
+        if self._labels is None:
+            rows = self.con.execute("SELECT layer, feature, label FROM features WHERE label != ''")
+            self._labels = {(int(a), int(b)): c for a, b, c in rows}
+        return self._labels
 
     def close(self) -> None:
         self.con.close()
