@@ -4,6 +4,8 @@ diff: 1. load both graphs; 2. tracer.compare.diff (one-line error for graphs of 
 3. print the text summary, or the whole diff as one JSON object (--json), or serve the side-by-side viewer (--view).
 common: 1. the graphs of a batch (its index.json, else every graph file in the folder); 2. tracer.compare.common;
 3. write the common circuit as a graph file (default DIR/common.json) that `tracer view` opens.
+supernodes: 1. load the graph (and its transcoders when they match it); 2. tracer.supernodes; 3. write them into
+the graph's view state (in place, atomically) and print them.
 """
 
 from __future__ import annotations
@@ -34,6 +36,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--any-position", action="store_true", help="match features wherever they are in the prompt")
     c.add_argument("-o", "--output", type=Path, help="graph file to write (default: DIR/common.json)")
     c.set_defaults(func=run_common)
+
+    s = sub.add_parser("supernodes", help="group a graph's features into supernodes automatically (view state)")
+    s.add_argument("graph", type=Path, help="graph file; the supernodes are written into its view state")
+    s.add_argument("--transcoders", type=Path, help="transcoders of the graph, for decoder-direction similarity "
+                   "(default: the bundled CLT when the graph was traced with it; else edges and labels "
+                   "only)")  # fmt: skip
+    s.add_argument("--threshold", type=float, default=0.5, help="least mean similarity (0-1) within a supernode")
+    s.add_argument("--no-store", action="store_true", help="do not use feature-store labels")
+    s.add_argument("--dry-run", action="store_true", help="print the supernodes, write nothing")
+    s.set_defaults(func=run_supernodes)
 
 
 def run_diff(args: argparse.Namespace) -> int:
@@ -94,4 +106,45 @@ def run_common(args: argparse.Namespace) -> int:
     print(f"{res.n_features} features in at least {res.graph.metadata.settings['common_min_graphs']} of "
           f"{res.n_graphs} graphs ({len(res.graph.nodes)} nodes, {len(res.graph.edges)} edges)\n"
           f"common circuit: {out}\nview it: tracer view {out}")  # fmt: skip
+    return 0
+
+
+def _graph_transcoders(graph, explicit: Path | None):
+    """The graph's transcoders: `explicit` (must match the graph), else the bundled ones if they are the graph's."""
+    from tracer.errors import ConfigError
+    from tracer.models.loading import file_hash
+    from transcoders import DEFAULT_TRANSCODERS, load_transcoders
+
+    path = explicit or Path(DEFAULT_TRANSCODERS)
+    if not path.is_dir():
+        if explicit is not None:
+            raise ConfigError(f"transcoder folder {explicit} not found")
+        return None
+    digest = file_hash(sorted(path.glob("*.safetensors")))
+    if digest != graph.metadata.transcoders.content_hash:
+        if explicit is not None:
+            raise ConfigError(f"{explicit} are not the transcoders of this graph ({digest} vs "
+                              f"{graph.metadata.transcoders.content_hash})")  # fmt: skip
+        return None
+    return load_transcoders(path, lazy=True)
+
+
+def run_supernodes(args: argparse.Namespace) -> int:
+    from tracer.errors import ConfigError
+    from tracer.graphfile import load_graph, save_graph
+    from tracer.supernodes import add_supernodes, auto_supernodes, store_labels
+
+    if not 0 <= args.threshold <= 1:
+        raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
+    graph = load_graph(args.graph)
+    tc = _graph_transcoders(graph, args.transcoders)
+    labels = {} if args.no_store else store_labels(graph)
+    groups = auto_supernodes(graph, tc, labels, args.threshold)
+    for g in groups:
+        print(f"{g.label}: {', '.join(g.members)}")
+    what = "decoder directions, edges" if tc is not None else "edges (no matching transcoders)"
+    print(f"{len(groups)} supernodes from {what}{' and store labels' if labels else ''}")
+    if not args.dry_run and groups:
+        save_graph(args.graph, add_supernodes(graph, groups))
+        print(f"written into {args.graph}; open it with: tracer view {args.graph}")
     return 0

@@ -6,13 +6,18 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
+from tests.transcoders.conftest import random_transcoder
 from tracer.cli import main
 from tracer.compare import common, diff
 from tracer.errors import ConfigError
 from tracer.graphfile import load_graph, save_graph
 from tracer.layout import NodeKind
+from tracer.models.loading import file_hash
 from tracer.schema import GraphEdge, GraphFile, GraphNode, Identity, Metadata, Scores
+from tracer.supernodes import auto_supernodes, cluster
+from transcoders import save_transcoders
 from viewer.diff import ONLY, SAME, create_diff_app, node_colours
 from viewer.figures import coordinates
 from viewer.model import GraphView
@@ -120,3 +125,53 @@ def test_common_keeps_features_in_enough_graphs(tmp_path, capsys):
     assert "in at least 3 of 3 graphs" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="min-share"):
         common([("1", g1)], min_share=0)
+
+
+# automatic supernodes
+
+
+def test_cluster_average_linkage():
+    sim = torch.tensor([[1.0, 0.9, 0.1], [0.9, 1.0, 0.2], [0.1, 0.2, 1.0]], dtype=torch.float64)
+    assert cluster(sim, 0.5) == [[0, 1], [2]]
+    assert cluster(sim, 0.15) == [[0, 1, 2]]  # mean(0.1, 0.2) = 0.15 joins the pair's cluster
+    assert cluster(sim, 0.95) == [[0], [1], [2]]
+
+
+def _supernode_subject(tmp_path):
+    tc = random_transcoder(n_layers=3, d_model=16, n_features=12, skip=False)
+    g = torch.Generator().manual_seed(5)
+    v, w = torch.randn(tc.cfg.n_out(1), 16, generator=g), torch.randn(tc.cfg.n_out(2), 16, generator=g)
+    assert tc.W_dec is not None
+    with torch.no_grad():
+        tc.W_dec[1][0], tc.W_dec[1][1] = v, v + 0.01 * torch.randn(v.shape, generator=g)  # same direction
+        tc.W_dec[2][2], tc.W_dec[2][3] = w, -w  # opposite directions, same label below
+        tc.W_dec[2][4] = torch.randn(w.shape, generator=g)
+    save_transcoders(tc, tmp_path / "clt")
+    nodes = [emb(4, 10, " X"), feat(1, 0, 4, 0.3), feat(1, 1, 4, 0.3), feat(2, 2, 4, 0.2), feat(2, 3, 4, 0.2),
+             feat(2, 4, 4, 0.1), logit(5, 20, " Paris", 0.6)]  # fmt: skip
+    nodes[3].label = nodes[4].label = "capital"
+    edges = [("EMB@4", "F1.0@4", 1.0), ("EMB@4", "F1.1@4", 0.9), ("F1.0@4", "LOGIT20@5", 0.5),
+             ("F1.1@4", "LOGIT20@5", 0.4), ("F2.4@4", "LOGIT20@5", 0.1)]  # fmt: skip
+    gr = graph(CAPITAL, nodes, edges)
+    gr.metadata.transcoders.content_hash = file_hash(sorted((tmp_path / "clt").glob("*.safetensors")))
+    return tc, gr
+
+
+def test_auto_supernodes_group_similar_features_and_cli_writes_them(tmp_path, capsys):
+    tc, gr = _supernode_subject(tmp_path)
+    groups = auto_supernodes(gr, tc, threshold=0.5)
+    assert [(s.label, s.members) for s in groups] == [("L1 ' X'", ["F1.0@4", "F1.1@4"]),
+                                                      ("capital", ["F2.2@4", "F2.3@4"])]  # fmt: skip
+    assert auto_supernodes(gr, None, threshold=0.9)[0].members == ["F1.0@4", "F1.1@4"]  # edges alone: Jaccard 1
+    path = tmp_path / "g.json"
+    save_graph(path, gr)
+    assert main(["supernodes", str(path), "--transcoders", str(tmp_path / "clt"), "--no-store"]) == 0
+    view = load_graph(path).view
+    assert [s.members for s in view.supernodes] == [["F1.0@4", "F1.1@4"], ["F2.2@4", "F2.3@4"]]
+    assert set(view.pinned) == {"F1.0@4", "F1.1@4", "F2.2@4", "F2.3@4"}
+    assert main(["supernodes", str(path), "--no-store", "--dry-run"]) == 0  # grouped features stay as they are
+    assert "0 supernodes" in capsys.readouterr().out
+    other = random_transcoder(n_layers=3, d_model=16, n_features=12, seed=9)
+    save_transcoders(other, tmp_path / "other")
+    assert main(["supernodes", str(path), "--transcoders", str(tmp_path / "other")]) == 2
+    assert "not the transcoders of this graph" in capsys.readouterr().err
