@@ -12,7 +12,7 @@ import argparse
 import json
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,6 +20,7 @@ import torch
 from tracer.attribute import TraceConfig, attribute, phase
 from tracer.checks import check_graph_output, check_threads, check_thresholds
 from tracer.errors import ModelLoadError
+from tracer.features.graph_labels import format_top_features, label_graph, top_features
 from tracer.graphfile import build_graph_file, recover_pair, save_graph
 from tracer.models import load_model
 from tracer.models.loading import file_hash
@@ -43,6 +44,7 @@ class TraceSummary:
     completeness_score: float
     timings: dict[str, float]
     stats: dict[str, float]
+    top_features: list[dict] = field(default_factory=list)  # most influential features with their labels
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -116,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
                              kind=str(tc.cfg.kind.value)),
         settings=settings, labels=None,
     )  # fmt: skip
+    label_graph(graph, tc_dir)  # automatic labels from the feature store beside the transcoders, if any
     with phase("write", t):
         save_graph(out, graph, attr)
     graph.metadata.timings = t
@@ -136,7 +139,7 @@ def _summary(prompt, out, attr, graph, pruned, t) -> TraceSummary:
         prompt=prompt, output=str(out), top_logits=top, nodes_unpruned=m.n_nodes_unpruned,
         edges_unpruned=m.n_edges_unpruned, nodes_pruned=len(graph.nodes), edges_pruned=len(graph.edges),
         replacement_score=m.scores.replacement, completeness_score=m.scores.completeness,
-        timings={k: round(v, 4) for k, v in t.items()}, stats=attr.stats,
+        timings={k: round(v, 4) for k, v in t.items()}, stats=attr.stats, top_features=top_features(graph),
     )  # fmt: skip
 
 
@@ -147,6 +150,7 @@ def _format(s: TraceSummary) -> str:
         f"nodes: {s.nodes_unpruned} -> {s.nodes_pruned} after pruning; edges: {s.edges_unpruned} -> {s.edges_pruned}",
         f"scores: replacement {s.replacement_score:.3f}, completeness {s.completeness_score:.3f}",
         "time: " + ", ".join(f"{k} {v:.2f}s" for k, v in s.timings.items()),
+        *format_top_features(s.top_features),
         f"graph: {s.output}",
         f"view it: tracer view {s.output}",
     ]
