@@ -46,6 +46,17 @@ class LazyRows:
             raise ValueError(f"file is truncated (tensor {name} ends past its end)")
         self._mm: np.memmap | None = None
 
+    @classmethod
+    def at(cls, path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype, offset: int) -> LazyRows:
+        """Rows of a raw C-order array of `dtype` at byte `offset` of `path` (e.g. an uncompressed .npy in a zip)."""
+        self = cls.__new__(cls)
+        self.path, self.name, self.shape = path, name, shape
+        self._np, self._view, self._offset = dtype, None, offset
+        if offset + int(np.prod(shape)) * dtype.itemsize > path.stat().st_size:
+            raise ValueError(f"file is truncated (tensor {name} ends past its end)")
+        self._mm = None
+        return self
+
     def _map(self) -> np.memmap:
         if self._mm is None:
             self._mm = np.memmap(self.path, dtype=self._np, mode="r", offset=self._offset, shape=self.shape)

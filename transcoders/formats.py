@@ -4,7 +4,9 @@ Ours (a directory): `config.json` (TranscoderConfig) + `encoder.safetensors` (W_
 threshold [L,F] for JumpReLU, b_dec [L,D], W_skip [L,D,D] if skip) + `decoder.safetensors` (W_dec_{l} [F,n_out,D]).
 circuit-tracer's: `config.yaml` (model_kind, feature_input_hook, feature_output_hook) and
   PLT (`transcoder_set`): layer_{i}.safetensors with W_enc [F,D], W_dec [F,D], b_enc [F], b_dec [D],
-      optional activation_function.threshold [F] (absent: ReLU), optional W_skip [D,D];
+      optional activation_function.threshold [F] (absent: ReLU), optional W_skip [D,D]; or a release config whose
+      `transcoders:` list names one file per layer by hf:// URI (local Hugging Face cache, tracer.hub) or relative
+      path: Gemma Scope params.npz, Gemma Scope 2 or circuit-tracer safetensors (transcoders.formats_release);
   CLT (`cross_layer_transcoder`): W_enc_{i}.safetensors with W_enc_{i}, b_enc_{i}, threshold_{i}, b_dec_{i}
       (bias of target layer i), optional W_skip_{i}; W_dec_{i}.safetensors with W_dec_{i} [F, L-i, D].
 1. Detect: config.json -> ours, config.yaml -> circuit-tracer's; else an error.
@@ -26,13 +28,16 @@ import yaml
 from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from torch import nn
 
 from tracer.errors import TranscoderLoadError
 from tracer.finite import check_finite
+from tracer.hub import cached_path, resolve_transcoders
 from tracer.io import atomic_save_safetensors, atomic_write_text
 from tracer.models import HookPoint, ModelConfig
 from transcoders.clt import LazyRows, Transcoder
 from transcoders.config import ActivationKind, DType, TranscoderConfig, TranscoderKind
+from transcoders.formats_release import read_layer_file
 
 log = logging.getLogger(__name__)
 DEFAULT_TRANSCODERS = Path(__file__).resolve().parent.parent / "tracer" / "assets" / "default_clt"
@@ -100,14 +105,19 @@ def _check_model(cfg: TranscoderConfig, model_cfg: ModelConfig | None, path: Pat
 
 
 def _fill(tc: Transcoder, enc: dict[str, torch.Tensor], dec: list[torch.Tensor] | None) -> Transcoder:
-    """Copy tensors (already in our layout and checked) into the module."""
-    with torch.no_grad():
-        for name, t in enc.items():
-            getattr(tc, name).copy_(t)
-        if dec is not None:
-            assert tc.W_dec is not None
-            for s, t in enumerate(dec):
-                tc.W_dec[s].copy_(t.reshape(tc.W_dec[s].shape))
+    """Assign tensors (already in our layout and checked) to the module built on the meta device: no second copy
+    of the encoders in memory (a dtype change converts once)."""
+    dt, cfg = tc.cfg.dtype.torch, tc.cfg
+    for name, t in enc.items():
+        setattr(tc, name, nn.Parameter(t.to(dt), requires_grad=False))
+    if dec is not None:
+        assert tc.W_dec is not None
+        for s, t in enumerate(dec):
+            tc.W_dec[s] = nn.Parameter(t.reshape(cfg.n_features, cfg.n_out(s), cfg.d_model).to(dt),
+                                       requires_grad=False)  # fmt: skip
+    left = [n for n, p in tc.named_parameters() if p.is_meta]
+    if left:
+        raise TranscoderLoadError(f"transcoder tensors missing: {', '.join(left[:3])}")
     return tc.requires_grad_(False)
 
 
@@ -188,8 +198,14 @@ def _load_ct(path: Path, lazy: bool) -> tuple[TranscoderConfig, dict[str, torch.
         raise TranscoderLoadError(f"{path / 'config.yaml'}: unknown model_kind {meta.get('model_kind')!r}") from None
     hooks = (_ct_hook(meta.get("feature_input_hook"), "feature_input_hook", path),
              _ct_hook(meta.get("feature_output_hook"), "feature_output_hook", path))  # fmt: skip
-    reader = _read_ct_clt if kind == CtModelKind.CLT else _read_ct_plt
-    enc, decs, dims = reader(path, lazy)
+    files = _release_files(path, meta)
+    if kind == CtModelKind.CLT:
+        if any(str(n).startswith("hf://") for n in meta.get("transcoders") or ()):
+            raise TranscoderLoadError(f"{path / 'config.yaml'}: CLTs listed file by file (Gemma Scope 2 CLTs) are not "
+                                      "supported; circuit-tracer's W_enc_i/W_dec_i CLT layout is")  # fmt: skip
+        enc, decs, dims = _read_ct_clt(path, lazy)
+    else:
+        enc, decs, dims = _read_ct_plt(path, lazy, files)
     extra = meta.get("clt_tracer") or {}
     if not isinstance(extra, dict):
         raise TranscoderLoadError(f"invalid {path / 'config.yaml'}: clt_tracer is not a mapping")
@@ -219,21 +235,32 @@ def _optional(r: dict[str, torch.Tensor], name: str, ours: str, shape: tuple[int
     return {ours: _get(r, name, shape, f)} if name in r else {}
 
 
-def _read_ct_plt(path: Path, lazy: bool):
-    L = _ct_files(path, "layer_{}.safetensors")
-    files = [path / f"layer_{i}.safetensors" for i in range(L)]
-    raw = [_read(f) for f in files]  # whole files (a lazy PLT still reads its encoders)
-    if "W_enc" not in raw[0]:
-        raise TranscoderLoadError(f"{files[0]} lacks the tensor W_enc")
-    F, D = raw[0]["W_enc"].shape
-    per = [{"W_enc": _get(r, "W_enc", (F, D), f), "b_enc": _get(r, "b_enc", (F,), f),
-            "b_dec": _get(r, "b_dec", (D,), f), **_optional(r, "activation_function.threshold", "theta", (F,), f),
-            **_optional(r, "W_skip", "W_skip", (D, D), f)}
-           for r, f in zip(raw, files, strict=True)]  # fmt: skip
+def _release_files(path: Path, meta: dict) -> list[Path] | None:
+    """The per-layer files a release config names (`transcoders:` list of hf:// URIs or paths relative to the
+    config), resolved against the local Hugging Face cache; None when the config names none."""
+    names = meta.get("transcoders")
+    if not names:
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise TranscoderLoadError(f"{path / 'config.yaml'}: `transcoders` must be a list of file names or hf:// URIs")
+    return [cached_path(n) if n.startswith("hf://") else path / n for n in names]
+
+
+def _read_ct_plt(path: Path, lazy: bool, files: list[Path] | None = None):
+    if files is None:
+        files = [path / f"layer_{i}.safetensors" for i in range(_ct_files(path, "layer_{}.safetensors"))]
+    L = len(files)
+    layers = [read_layer_file(f, lazy) for f in files]
+    F, D = layers[0].enc["W_enc"].shape
+    per = [{"W_enc": _get(lf.enc, "W_enc", (F, D), f), "b_enc": _get(lf.enc, "b_enc", (F,), f),
+            "b_dec": _get(lf.enc, "b_dec", (D,), f), **_optional(lf.enc, "theta", "theta", (F,), f),
+            **_optional(lf.enc, "W_skip", "W_skip", (D, D), f)}
+           for lf, f in zip(layers, files, strict=True)]  # fmt: skip
     enc = {k: t for k in ("W_enc", "b_enc", "theta", "b_dec", "W_skip") if (t := _stack(per, k)) is not None}
-    decs = [_lazy(f, "W_dec") if lazy else _get(r, "W_dec", (F, D), f) for r, f in zip(raw, files, strict=True)]
-    if lazy and any(d.shape != (F, D) for d in decs):
-        raise TranscoderLoadError(f"{path}: a W_dec does not have shape {(F, D)}")
+    decs = [lf.dec for lf in layers]
+    for d, f in zip(decs, files, strict=True):
+        if tuple(d.shape) != (F, D):
+            raise TranscoderLoadError(f"{f}: the decoder has shape {tuple(d.shape)}, expected {(F, D)}")
     return enc, decs, (L, F, D)
 
 
@@ -305,8 +332,9 @@ def detect_format(path: Path) -> TranscoderFormat:
 def load_transcoders(
     path: str | Path, model_cfg: ModelConfig | None = None, lazy: bool = False, dtype: torch.dtype | None = None
 ) -> Transcoder:
-    """Load a transcoder set in either format; dtype None keeps the stored one. Decoders lazy if `lazy`."""
-    path = Path(path)
+    """Load a transcoder set in either format from a folder, a circuit-tracer short name (`gemma`) or a repository
+    name in the local Hugging Face cache; dtype None keeps the stored one. Decoders lazy if `lazy`."""
+    path = resolve_transcoders(path) or Path(path)
     fmt = detect_format(path)
     cfg, enc, decs = (_load_ours if fmt == TranscoderFormat.OURS else _load_ct)(path, lazy)
     # lazy decoders are memory-mapped and not scanned: a NaN there shows up in the recorded errors
@@ -314,7 +342,8 @@ def load_transcoders(
                  f"transcoders in {path}", TranscoderLoadError)  # fmt: skip
     _check_model(cfg, model_cfg, path)
     cfg = cfg.model_copy(update={"dtype": DType.of(dtype)}) if dtype is not None else cfg
-    tc = Transcoder(cfg, lazy_decoders=decs if lazy else None)
+    with torch.device("meta"):  # parameters are assigned by _fill, never allocated twice
+        tc = Transcoder(cfg, lazy_decoders=decs if lazy else None)
     return _fill(tc, enc, None if lazy else decs)
 
 

@@ -250,7 +250,7 @@ def read_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
 
 
 def state_from_hf(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """HF tensors -> our state dict (float32)."""
+    """HF tensors -> our state dict (stored dtype kept; build_model converts tensor by tensor)."""
     try:
         if cfg.family == "gpt2":
             out = _gpt2_from_hf(cfg, sd)
@@ -258,7 +258,7 @@ def state_from_hf(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> dict[str, to
             out = {ours: sd[hf] for ours, hf in _llama_names(cfg, _decoder_prefix(sd)).items()}
     except KeyError as e:
         raise ModelLoadError(f"weights lack the tensor {e}") from None
-    return {k: v.float() for k, v in out.items()}
+    return out
 
 
 def _decoder_prefix(sd: dict[str, torch.Tensor]) -> str:

@@ -1,7 +1,9 @@
 """Load a model from a local HF directory or a .gguf file, fully offline.
 
-1. Resolve: a directory (config.json + safetensors) or a `.gguf` file; anything else is a clear error.
-2. Build: ModelConfig -> Transformer, load the state dict strictly (a missing tensor is an error).
+1. Resolve: a directory (config.json + safetensors), a `.gguf` file, or a Hugging Face name (`google/gemma-2-2b`)
+   found in the local Hugging Face cache (tracer.hub, never a download); anything else is a clear error.
+2. Build: ModelConfig -> Transformer on the meta device, then the state dict's tensors are assigned (strict: a
+   missing tensor is an error), so weights sit in memory once, not twice.
 3. Tokenizer: from the directory's files or the GGUF metadata.
 """
 
@@ -16,6 +18,7 @@ import torch
 
 from tracer.errors import ModelLoadError
 from tracer.finite import check_finite
+from tracer.hub import resolve_model
 from tracer.models.config import ModelConfig
 from tracer.models.hf import config_from_hf, read_safetensors_dir, state_from_hf
 from tracer.models.tokenizer import Tokenizer, load_tokenizer
@@ -47,22 +50,28 @@ def file_hash(paths: list[Path]) -> str:
 
 def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> Transformer:
     check_finite(state, "model weights", ModelLoadError)  # a NaN weight makes every feature active
-    model = Transformer(cfg)
+    with torch.device("meta"):  # no random init of weights that are replaced at once (seconds and GBs at 2B)
+        model = Transformer(cfg)
+    for k in list(state):  # one tensor at a time, so the checkpoint's dtype and ours are never both whole
+        state[k] = state[k].to(dtype)
     try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as e:  # shapes that disagree with the config (e.g. its hidden_size)
         why = " ".join(str(e).split("\n\t")[1:2]).strip() or str(e).splitlines()[0]
         raise ModelLoadError(f"weights do not fit the config: {why}") from None
     missing = [m for m in missing if not (cfg.tied_embeddings and m == "unembed.weight")]
     if missing or unexpected:
         raise ModelLoadError(f"weights do not fit the config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if cfg.tied_embeddings:
+        model.unembed.weight = model.embed.weight
+    model.reset_buffers()
     model.requires_grad_(False)
-    return model.to(dtype).eval()
+    return model.eval()
 
 
 def load_model(path: str | Path | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """A local HF-layout directory or a .gguf file (default: the bundled default model)."""
-    path = Path(path) if path is not None else DEFAULT_MODEL
+    """A local HF-layout directory, a .gguf file or a cached HF name (default: the bundled default model)."""
+    path = resolve_model(path) or DEFAULT_MODEL
     if not path.exists():
         raise ModelLoadError(f"model path {path} does not exist")
     if path.is_file() and path.suffix == ".gguf":
@@ -80,4 +89,6 @@ def load_model(path: str | Path | None = None, dtype: torch.dtype = torch.float3
     cfg = config_from_hf(hf)
     model = build_model(cfg, state_from_hf(cfg, read_safetensors_dir(path)), dtype)
     weights = sorted(path.glob("*.safetensors"))
-    return LoadedModel(model, load_tokenizer(path, cfg.bos_token_id), path.name, file_hash(weights))
+    name = path.name if path.parent.name != "snapshots" else path.parent.parent.name.removeprefix("models--").replace(
+        "--", "/")  # a cached HF snapshot is named by its repository  # fmt: skip
+    return LoadedModel(model, load_tokenizer(path, cfg.bos_token_id), name, file_hash(weights))

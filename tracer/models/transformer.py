@@ -189,7 +189,14 @@ class Transformer(nn.Module):
         if cfg.tied_embeddings:
             self.unembed.weight = self.embed.weight
         self.hooks = HookRegistry()
-        if cfg.pos == PosKind.ROPE:
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """(Re)compute the rotary frequencies on the CPU (after building on the meta device)."""
+        cfg = self.cfg
+        if cfg.pos != PosKind.ROPE:
+            return
+        with torch.device("cpu"):
             self.register_buffer("inv_freq", rope_inv_freq(cfg).float(), persistent=False)
             if cfg.rope_local_theta:
                 self.register_buffer("inv_freq_local", rope_inv_freq(cfg, local=True).float(), persistent=False)
