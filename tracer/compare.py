@@ -7,7 +7,8 @@ Edges are identified by their (source key, target key).
 
 diff(A, B):
 1. check: both graphs come from the same model and transcoders (else ConfigError: feature ids would not match).
-2. match: nodes and edges by key; for each, its influence (nodes) or weight (edges) in A and in B (None if absent).
+2. match: nodes and edges by key; for each, its influence (nodes; a logit's probability) or weight (edges) in A
+   and in B (None if absent).
 3. rank: shared items by |change|, items of one graph only by their size there.
 
 common(graphs, min_share):
@@ -33,6 +34,7 @@ from tracer.layout import NodeKind
 from tracer.schema import GraphEdge, GraphFile, GraphNode, Metadata, Scores
 
 ALIGNS = ("end", "start")
+STABLE = 0.25  # a shared node whose influence changed by at most this share counts as stable in the summary
 
 
 def node_key(n: GraphNode, n_pos: int, align: str = "end", any_position: bool = False) -> str:
@@ -63,10 +65,15 @@ def check_same_model(graphs: Sequence[tuple[str, GraphFile]]) -> None:
 # diff
 
 
+def _value(n: GraphNode) -> float:
+    """What a node's change is measured by: a logit's probability, any other node's influence."""
+    return n.probability or 0.0 if n.kind == NodeKind.LOGIT else n.influence
+
+
 class NodeChange(BaseModel):
     key: str
     kind: NodeKind
-    a: float | None  # influence in A (None: not in A's pruned graph)
+    a: float | None  # influence in A, probability for logits (None: not in A's pruned graph)
     b: float | None
     label: str = ""
 
@@ -127,8 +134,8 @@ def diff(a: GraphFile, b: GraphFile, align: str = "end", names: tuple[str, str] 
     check_same_model([(names[0], a), (names[1], b)])  # 1.
     ka, kb = keyed(a, align), keyed(b, align)
     nodes = [NodeChange(key=k, kind=(ka.nodes.get(k) or kb.nodes[k]).kind,  # 2.
-                        a=ka.nodes[k].influence if k in ka.nodes else None,
-                        b=kb.nodes[k].influence if k in kb.nodes else None,
+                        a=_value(ka.nodes[k]) if k in ka.nodes else None,
+                        b=_value(kb.nodes[k]) if k in kb.nodes else None,
                         label=_name(ka.nodes.get(k) or kb.nodes[k]))
              for k in ka.nodes.keys() | kb.nodes.keys()]  # fmt: skip
     edges = [EdgeChange(source=s, target=t, a=ka.edges.get((s, t)), b=kb.edges.get((s, t)))
@@ -160,8 +167,12 @@ def format_diff(d: GraphDiff, top: int = 10) -> str:
              f"(positions aligned at the {d.align})",
              f"edges: {len(e_shared)} shared, {sum(e.b is None for e in d.edges)} only in A, "
              f"{sum(e.a is None for e in d.edges)} only in B"]  # fmt: skip
-    for title, items in (("only in A (influence in A)", only_a), ("only in B (influence in B)", only_b),
-                         ("shared, largest influence change (A -> B)", shared)):  # fmt: skip
+    stable = sorted((n for n in shared if abs(n.delta) <= STABLE * max(abs(n.a or 0), abs(n.b or 0))),
+                    key=lambda n: -min(abs(n.a or 0), abs(n.b or 0)))  # fmt: skip
+    for title, items in (("only in A (influence in A; logits: probability)", only_a),
+                         ("only in B (influence in B; logits: probability)", only_b),
+                         ("shared, largest influence change (A -> B)", shared),
+                         (f"shared and stable (change within {STABLE:.0%}), most influential", stable)):  # fmt: skip
         lines.append(f"{title}:")
         lines += [f"  {n.key:<24} {_fmt(n.a):>8} -> {_fmt(n.b):<8} {n.label}".rstrip() for n in items[:top]]
     lines.append("shared edges, largest weight change (A -> B):")
