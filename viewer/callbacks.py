@@ -53,7 +53,7 @@ VIEW_OUTPUTS = (
     (Id.PICKER, "children"), (Id.PICKER, "style"), (Id.ERROR_CARD, "children"), (Id.GRAPH_PAGE, "style"),
     (Id.HEADER, "children"), (Id.DETAIL, "children"), (Id.CONNECTIONS, "children"), (Id.PIN_BUTTON, "children"),
     (Id.SCORES, "children"), (Id.SUBGRAPH, "elements"), (Id.PINNED_LIST, "options"), (Id.PINNED_LIST, "value"),
-    (Id.MAIN_GRAPH, "figure"), (Id.OVERLAY_GRAPH, "figure"), (Id.RENDERED, "data"),
+    (Id.SUBGRAPH_SCORES, "children"),    (Id.MAIN_GRAPH, "figure"), (Id.OVERLAY_GRAPH, "figure"), (Id.RENDERED, "data"),
 )  # fmt: skip  # the order of handle_view's result
 
 

@@ -168,11 +168,17 @@ def scores(env: Env, st: UrlState, loaded: Loaded) -> list:
     return layout.scores_panel(m.scores, m.pruned_scores, sub, len(members), note)
 
 
-def subgraph(st: UrlState, loaded: Loaded, checked: list[str] | None) -> tuple:
-    """(cytoscape elements, pinned-list options, checked items still present)."""
+def subgraph(env: Env, st: UrlState, loaded: Loaded, checked: list[str] | None) -> tuple:
+    """(cytoscape elements, pinned-list options, checked items still present, the subgraph's scores line)."""
     opts = pinned_options(loaded.view, st)
     values = {o["value"] for o in opts}
-    return subgraph_elements(loaded.view, st), opts, [c for c in (checked or []) if c in values]
+    members = pinned_features(st, loaded)
+    try:
+        sub = env.store.subgraph_scores(loaded, members)
+    except TracerError:
+        sub = None
+    line = layout.subgraph_scores(sub, len(members), bool(st.pinned))
+    return subgraph_elements(loaded.view, st), opts, [c for c in (checked or []) if c in values], line
 
 
 def _overlay(loaded: Loaded, st: UrlState, query: str | None) -> Overlay:
@@ -201,7 +207,7 @@ def _keys(st: UrlState, loaded: Loaded) -> dict[str, Any]:
     return json.loads(json.dumps(keys))
 
 
-VIEW_PARTS = (("page", 5), ("panels", 3), ("scores", 1), ("subgraph", 3), ("figure", 2))
+VIEW_PARTS = (("page", 5), ("panels", 3), ("scores", 1), ("subgraph", 4), ("figure", 2))
 
 
 def handle_view(env: Env, search_: str | None, rendered: dict | None, query: str | None,
@@ -210,16 +216,17 @@ def handle_view(env: Env, search_: str | None, rendered: dict | None, query: str
     whose key is unchanged are no_update, and an unchanged figure gets a Patch of its overlay (or nothing)."""
     old = rendered or {}
     if env.store.single is None and not parse_query(search_).graph:  # the folder's picker
-        return (*handle_page(env, search_), *(no_update,) * 9, {})
+        return (*handle_page(env, search_), *(no_update,) * 10, {})
     try:
         st, loaded = env.open(search_)
     except TracerError:  # the error card, and nothing left of the previous graph
-        return (*handle_page(env, search_), [], [], "Pin", [], [], [], [], EMPTY_FIGURE, EMPTY_FIGURE, {})
+        return (*handle_page(env, search_), [], [], "Pin", [], [], [], [], [], EMPTY_FIGURE, EMPTY_FIGURE, {})
     keys = _keys(st, loaded)
     fresh = {part: keys[part] != old.get(part) for part, _ in VIEW_PARTS}
     out: list = []
     build = dict(page=lambda: handle_page(env, search_), panels=lambda: panels(env, st, loaded),
-                 scores=lambda: (scores(env, st, loaded),), subgraph=lambda: subgraph(st, loaded, checked))  # fmt: skip
+                 scores=lambda: (scores(env, st, loaded),),
+                 subgraph=lambda: subgraph(env, st, loaded, checked))  # fmt: skip
     for part, n in VIEW_PARTS[:-1]:
         out += build[part]() if fresh[part] else (no_update,) * n
     v, co = loaded.view, loaded.coords

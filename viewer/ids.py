@@ -38,6 +38,7 @@ class Id(str, Enum):
     PIN_BUTTON = "pin-button"
     # subgraph
     SUBGRAPH = "subgraph"
+    SUBGRAPH_SCORES = "subgraph-scores"  # the pinned subgraph's replacement / completeness, over the panel
     PINNED_LIST = "pinned-list"
     GROUP_BUTTON = "group-button"
     UNGROUP_BUTTON = "ungroup-button"

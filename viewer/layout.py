@@ -56,9 +56,11 @@ def _controls() -> html.Div:
 
 def _subgraph() -> html.Div:
     return html.Div(className="subgraph-row", children=[
-        cyto.Cytoscape(id=Id.SUBGRAPH.value, elements=[], layout={"name": "preset", "fit": True, "padding": 24},
-                       stylesheet=STYLESHEET, boxSelectionEnabled=True, minZoom=0.2, maxZoom=1.5,
-                       className="subgraph", style={"width": "100%", "height": "380px"}),
+        html.Div(className="subgraph-box", children=[
+            html.Div(id=Id.SUBGRAPH_SCORES.value, className="subgraph-scores"),
+            cyto.Cytoscape(id=Id.SUBGRAPH.value, elements=[], layout={"name": "preset", "fit": True, "padding": 30},
+                           stylesheet=STYLESHEET, boxSelectionEnabled=True, minZoom=0.2, maxZoom=2.0,
+                           className="subgraph", style={"width": "100%", "height": "640px"})]),
         html.Div(className="subgraph-side", children=[
             html.H4("Pinned"),
             dcc.Checklist(id=Id.PINNED_LIST.value, options=[], value=[], className="pinned-list"),
@@ -161,6 +163,16 @@ def scores_panel(whole: Scores, pruned: Scores | None, sub: Scores | None, n_mem
     sub_name = f"pinned subgraph ({n_members} feature{'' if n_members == 1 else 's'})"
     out = [cell("unpruned", whole), cell("pruned", pruned), cell(sub_name, sub)]
     return out + ([html.Span(note, className="note")] if note else [])
+
+
+def subgraph_scores(sub: Scores | None, n_features: int, any_pinned: bool) -> list:
+    """The line over the subgraph panel: what the pinned features alone explain."""
+    if not any_pinned:
+        return [html.Span("Pin nodes (Pin button or Ctrl/Cmd-click) to build a subgraph here.", className="note")]
+    head = html.B(f"Subgraph of {n_features} feature{'' if n_features == 1 else 's'}: ")
+    if sub is None:
+        return [head, html.Span("scores need the adjacency sidecar and at least one pinned feature", className="note")]
+    return [head, f"replacement {sub.replacement:.3f} · completeness {sub.completeness:.3f}"]
 
 
 # 4. panels

@@ -44,7 +44,7 @@ const t = gd.data[arguments[0]], i = t.customdata.indexOf(arguments[1]), r = gd.
 return [fl.xaxis.l2p(t.x[i]) + fl._size.l - r.width / 2, fl.yaxis.l2p(t.y[i]) + fl._size.t - r.height / 2];"""
 CY_LABELS = (
     "const e = document.getElementById('subgraph'), c = e && e._cyreg;"  # null while a reloaded page mounts
-    " return c ? c.cy.nodes().map(n => n.data('label')) : [];"
+    " return c ? c.cy.nodes().filter(n => !n.isChild()).map(n => n.data('label')) : [];"  # items, not members
 )
 AXES = """const r = id => { const l = document.querySelector('#' + id + ' .js-plotly-plot')._fullLayout;
 return [l.xaxis.range, l.yaxis.range]; }; return [r('main-graph'), r('overlay-graph')];"""

@@ -147,6 +147,11 @@ def test_group_label_and_subgraph(env: Env, graph: GraphFile):
     group = [e for e in elements if e["data"].get("kind") == "supernode"]
     assert msg == "" and len(group) == 1 and group[0]["data"]["label"] == XSS
     assert group[0]["data"]["members"] == [a, b] and options[0]["value"] == "group:0"
+    children = {e["data"]["id"]: e for e in elements if e["data"].get("parent") == "group:0"}
+    assert set(children) == {a, b}  # the members are drawn inside the supernode's box
+    assert elements.index(group[0]) < min(elements.index(c) for c in children.values())
+    line = texts(view(env, q)["subgraph-scores", "children"])
+    assert any("replacement" in t for t in line) and "Subgraph of 2 features: " in line
     q, _ = handle_subgraph_action(env, Id.UNGROUP_BUTTON.value, ["group:0"], "", q)
     assert {e["data"]["id"] for e in handle_subgraph(env, q, [])[0] if "source" not in e["data"]} == {a, b}
     q, _ = handle_subgraph_action(env, Id.LABEL_BUTTON.value, [a], "renamed", q)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tracer.layout import NodeKind
-from tracer.schema import GraphFile
+from tracer.schema import GraphFile, Supernode
 from viewer.figures import (
     CELL_BAND,
     GLYPH,
@@ -182,3 +182,26 @@ def test_plotly_text_shows_quotes_literally():
     assert ticks[1:4] == ['"', "'m", "&lt;script&gt;alert(1)&lt;/script&gt;"]  # no &quot; / &#x27; for plotly
     hover = " ".join(t for tr in fig["data"] for t in tr.get("hovertext", []))
     assert "&quot;" not in hover and "&#x27;" not in hover and 'Output "' in hover
+
+
+def test_subgraph_layers_and_edge_sums(view: GraphView):
+    from viewer.state import UrlState
+    from viewer.subgraph import MAX_EDGE_PX, Y_STEP, layer_row, subgraph_elements
+
+    logit = next(n.id for n in view.graph.nodes if n.kind is NodeKind.LOGIT)
+    srcs = [e.source for e in view.graph.edges if e.target == logit][:3]
+    st = UrlState(pinned=(logit, *srcs), supernodes=(Supernode(label="grp", members=srcs[:2]),))
+    els = subgraph_elements(view, st)
+    nodes = {e["data"]["id"]: e for e in els if "source" not in e["data"]}
+    y = {i: e["position"]["y"] for i, e in nodes.items()}
+    assert y[logit] < min(y[s] for s in srcs)  # logits on top (y grows downwards)
+    top = view.graph.metadata.n_layers + 1
+    for a in (logit, srcs[2]):  # one row per layer
+        assert y[a] == (top - layer_row(view, a)) * Y_STEP
+    assert y["group:0"] == (top - round(sum(layer_row(view, m) for m in srcs[:2]) / 2)) * Y_STEP
+    m0, m1 = (nodes[m]["position"] for m in srcs[:2])
+    assert m0["y"] == m1["y"] and m0["x"] != m1["x"]  # members side by side inside the box
+    edges = {(e["data"]["source"], e["data"]["target"]): e["data"] for e in els if "source" in e["data"]}
+    want = sum(e.weight for e in view.graph.edges if e.source in srcs[:2] and e.target == logit)
+    assert abs(edges[("group:0", logit)]["weight"] - want) < 1e-9
+    assert all(1 <= d["width"] <= MAX_EDGE_PX for d in edges.values())
