@@ -10,12 +10,15 @@
    is read when the graph opens: a corrupt one counts as absent (slider off, with a note), the graph still shows.
    The cache belongs to one GraphStore (one per app), holds only file-derived data shared by all sessions, and is
    bounded. Messages name files relative to the served folder (`public`), never by their server path.
+   Re-prunes read the file's one shared sidecar (cached; concurrent requests for one key build it once) and run
+   at most Gate's count at a time with a short queue; beyond it the answer is ViewerBusy at once.
 4. scores: replacement/completeness of a node subset (the pinned subgraph), from the sidecar.
 5. save: write a ViewState into the graph file (atomic, via save_graph).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -26,7 +29,7 @@ import torch
 
 from tracer.batch import INDEX_NAME, load_index
 from tracer.errors import GraphFileError, TracerError
-from tracer.graphfile import load_attribution, load_graph, reprune, save_graph, sidecar_path
+from tracer.graphfile import load_attribution, load_graph, reprune_loaded, save_graph, sidecar_path
 from tracer.layout import NodeKind
 from tracer.result import Attribution
 from tracer.schema import GraphFile, Scores, ViewState, node_id
@@ -35,6 +38,7 @@ from viewer.figures import Coordinates, coordinates
 from viewer.model import GraphView
 
 T = TypeVar("T")
+log = logging.getLogger("viewer")
 MAX_LISTED = 500
 NO_SIDECAR = "no adjacency sidecar: subgraph scores and re-pruning unavailable"
 DEFAULT_EDGE_THRESHOLD = 0.98
@@ -69,23 +73,84 @@ class Entry(NamedTuple):
     error: str = ""
 
 
+class _Flight:
+    """One build in progress: concurrent requests for its key wait for it instead of building again."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: object = None
+        self.error: BaseException | None = None
+
+
 class Lru:
-    """A small thread-safe LRU cache (values are immutable once built)."""
+    """A small thread-safe LRU cache (values are immutable once built). Single-flight: while a key is being
+    built, other callers of the same key wait for that build (50 requests for one sidecar read it once)."""
 
     def __init__(self, size: int):
         self.size, self._items, self._lock = size, OrderedDict[Hashable, object](), threading.Lock()
+        self._flights: dict[Hashable, _Flight] = {}
 
     def get(self, key: Hashable, build: Callable[[], T]) -> T:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]  # type: ignore[return-value]
-        value = build()  # outside the lock: a slow load must not block other sessions' cache hits
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            return flight.value  # type: ignore[return-value]
+        try:
+            value = build()  # outside the lock: a slow load must not block other sessions' cache hits
+        except BaseException as e:
+            flight.error = e
+            raise
+        else:
+            flight.value = value
+            with self._lock:
+                self._items[key] = value
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+            return value
+        finally:
+            with self._lock:
+                self._flights.pop(key, None)
+            flight.done.set()
+
+
+class ViewerBusy(TracerError):
+    """Too many re-prunes are running or queued: the request is answered at once instead of waiting."""
+
+
+class Gate:
+    """At most `running` re-prunes at a time, at most `queued` waiting (each up to `wait_s`); beyond that ViewerBusy.
+    Bounds the memory of many distinct thresholds requested at once."""
+
+    def __init__(self, running: int = 2, queued: int = 8, wait_s: float = 30.0):
+        self._sem, self._lock, self.queued, self.wait_s = threading.BoundedSemaphore(running), threading.Lock(), \
+            queued, wait_s  # fmt: skip
+        self._waiting = 0
+
+    def run(self, fn: Callable[[], T]) -> T:
         with self._lock:
-            self._items[key] = value
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return value
+            if self._waiting >= self.queued:
+                raise ViewerBusy("busy: too many re-prunes at once; try this threshold again in a moment")
+            self._waiting += 1
+        try:
+            got = self._sem.acquire(timeout=self.wait_s)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        if not got:
+            raise ViewerBusy("busy: re-pruning queue is full; try this threshold again in a moment")
+        try:
+            return fn()
+        finally:
+            self._sem.release()
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -104,6 +169,7 @@ class GraphStore:
         self.root = p.parent if p.is_file() else p
         self._graphs, self._meta = Lru(cache_size), Lru(MAX_LISTED)
         self._attr, self._scores, self._checks = Lru(2), Lru(64), Lru(MAX_LISTED)
+        self.gate = Gate()
 
     # 1. serve
 
@@ -167,6 +233,9 @@ class GraphStore:
             return self._meta.get((real, _stamp(real)), lambda: self._summarise(gid, load_graph(real)))
         except GraphFileError as e:
             return Entry(gid, error=self.public(str(e)))
+        except Exception as e:  # one odd file must not take the picker down for everyone
+            log.warning("cannot list %s: %r", gid, e)
+            return Entry(gid, error=f"unreadable graph file ({type(e).__name__})")
 
     @staticmethod
     def _summarise(gid: str, g: GraphFile) -> Entry:
@@ -186,9 +255,11 @@ class GraphStore:
     def _build(self, gid: str, path: Path, threshold: float | None, note: str, stamp: tuple) -> Loaded:
         if threshold is None:
             graph = load_graph(path)
-        else:
-            edge_t = load_graph(path).metadata.settings.get("edge_threshold", DEFAULT_EDGE_THRESHOLD)
-            graph = reprune(path, threshold, float(edge_t) if isinstance(edge_t, int | float) else 0.98)
+        else:  # from the one shared sidecar of this file, at most Gate's count at a time
+            saved = self.load(gid).view.graph
+            edge_t = saved.metadata.settings.get("edge_threshold", DEFAULT_EDGE_THRESHOLD)
+            edge_t = float(edge_t) if isinstance(edge_t, int | float) else DEFAULT_EDGE_THRESHOLD
+            graph = self.gate.run(lambda: reprune_loaded(saved, self.attribution(path)[0], threshold, edge_t))
         view = GraphView.build(graph)
         return Loaded(gid, path, view, coordinates(view), threshold, not note, stamp, note)
 

@@ -47,11 +47,15 @@ class UrlState(BaseModel):
 
 # 1. parse
 
+MAX_JSON_CHARS = 1 << 20  # a supernodes / clerps value longer than this is dropped, not parsed
+
 
 def _json_rows(text: str) -> list[list[str]] | None:
+    if len(text) > MAX_JSON_CHARS:
+        return None
     try:
         rows = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # a shared link nested 10⁵ deep must not cost a 500
         return None
     ok = isinstance(rows, list) and all(
         isinstance(r, list) and len(r) >= 2 and all(isinstance(s, str) and len(s) <= MAX_ID_CHARS for s in r)
