@@ -175,3 +175,18 @@ def test_auto_supernodes_group_similar_features_and_cli_writes_them(tmp_path, ca
     save_transcoders(other, tmp_path / "other")
     assert main(["supernodes", str(path), "--transcoders", str(tmp_path / "other")]) == 2
     assert "not the transcoders of this graph" in capsys.readouterr().err
+
+
+def test_default_model_capitals_diff(tmp_path, capsys):
+    """On the default model: the country embedding swaps, ' Paris' is A's answer, the ' capital' token is shared."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "The capital of France is"}\n{"prompt": "The capital of Germany is"}\n')
+    assert main(["trace", "--prompts", str(prompts), "-o", str(tmp_path), "--json"]) == 0
+    a, b = load_graph(tmp_path / "0001-the-capital-of-france-is.json"), load_graph(
+        tmp_path / "0002-the-capital-of-germany-is.json")  # fmt: skip
+    d = diff(a, b)
+    only_a, only_b = {n.label for n in d.only("a")}, {n.label for n in d.only("b")}
+    assert "' France'" in only_a and "' Germany'" in only_b
+    paris = next(n for n in d.nodes if n.kind == NodeKind.LOGIT and n.label == "' Paris'")
+    assert paris.a is not None and paris.a > 0.3 and (paris.b is None or paris.b < paris.a / 2)
+    assert "' capital'" in {n.label for n in d.shared()}
