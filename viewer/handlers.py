@@ -181,8 +181,8 @@ def subgraph(env: Env, st: UrlState, loaded: Loaded, checked: list[str] | None) 
     return subgraph_elements(loaded.view, st), opts, [c for c in (checked or []) if c in values], line
 
 
-def _overlay(loaded: Loaded, st: UrlState, query: str | None) -> Overlay:
-    hits = search(loaded.view, query or "", st.labels)
+def _overlay(env: Env, loaded: Loaded, st: UrlState, query: str | None) -> Overlay:
+    hits = search(loaded.view, query or "", st.labels, store=env.features)
     return overlay(loaded.view, loaded.coords, st.clicked, list(st.pinned), hits, st.link_type, st.all_pinned_edges)
 
 
@@ -233,10 +233,10 @@ def handle_view(env: Env, search_: str | None, rendered: dict | None, query: str
     if fresh["figure"]:
         placed = placement(v, co, st.labels, store_labels(v, env.features))
         out += [main_figure(v, co, st.labels, loaded.graph_id, placed),
-                overlay_figure(v, co, _overlay(loaded, st, query))]  # fmt: skip
+                overlay_figure(v, co, _overlay(env, loaded, st, query))]  # fmt: skip
     else:
         changed = keys["overlay"] != old.get("overlay")
-        out += [no_update, overlay_patch(_overlay(loaded, st, query)) if changed else no_update]
+        out += [no_update, overlay_patch(_overlay(env, loaded, st, query)) if changed else no_update]
     return (*out, keys)
 
 
@@ -246,8 +246,9 @@ def handle_search(env: Env, query: str | None, search_: str | None) -> tuple:
         st, loaded = env.open(search_)
     except TracerError:
         raise PreventUpdate from None
-    hits = search(loaded.view, query or "", st.labels)
-    return layout.search_results(hits, loaded.view, st.labels, query or ""), overlay_patch(_overlay(loaded, st, query))
+    hits = search(loaded.view, query or "", st.labels, store=env.features)
+    results = layout.search_results(hits, loaded.view, st.labels, query or "")
+    return results, overlay_patch(_overlay(env, loaded, st, query))
 
 
 def handle_hover(env: Env, node: str | None, search_: str | None) -> Patch:

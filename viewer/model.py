@@ -4,20 +4,25 @@
 2. edges: source/target rows, weight and weight_normalized as arrays, plus CSR orders by target (a node's inputs)
    and by source (its outputs), so a click looks up its edges without scanning all of them.
 3. queries (pure): display names (edited label > file label > a name from the kind), a node's connections split
-   by sign and sorted, and search by token text, label or `layer/feature`.
+   by sign and sorted, and search: a full node id, `layer/feature`, or text — found in node names and labels, in
+   the prompt (a word spread over several tokens finds those positions' tokens and features), and, given a
+   feature store, in feature labels and top-context text.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from tracer.errors import GraphFileError
 from tracer.layout import NodeKind
 from tracer.schema import GraphFile, GraphNode
+
+if TYPE_CHECKING:
+    from viewer.features import FeatureStore
 
 FEATURE_QUERY = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")  # `layer/feature`
 
@@ -137,20 +142,53 @@ def connections(view: GraphView, node_id: str, limit: int = 40) -> Connections:
     return Connections(*inputs, *outputs)
 
 
-def search(view: GraphView, query: str, labels: dict[str, str] | None = None, limit: int = 30) -> list[str]:
-    """Node ids matching `layer/feature` exactly, or whose label or token contains the query (case-insensitive),
-    most influential first."""
+def prompt_positions(tokens: list[str], query: str) -> list[int]:
+    """Positions whose token overlaps an occurrence of `query` in the prompt text (case-insensitive), so a word
+    split over several tokens finds all of them."""
+    folded = [t.casefold() for t in tokens]
+    ends = np.cumsum([len(t) for t in folded])
+    text, q, out = "".join(folded), query.casefold(), set()
+    start = text.find(q)
+    while q and start >= 0:
+        first = int(np.searchsorted(ends, start, side="right"))
+        last = int(np.searchsorted(ends, start + len(q) - 1, side="right"))
+        out.update(range(first, last + 1))
+        start = text.find(q, start + 1)
+    return sorted(p for p in out if p < len(tokens))
+
+
+def _by_influence(view: GraphView, rows) -> list[str]:
+    return [view.graph.nodes[i].id for i in sorted(rows, key=lambda i: -view.graph.nodes[i].influence)]
+
+
+def search(view: GraphView, query: str, labels: dict[str, str] | None = None, limit: int = 30,
+           store: FeatureStore | None = None) -> list[str]:  # fmt: skip
+    """Node ids for a query, best first: a full node id (`F0.852@5`) alone; every node of `layer/feature`; else
+    nodes whose name, label or token contains the text, then the feature store's matches (labels, top contexts),
+    then the tokens and features at the prompt positions the text spans (most influential first)."""
     query = query.strip()
     if not query:
         return []
+    if query in view.row:
+        return [query]
     m = FEATURE_QUERY.match(query)
     if m:
         layer, feature = int(m[1]), int(m[2])
-        hits = [n for n in view.graph.nodes if n.kind is NodeKind.FEATURE and (n.layer, n.feature) == (layer, feature)]
-    else:
-        q = query.casefold()
-        hits = [
-            n for n in view.graph.nodes if q in display_name(n, labels).casefold() or q in (n.token or "").casefold()
-        ]
-    hits.sort(key=lambda n: -n.influence)
-    return [n.id for n in hits[:limit]]
+        rows = [i for i, n in enumerate(view.graph.nodes)
+                if n.kind is NodeKind.FEATURE and (n.layer, n.feature) == (layer, feature)]  # fmt: skip
+        return _by_influence(view, rows)[:limit]
+    q = query.casefold()
+    named = [i for i, n in enumerate(view.graph.nodes)
+             if q in display_name(n, labels).casefold() or q in (n.token or "").casefold()]  # fmt: skip
+    found: list[str] = _by_influence(view, named)
+    if store is not None:
+        at: dict[tuple[int, int], list[int]] = {}
+        for i, n in enumerate(view.graph.nodes):
+            if n.kind is NodeKind.FEATURE:
+                at.setdefault((n.layer, n.feature or 0), []).append(i)
+        found += _by_influence(view, [i for h in store.search(query, limit) for i in at.get((h.layer, h.feature), [])])
+    spans = set(prompt_positions(view.graph.metadata.tokens, query))
+    emb = [i for i in np.flatnonzero(view.kind == NodeKind.EMBEDDING.code).tolist() if view.pos[i] in spans]
+    feats = [i for i in np.flatnonzero(view.kind == NodeKind.FEATURE.code).tolist() if view.pos[i] in spans]
+    found += [view.graph.nodes[i].id for i in sorted(emb, key=lambda i: view.pos[i])] + _by_influence(view, feats)
+    return list(dict.fromkeys(found))[:limit]

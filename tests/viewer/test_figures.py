@@ -57,9 +57,37 @@ def test_search(view: GraphView):
     f = next(n for n in view.graph.nodes if n.kind is NodeKind.FEATURE)
     assert f.id in search(view, f" {f.layer} / {f.feature} ")
     assert all(view.graph.nodes[view.row[i]].feature == f.feature for i in search(view, f"{f.layer}/{f.feature}"))
-    assert set(search(view, "FRANCE")) == {n.id for n in view.graph.nodes if n.token and "france" in n.token.lower()}
+    france = view.graph.metadata.tokens.index(" France")
+    at = {n.id for n in view.graph.nodes if n.pos == france and n.kind in (NodeKind.EMBEDDING, NodeKind.FEATURE)}
+    assert set(search(view, "FRANCE")) == at | {n.id for n in view.graph.nodes if "france" in (n.token or "").lower()}
     assert search(view, "my label") == [] and search(view, "  ") == []
     assert search(view, "MY LABEL", {f.id: "My label here"}) == [f.id]
+    assert search(view, f.id) == [f.id]  # a full node id finds that node alone
+
+
+def test_search_words_across_tokens_and_the_store(view: GraphView):
+    from viewer.features import FeatureHit
+    from viewer.model import prompt_positions
+
+    tokens = ["<bos>", "The", " cap", "ital", " of", " Par", "is"]
+    assert prompt_positions(tokens, "capital") == [2, 3] and prompt_positions(tokens, "paris") == [5, 6]
+    assert prompt_positions(tokens, "l of p") == [3, 4, 5] and prompt_positions(tokens, "zzz") == []
+    g = view.graph.model_copy(deep=True)
+    g.metadata.tokens[2:4] = [" cap", "ital"]
+    v = GraphView.build(g)
+    hits = search(v, "Capital", limit=1000)
+    embs = [i for i in hits if v.node(i).kind is NodeKind.EMBEDDING]
+    assert embs == ["EMB@2", "EMB@3"]
+    assert {i for i in hits if v.node(i).kind is NodeKind.FEATURE} == {
+        n.id for n in v.graph.nodes if n.kind is NodeKind.FEATURE and n.pos in (2, 3)}
+    target = next(n for n in v.graph.nodes if n.kind is NodeKind.FEATURE)
+
+    class Store:
+        def search(self, text: str, limit: int = 30) -> list[FeatureHit]:
+            return [FeatureHit(target.layer, target.feature or 0, "the Eiffel tower", 1.0)] if "eiffel" in text else []
+
+    assert search(v, "eiffel", store=Store()) == [n.id for n in v.graph.nodes if (n.layer, n.feature) == (
+        target.layer, target.feature) and n.kind is NodeKind.FEATURE]  # fmt: skip
 
 
 def test_coordinates(view: GraphView):
