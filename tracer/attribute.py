@@ -160,7 +160,7 @@ def attribute(
     cfg = cfg or TraceConfig()
     t: dict[str, float] = {}
     with phase("record", t):
-        rec = record(model, tc, tokens)
+        rec = record(model, tc, tokens).upcast()  # a bf16/fp16 model: attribution in fp32
     with phase("targets", t):
         targets: LogitTargets = select_targets(rec.logits[-1], model.unembed.weight, tok, cfg.max_n_logits,
                                                cfg.desired_logit_prob, list(cfg.target), cfg.minus)  # fmt: skip

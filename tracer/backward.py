@@ -57,11 +57,14 @@ def norm_transpose(norm: Norm, scale: torch.Tensor, g: torch.Tensor) -> torch.Te
 class ReplacementBackward:
     """Holds the frozen linear maps of one recorded prompt."""
 
-    def __init__(self, model: Transformer, tc: Transcoder, rec: Record) -> None:
+    def __init__(self, model: Transformer, tc: Transcoder, rec: Record, dtype: torch.dtype | None = None) -> None:
+        """dtype: compute in this dtype (the bf16 fast path passes bf16 copies of the model and record); default
+        fp32 at least: a half-precision model's weights are cast as they are used (accumulation in fp32)."""
         self.model, self.tc, self.rec = model, tc, rec
         self.cfg = model.cfg
         self.input_hook = tc.cfg.input_hook
-        self.dtype = rec.mlp_out.dtype
+        self.dtype = dtype or torch.promote_types(rec.mlp_out.dtype, torch.float32)
+        self.device = rec.mlp_out.device
         self.flops = 0  # matmul work done so far (2 x multiply-adds), for benchmarks
 
     def _read_transpose(self, layer: int, pos: slice | torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -81,6 +84,9 @@ class ReplacementBackward:
             return g
         return norm_transpose(post, self.rec.attn_post_scale[layer, pos], g)
 
+    def _w(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.dtype)  # a no-op unless the model runs in half precision
+
     def _attn_transpose(self, layer: int, g: torch.Tensor) -> torch.Tensor:
         """(d attn_out / d resid_pre)^T g for g [B, P', D] (pattern frozen)."""
         cfg, blk = self.cfg, self.model.block(layer)
@@ -89,10 +95,11 @@ class ReplacementBackward:
         self.flops += 2 * B * P * (cfg.d_model * cfg.n_heads * cfg.d_head * 2 + cfg.n_heads * P * cfg.d_head)
         H, KV, dh = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
         # heads outermost and batch folded into columns: one bmm of [P, P] x [P, B*dh] per head
-        u = (g.reshape(B * P, -1) @ blk.attn.o.weight).view(B, P, H, dh).permute(2, 1, 0, 3).reshape(H, P, B * dh)
-        v = torch.bmm(self.rec.patterns[layer][:, :P, :P].transpose(1, 2), u)  # grads of each head's values
+        u = (g.reshape(B * P, -1) @ self._w(blk.attn.o.weight)).view(B, P, H, dh)
+        u = u.permute(2, 1, 0, 3).reshape(H, P, B * dh)
+        v = torch.bmm(self._w(self.rec.patterns[layer][:, :P, :P]).transpose(1, 2), u)  # grads of each head's values
         v = v.view(KV, H // KV, P, B, dh).sum(1)  # GQA: heads of a group share values
-        xn = (v.permute(2, 1, 0, 3).reshape(B * P, KV * dh) @ blk.attn.v.weight).view(B, P, -1)
+        xn = (v.permute(2, 1, 0, 3).reshape(B * P, KV * dh) @ self._w(blk.attn.v.weight)).view(B, P, -1)
         return norm_transpose(blk.ln1, self.rec.ln1_scale[layer, :P], xn)
 
     def _attn_transpose_at(self, layer: int, pos: torch.Tensor, g_BD: torch.Tensor, n_pos: int) -> torch.Tensor:
@@ -103,10 +110,10 @@ class ReplacementBackward:
         B, H, dh = g_BD.shape[0], cfg.n_heads, cfg.d_head
         g_BD = self._post_transpose(layer, pos, g_BD)
         self.flops += 2 * B * (H * dh * cfg.d_model * 2 + n_pos * H * cfg.d_model)
-        u = (g_BD @ blk.attn.o.weight).view(B, H, dh)
-        wv = blk.attn.v.weight.view(cfg.n_kv_heads, dh, -1).repeat_interleave(H // cfg.n_kv_heads, dim=0)
+        u = (g_BD @ self._w(blk.attn.o.weight)).view(B, H, dh)
+        wv = self._w(blk.attn.v.weight).view(cfg.n_kv_heads, dh, -1).repeat_interleave(H // cfg.n_kv_heads, dim=0)
         w = torch.einsum("bhe,hed->bhd", u, wv)  # [B, H, D]
-        rows = self.rec.patterns[layer][:, pos, :n_pos].transpose(0, 1)  # [B, H, P']
+        rows = self._w(self.rec.patterns[layer][:, pos, :n_pos]).transpose(0, 1)  # [B, H, P']
         xn = torch.einsum("bhq,bhd->bqd", rows, w)
         return norm_transpose(blk.ln1, self.rec.ln1_scale[layer, :n_pos], xn)
 
@@ -120,8 +127,8 @@ class ReplacementBackward:
         L, D = self.cfg.n_layers, self.cfg.d_model
         B, P = int(inj.layer.numel()), int(inj.pos.max()) + 1
         top = min(int(inj.layer.max()), L - 1)  # layers above the highest target carry no gradient
-        out = torch.zeros(B, P, top + 1, D, dtype=self.dtype)
-        g = torch.zeros(B, P, D, dtype=self.dtype)
+        out = torch.zeros(B, P, top + 1, D, dtype=self.dtype, device=self.device)
+        g = torch.zeros(B, P, D, dtype=self.dtype, device=self.device)
         # 1. Inject logit targets through the final norm
         is_logit = inj.layer >= L
         if is_logit.any():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -40,6 +40,15 @@ class Record:
     @property
     def n_pos(self) -> int:
         return int(self.tokens.numel())
+
+    def upcast(self) -> Record:
+        """A copy with fp16/bf16 tensors in fp32 (fp32/fp64 records returned as they are): a half-precision forward
+        pass is recorded once, the linear attribution accumulates in fp32."""
+        if self.mlp_out.dtype not in (torch.float16, torch.bfloat16):
+            return self
+        up = lambda t: t.float() if t is not None and t.is_floating_point() else t  # noqa: E731
+        return replace(self, **{f.name: ([up(t) for t in v] if isinstance(v := getattr(self, f.name), list) else up(v))
+                                for f in fields(self)})  # fmt: skip
 
 
 def _stack(cache: dict[Site, torch.Tensor], point: HookPoint, n_layers: int) -> torch.Tensor:
@@ -83,13 +92,15 @@ def record(model: Transformer, tc: Transcoder, tokens: torch.Tensor) -> Record:
 def frozen_sites(rec: Record, n_layers: int) -> dict[Site, HookFn]:
     """Hook functions that replace every attention pattern and norm denominator by the recorded ones (for use
     inside `model.hooks.attached`): with them the residual stream is linear in the MLP outputs and embeddings."""
-    fns: dict[Site, HookFn] = {Site(HookPoint.LNF_SCALE): lambda _: rec.lnf_scale[None]}
+    # values come back in the running model's dtype (a record may have been upcast for attribution)
+    fns: dict[Site, HookFn] = {Site(HookPoint.LNF_SCALE): lambda v: rec.lnf_scale[None].to(v.dtype)}
     for i in range(n_layers):
-        fns[Site(HookPoint.ATTN_PATTERN, i)] = lambda _, i=i: rec.patterns[i][None]
-        fns[Site(HookPoint.LN1_SCALE, i)] = lambda _, i=i: rec.ln1_scale[i][None]
-        fns[Site(HookPoint.LN2_SCALE, i)] = lambda _, i=i: rec.ln2_scale[i][None]
+        fns[Site(HookPoint.ATTN_PATTERN, i)] = lambda v, i=i: rec.patterns[i][None].to(v.dtype)
+        fns[Site(HookPoint.LN1_SCALE, i)] = lambda v, i=i: rec.ln1_scale[i][None].to(v.dtype)
+        fns[Site(HookPoint.LN2_SCALE, i)] = lambda v, i=i: rec.ln2_scale[i][None].to(v.dtype)
         if rec.attn_post_scale is not None:  # Gemma's post-attention norm, frozen like the others
-            fns[Site(HookPoint.ATTN_POST_SCALE, i)] = lambda _, i=i: rec.attn_post_scale[i][None]  # type: ignore[index]
+            fns[Site(HookPoint.ATTN_POST_SCALE, i)] = \
+                lambda v, i=i: rec.attn_post_scale[i][None].to(v.dtype)  # type: ignore[index]
     return fns
 
 
@@ -111,11 +122,11 @@ def frozen_forward(
         return fn
 
     def mlp_out(layer: int):
-        def fn(_: torch.Tensor) -> torch.Tensor:
+        def fn(v: torch.Tensor) -> torch.Tensor:
             out = decoded[:, layer] + errors[:, layer]
             if tc.W_skip is not None:  # the skip path reads this run's input: it stays linear in the sources
                 out = out + (inputs[layer].to(dt) @ tc.W_skip[layer].T).to(errors.dtype)
-            return out[None]
+            return out[None].to(v.dtype)
 
         return fn
 

@@ -22,8 +22,10 @@ from tracer.checks import check_graph_output, check_threads, check_thresholds
 from tracer.errors import ModelLoadError
 from tracer.features.graph_labels import format_top_features, label_graph, top_features
 from tracer.graphfile import build_graph_file, recover_pair, save_graph
+from tracer.hub import resolve_transcoders
 from tracer.models import load_model
 from tracer.models.loading import file_hash
+from tracer.precision import add_precision_args, resolve_precision
 from tracer.prune import prune
 from tracer.schema import Identity
 from transcoders import DEFAULT_TRANSCODERS, load_transcoders
@@ -52,8 +54,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("prompt", nargs="?", help="text to trace (a BOS token is prepended)")
     p.add_argument("--prompts", type=Path, help="JSONL file of {\"prompt\": ...} lines: trace each into -o DIR, "
                    "with DIR/index.json (resumable; shards over torchrun ranks)")  # fmt: skip
-    p.add_argument("--model", type=Path, help="HF-layout model directory or .gguf file (default: bundled model)")
-    p.add_argument("--transcoders", type=Path, help="transcoder directory (default: bundled CLT)")
+    p.add_argument("--model", type=Path, help="HF-layout model directory, .gguf file, or a Hugging Face name such as "
+                   "google/gemma-2-2b in the local HF cache (default: bundled model)")  # fmt: skip
+    p.add_argument("--transcoders", type=Path, help="transcoder directory, circuit-tracer short name (gemma, llama, "
+                   "qwen3-4b, ...) or HF repository in the local cache (default: bundled CLT)")  # fmt: skip
     p.add_argument("-o", "--output", type=Path, help="graph file to write (default: out/graphs/<prompt>.json)")
     p.add_argument("--batch-size", type=int, default=128, help="targets per backward pass")
     p.add_argument("--max-feature-nodes", type=int,
@@ -67,6 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--edge-threshold", type=float, default=0.98, help="share of edge score the kept edges cover")
     p.add_argument("--kernel", choices=["auto", "torch", "triton"], help="edge kernel backend (env TRACER_KERNEL)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
+    add_precision_args(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--view", action="store_true", help="open the graph in the viewer afterwards")
     p.set_defaults(func=run)
@@ -92,17 +97,22 @@ def run(args: argparse.Namespace) -> int:
         max_feature_nodes=args.max_feature_nodes, edge_topk=args.edge_topk, target=tuple(args.target or ()),
         minus=args.minus, kernel=args.kernel, progress=not args.json,
     )  # fmt: skip
+    prec = resolve_precision(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     t: dict[str, float] = {}
-    with phase("load", t):
-        lm = load_model(args.model)
+    with phase("model_load", t):
+        lm = load_model(args.model, dtype=prec.dtype)
+        lm.model.to(prec.device)
+    with phase("transcoder_load", t):
         # in the model's dtype: fp16 storage would otherwise round the replacement model away from exactness
-        tc_dir = Path(args.transcoders or DEFAULT_TRANSCODERS)
-        tc = load_transcoders(tc_dir, lm.cfg, dtype=lm.model.embed.weight.dtype)
+        tc_dir = resolve_transcoders(args.transcoders) or DEFAULT_TRANSCODERS
+        tc = load_transcoders(tc_dir, lm.cfg, dtype=lm.model.embed.weight.dtype, lazy=True).to(prec.device)
     if lm.tokenizer is None:
         raise ModelLoadError("the model has no tokenizer (tokenizer.json or vocab.json + merges.txt)")
-    tokens = torch.tensor(lm.tokenizer.encode_prompt(args.prompt, lm.cfg.n_ctx, lm.cfg.bos_token_id))
+    with phase("tokenize", t):
+        tokens = torch.tensor(lm.tokenizer.encode_prompt(args.prompt, lm.cfg.n_ctx, lm.cfg.bos_token_id),
+                              device=prec.device)  # fmt: skip
     with torch.inference_mode(False):
         attr = attribute(lm.model, tc, tokens, lm.tokenizer, cfg)
     t |= attr.timings

@@ -145,6 +145,8 @@ class Transcoder(nn.Module):
         Sparse sources go through embedding_bag (cost ∝ non-zeros); `support` [T, L, F] bool marks the entries
         whose gradient is needed (default: the non-zeros; JumpReLU training adds the threshold's kernel window).
         """
+        if self.W_dec is None:  # lazy decoders: read only the active features' rows (inference only)
+            return self._decode_rows(acts_TLF)
         T, (L, D) = acts_TLF.shape[0], self.b_dec.shape
         out = self.b_dec.expand(T, L, D).clone()
         for s, a in enumerate(acts_TLF.unbind(1)):  # one gradient buffer for all layers
@@ -162,6 +164,18 @@ class Transcoder(nn.Module):
                 out[:, s:] += y
             else:
                 out[:, s] += y[:, 0]
+        return out
+
+    def _decode_rows(self, acts_TLF: torch.Tensor) -> torch.Tensor:
+        """`decode` from memory-mapped rows of the non-zero features only: a lazy set never materialises."""
+        T, (L, D) = acts_TLF.shape[0], self.b_dec.shape
+        out = self.b_dec.expand(T, L, D).clone()
+        for s in range(L):
+            t, f = acts_TLF[:, s].nonzero(as_tuple=True)
+            if len(t):
+                feats, inv = f.unique(return_inverse=True)
+                rows = self.decoder_rows(s, feats).to(out.dtype)  # [n, L, D], zero where it does not write
+                out.index_add_(0, t, acts_TLF[t, s, f].to(out.dtype)[:, None, None] * rows[inv])
         return out
 
     def decode_entries(self, n_tokens: int, t_idx: torch.Tensor, l_idx: torch.Tensor, f_idx: torch.Tensor,
