@@ -30,6 +30,8 @@ from tracer.io import atomic_write_text
 from tracer.schema import GraphFile, Identity, Scores
 
 if TYPE_CHECKING:
+    import torch
+
     from tracer.attribute import TraceConfig
     from tracer.models import LoadedModel
     from tracer.result import Attribution
@@ -115,8 +117,12 @@ def read_prompts(path: Path) -> tuple[list[PromptLine], list[Entry]]:
 # 2. plan
 
 
+NOT_SETTINGS = ("feature_store",)  # recorded in settings by the trace, not chosen by the user
+
+
 def _normal(settings: dict) -> str:
-    return json.dumps(json.loads(json.dumps(settings)), sort_keys=True)
+    return json.dumps({k: v for k, v in json.loads(json.dumps(settings)).items() if k not in NOT_SETTINGS},
+                      sort_keys=True)  # fmt: skip
 
 
 def entry_of(graph: GraphFile, line: int, file: str, status: str, seconds: float = 0.0) -> Entry:
@@ -166,11 +172,14 @@ class Tracer:
     cfg: TraceConfig
     node_threshold: float
     edge_threshold: float
+    tc_dir: Path
+    device: torch.device | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Tracer:
         from tracer.attribute import TraceConfig
         from tracer.errors import ModelLoadError
+        from tracer.hub import resolve_transcoders
         from tracer.models import load_model
         from tracer.models.loading import file_hash
         from transcoders import DEFAULT_TRANSCODERS, load_transcoders
@@ -180,15 +189,24 @@ class Tracer:
             max_feature_nodes=args.max_feature_nodes, edge_topk=args.edge_topk, target=tuple(args.target or ()),
             minus=args.minus, kernel=args.kernel, progress=False,
         )  # fmt: skip
-        lm = load_model(args.model)
+        device = None
+        if hasattr(args, "device"):  # --dtype/--device, when the trace parser has them (tracer.precision)
+            from tracer.precision import resolve_precision
+
+            prec = resolve_precision(args)
+            lm, device = load_model(args.model, dtype=prec.dtype), prec.device
+            lm.model.to(device)
+        else:
+            lm = load_model(args.model)
         if lm.tokenizer is None:
             raise ModelLoadError("the model has no tokenizer (tokenizer.json or vocab.json + merges.txt)")
-        tc_dir = Path(args.transcoders or DEFAULT_TRANSCODERS)
-        tc = load_transcoders(tc_dir, lm.cfg, dtype=lm.model.embed.weight.dtype)
+        tc_dir = Path(resolve_transcoders(args.transcoders) or DEFAULT_TRANSCODERS)
+        tc = load_transcoders(tc_dir, lm.cfg, dtype=lm.model.embed.weight.dtype, lazy=True)
+        tc = tc.to(device) if device is not None else tc
         tc_id = Identity(name=tc_dir.name, content_hash=file_hash(sorted(tc_dir.glob("*.safetensors"))),
                          kind=str(tc.cfg.kind.value))  # fmt: skip
         model_id = Identity(name=lm.name, content_hash=lm.content_hash, kind=lm.cfg.family)
-        return cls(lm, tc, model_id, tc_id, cfg, args.node_threshold, args.edge_threshold)
+        return cls(lm, tc, model_id, tc_id, cfg, args.node_threshold, args.edge_threshold, tc_dir, device)
 
     @property
     def settings(self) -> dict:
@@ -201,17 +219,19 @@ class Tracer:
         import torch
 
         from tracer.attribute import attribute
+        from tracer.features.graph_labels import label_graph
         from tracer.graphfile import build_graph_file
         from tracer.prune import prune
 
         lm = self.lm
         assert lm.tokenizer is not None  # checked in from_args
-        tokens = torch.tensor(lm.tokenizer.encode_prompt(prompt, lm.cfg.n_ctx, lm.cfg.bos_token_id))
+        tokens = torch.tensor(lm.tokenizer.encode_prompt(prompt, lm.cfg.n_ctx, lm.cfg.bos_token_id), device=self.device)
         with torch.inference_mode(False):
             attr = attribute(lm.model, self.tc, tokens, lm.tokenizer, self.cfg)
         pruned = prune(attr, node_threshold=self.node_threshold, edge_threshold=self.edge_threshold)
         graph = build_graph_file(attr, pruned, prompt=prompt, model=self.model_id, transcoders=self.tc_id,
                                  settings=self.settings, labels=None)  # fmt: skip
+        label_graph(graph, self.tc_dir)  # the feature store's labels, as `tracer trace` adds them
         return graph, attr
 
 

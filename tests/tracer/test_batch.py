@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -103,8 +104,15 @@ def test_two_ranks_write_the_same_graphs_as_one(subject, tmp_path, capsys):  # n
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "tracer", "trace", "--prompts", str(prompts), "-o", str(two), "--json", *_files(subject)]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:  # torchrun's workers too, if it hangs
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err[-2000:]
     i1, i2 = load_index(one / INDEX_NAME), load_index(two / INDEX_NAME)
     assert i2.world_size == 2
     strip = lambda i: [e.model_dump(exclude={"seconds"}) for e in i.entries]  # noqa: E731
