@@ -113,13 +113,14 @@ class State:
         self.cfg, self.n = cfg, n
         self.t: dict[str, torch.Tensor] = {
             "batches": torch.zeros((), dtype=torch.int64), "n_fires": torch.zeros(n, dtype=torch.int64),
-            "sum": torch.zeros(n, dtype=torch.float64), "hist": torch.zeros(n, FINE_BINS, dtype=torch.int64),
+            "sum": torch.zeros(n, dtype=torch.float64), "hist": torch.zeros(n, FINE_BINS, dtype=torch.int32),
             "top_val": torch.full((n, k), -math.inf), "top_seq": torch.full((n, k), -1, dtype=torch.int64),
             "top_pos": torch.zeros(n, k, dtype=torch.int64), "top_tok": torch.full((n, k, w), -1, dtype=torch.int32),
-            "top_act": torch.zeros(n, k, w), "res_key": torch.full((n, r), _M32 + 1, dtype=torch.int64),
+            "top_act": torch.zeros(n, k, w, dtype=torch.float16),
+            "res_key": torch.full((n, r), _M32 + 1, dtype=torch.int64),
             "res_val": torch.zeros(n, r), "res_seq": torch.full((n, r), -1, dtype=torch.int64),
             "res_pos": torch.zeros(n, r, dtype=torch.int64), "res_tok": torch.full((n, r, w), -1, dtype=torch.int32),
-            "res_act": torch.zeros(n, r, w),
+            "res_act": torch.zeros(n, r, w, dtype=torch.float16),
         }  # fmt: skip
 
     def windows(self, acts: torch.Tensor, tokens: torch.Tensor, b: torch.Tensor, pos: torch.Tensor,
@@ -141,7 +142,7 @@ class State:
         t["n_fires"] += torch.bincount(f, minlength=self.n)
         t["sum"].index_add_(0, f, vals.double())
         fine = ((vals.log10() - FINE_LO) / (FINE_HI - FINE_LO) * FINE_BINS).floor().clamp(0, FINE_BINS - 1).long()
-        t["hist"] += torch.bincount(f * FINE_BINS + fine, minlength=self.n * FINE_BINS).view(self.n, FINE_BINS)
+        t["hist"] += torch.bincount(f * FINE_BINS + fine, minlength=self.n * FINE_BINS).view(self.n, FINE_BINS).int()
         self._top(acts, tokens, seq_ids, b, p, f, vals)
         self._sample(acts, tokens, seq_ids, b, p, f, vals)
         t["batches"] += 1
@@ -162,8 +163,9 @@ class State:
         lf, lb = bt.nonzero(as_tuple=True)
         W = self.cfg.window
         c_tok = torch.full((len(uf), B, W), -1, dtype=torch.int32)
-        c_act = torch.zeros(len(uf), B, W)
-        c_tok[lf, lb], c_act[lf, lb] = self.windows(acts, tokens, lb, ag[lf, lb], uf[lf])
+        c_act = torch.zeros(len(uf), B, W, dtype=torch.float16)  # window activations are stored in float16
+        tok, act = self.windows(acts, tokens, lb, ag[lf, lb], uf[lf])
+        c_tok[lf, lb], c_act[lf, lb] = tok, act.half()
         val = torch.cat([t["top_val"][uf], torch.where(bt, pk, -math.inf)], 1)
         sel = val.topk(k, dim=1).indices  # [u, k] into the k old + B new
         rows = torch.arange(len(uf))[:, None]

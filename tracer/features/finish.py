@@ -44,12 +44,12 @@ def summaries(state: State, n_tokens: int) -> dict[str, torch.Tensor]:
     fires = t["n_fires"]
     amax = t["top_val"][:, 0].clamp_min(0).double()
     centers = fine_centers()
-    cum = t["hist"].cumsum(1).double()
+    cum = t["hist"].long().cumsum(1).double()
     q = torch.tensor(QUANTILES, dtype=torch.float64)
     idx = torch.searchsorted(cum, (q[None, :] * fires[:, None].double()).contiguous()).clamp(max=len(centers) - 1)
     qv = torch.minimum(centers[idx], amax[:, None])
     lin = (centers[None, :] / amax.clamp_min(1e-12)[:, None] * hb).floor().clamp(0, hb - 1).long()
-    counts = torch.zeros(len(fires), hb, dtype=torch.int64).scatter_add_(1, lin, t["hist"])
+    counts = torch.zeros(len(fires), hb, dtype=torch.int64).scatter_add_(1, lin, t["hist"].long())
     return {"fires": fires, "freq": fires.double() / max(n_tokens, 1), "mean": t["sum"] / fires.clamp_min(1),
             "max": amax, "qv": qv, "counts": counts}  # fmt: skip
 
