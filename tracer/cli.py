@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES = (
     "tracer.intervene_cli",  # intervene, generate
     "tracer.validate_cli",  # validate
     "viewer.cli",  # view
+    "viewer.figure_cli",  # figure
     "transcoders.cli",  # transcoders train | eval | convert
     "tracer.features.cli",  # features build | show | search | export
 )

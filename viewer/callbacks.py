@@ -20,6 +20,7 @@ from viewer.handlers import (
     handle_click,
     handle_controls,
     handle_export,
+    handle_figure,
     handle_hover,
     handle_pin,
     handle_save,
@@ -143,6 +144,17 @@ def register_files(app: Dash, env: Env) -> None:
 
     app.callback(_out(Id.SUBGRAPH, "generateImage"), _in(Id.EXPORT_SVG), _in(Id.EXPORT_PNG),
                  prevent_initial_call=True)(on_image)  # fmt: skip
+
+    def on_figure(_a, _b, kind, size, search_):
+        _clicked()
+        try:
+            return handle_figure(env, str(ctx.triggered_id), kind, size, search_), ""
+        except TracerError as e:
+            return no_update, f"Figure failed: {e}"
+
+    app.callback(_out(Id.DOWNLOAD, "data", dup=True), _out(Id.STATUS, dup=True), _in(Id.FIGURE_SVG),
+                 _in(Id.FIGURE_PNG), _st(Id.FIGURE_KIND), _st(Id.FIGURE_SIZE), s_url,
+                 prevent_initial_call=True)(on_figure)  # fmt: skip
 
 
 def register(app: Dash, env: Env) -> None:

@@ -12,6 +12,7 @@ Controls mirroring the URL (threshold slider, edge type) are set and read in one
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 from dash import Patch, no_update
 from dash.exceptions import PreventUpdate
 
-from tracer.errors import TracerError
+from tracer.errors import ConfigError, TracerError
 from tracer.layout import NodeKind
 from viewer import layout, state
 from viewer.data import GraphStore, Loaded
@@ -273,6 +274,27 @@ def handle_url_note(env: Env, search_: str | None) -> tuple[str, dict]:
 
 
 # 3. files
+
+
+def handle_figure(env: Env, which: str, kind: str | None, size: str | None, search_: str | None) -> dict:
+    """dcc.Download data: the paper figure (viewer.paper) of the shown graph or pinned subgraph, SVG or PNG,
+    `size` "WxH" inches. TracerError (ConfigError) for a bad size or an empty subgraph."""
+    import base64
+
+    from viewer.paper import FigureKind, render
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*[x×]\s*(\d+(?:\.\d+)?)\s*", size or "")
+    if not m:
+        raise ConfigError(f"figure size {size!r}: expected WIDTHxHEIGHT in inches, e.g. 10x6")
+    st, loaded = env.open(search_)
+    fmt = "svg" if which == Id.FIGURE_SVG.value else "png"
+    fig_kind = FigureKind.SUBGRAPH if kind == FigureKind.SUBGRAPH.value else FigureKind.GRAPH
+    auto = store_labels(loaded.view, env.features)
+    data = render(loaded.view, st, fig_kind, fmt, float(m[1]), float(m[2]), auto=auto)
+    name = f"{Path(loaded.graph_id).stem}.{fig_kind.value}.{fmt}"
+    if fmt == "svg":
+        return {"content": data.decode(), "filename": name, "type": "image/svg+xml"}
+    return {"content": base64.b64encode(data).decode(), "base64": True, "filename": name, "type": "image/png"}
 
 
 def handle_save(env: Env, search_: str | None) -> str:

@@ -51,6 +51,10 @@ class Id(str, Enum):
     EXPORT_NEURONPEDIA = "export-neuronpedia"
     EXPORT_SVG = "export-svg"
     EXPORT_PNG = "export-png"
+    FIGURE_KIND = "figure-kind"  # paper figure of the whole graph or the pinned subgraph
+    FIGURE_SIZE = "figure-size"  # its size, "WxH" in inches
+    FIGURE_SVG = "figure-svg"
+    FIGURE_PNG = "figure-png"
     DOWNLOAD = "download"
 
 

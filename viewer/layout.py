@@ -70,7 +70,17 @@ def _subgraph() -> html.Div:
             html.Div(className="row", children=[
                 dcc.Input(id=Id.LABEL_INPUT.value, type="text", placeholder="label", className="label-input"),
                 _button(Id.LABEL_BUTTON, "Set label", "rename checked supernodes / relabel checked or clicked node")]),
-            html.Div(className="row", children=[_button(Id.EXPORT_SVG, "SVG"), _button(Id.EXPORT_PNG, "PNG")]),
+            html.Div(className="row", children=[html.Span("Panel image:"), _button(Id.EXPORT_SVG, "SVG"),
+                                                _button(Id.EXPORT_PNG, "PNG")]),
+            html.Div(className="row", children=[
+                html.Span("Paper figure:"),
+                dcc.RadioItems(id=Id.FIGURE_KIND.value, value="graph", inline=True,
+                               options=[{"label": "graph", "value": "graph"},
+                                        {"label": "subgraph", "value": "subgraph"}]),
+                dcc.Input(id=Id.FIGURE_SIZE.value, value="10x6", type="text", className="size-input", debounce=True,
+                          title="width x height in inches"),
+                _button(Id.FIGURE_SVG, "SVG", "edges, labels and a legend, as drawn by `tracer figure`"),
+                _button(Id.FIGURE_PNG, "PNG", "edges, labels and a legend, at 200 dpi")]),
         ]),
     ])  # fmt: skip
 
