@@ -6,10 +6,12 @@ Neuronpedia (the frontend's `schema_version` 1):
 2. nodes: `feature` (Cantor pair of (layer, feature) for features, -1 for errors, the position for embeddings, the
    token id for logits), `layer` as a string ("E" for embeddings), `ctx_idx`, `feature_type`, `token_prob`,
    `is_target_logit` (the first logit target), `run_idx`/`reverse_ctx_idx` 0, `jsNodeId`, `clerp` (edited label,
-   else label; logits `Output "tok" (p=0.412)`), `influence` as the *cumulative* influence fraction over the unpruned
-   graph (none for logits), `activation` (features).
+   else label; logits always end in `Output "tok" (p=0.412)`, a label going in front of it, because the frontend
+   reads the probability with `clerp.split('(p=')[1]` and the token between the first two `"`), `influence` as the
+   *cumulative* influence fraction over the unpruned graph (none for logits), `activation` (features).
 3. links: `source`, `target`, `weight` (raw A[target, source]).
-4. metadata (`slug`, `scan`, `transcoder_list`, `prompt_tokens`, `prompt`, `node_threshold`, `schema_version`) and
+4. metadata (`slug`, `scan`, `transcoder_list`, `prompt_tokens`, `prompt` — the decoded prompt with its BOS text,
+   as circuit-tracer writes it —, `node_threshold`, `schema_version`) and
    qParams (pins, supernodes and clicked node of the view state); the folder's `graph-metadata.json` lists the
    metadata of every graph in it (one entry per slug).
 GraphML: the pruned graph via networkx, node attributes from the graph file (None values left out).
@@ -69,6 +71,14 @@ def slugify(text: str, max_len: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:max_len].strip("-") or "graph"
 
 
+def logit_clerp(token: str, prob: float, label: str = "") -> str:
+    """`[label · ]Output "tok" (p=0.412)`: what the frontend parses. A `(p=` or `"` in the label or token would move
+    what it finds, so they are written `(p =` and `'`."""
+    safe = lambda s: s.replace("(p=", "(p =").replace('"', "'")  # noqa: E731
+    base = f'Output "{safe(process_token(token))}" (p={prob:.3f})'
+    return f"{safe(label)} · {base}" if label else base
+
+
 # 1. ids
 
 
@@ -93,8 +103,8 @@ def _node(node: GraphNode, n_layers: int, influence: float | None, clerp: str, t
         NodeKind.LOGIT: (node.token_id, str(n_layers + 1), f"L_{node.token_id}-{pos}"),
     }[k]
     prob = node.probability or 0.0
-    if k == NodeKind.LOGIT and not clerp:
-        clerp = f'Output "{process_token(node.token or "")}" (p={prob:.3f})'
+    if k == NodeKind.LOGIT:
+        clerp = logit_clerp(node.token or "", prob, clerp)
     return {
         "node_id": neuronpedia_id(node, n_layers), "feature": feature, "layer": layer_s, "ctx_idx": pos,
         "feature_type": FEATURE_TYPE[k].value, "token_prob": prob if k == NodeKind.LOGIT else 0.0,
@@ -137,7 +147,7 @@ def to_neuronpedia(graph: GraphFile, attribution: Attribution | None = None, *, 
     threshold = m.settings.get("node_threshold")
     meta = {
         "slug": slug or slugify(m.prompt), "scan": scan or m.transcoders.name, "transcoder_list": [],
-        "prompt_tokens": [process_token(t) for t in m.tokens], "prompt": m.prompt,
+        "prompt_tokens": [process_token(t) for t in m.tokens], "prompt": "".join(m.tokens),
         "node_threshold": threshold if isinstance(threshold, int | float) else None,
         "schema_version": NEURONPEDIA_SCHEMA_VERSION,
     }  # fmt: skip

@@ -76,7 +76,7 @@ def test_neuronpedia_links_metadata_qparams():
     assert links[("0_2_0", "1_4_1")] == 2.0 and links[("1_4_1", "3_11_1")] == pytest.approx(-0.2)
     assert len(links) == 7
     assert doc["metadata"] == {"slug": "my-graph", "scan": "tiny-clt", "transcoder_list": [],
-                               "prompt_tokens": ["<bos>", "⏎"], "prompt": "\n", "node_threshold": 1.0,
+                               "prompt_tokens": ["<bos>", "⏎"], "prompt": "<bos>\n", "node_threshold": 1.0,
                                "schema_version": 1}  # fmt: skip
     assert doc["qParams"] == {"pinnedIds": ["0_2_0", "E_8_1"], "supernodes": [["grp", "0_2_0", "1_4_1"]],
                               "linkType": "both", "clickedId": "1_4_1", "sg_pos": ""}  # fmt: skip
@@ -111,3 +111,23 @@ def test_graphml_round_trip(tmp_path):
         {(e.source, e.target): e.weight for e in g.edges})  # fmt: skip
     first = g.nodes[0]
     assert back.nodes[first.id]["kind"] == "feature" and back.nodes[first.id]["feature"] == first.feature
+
+
+def frontend_logit(clerp: str) -> tuple[str, float]:
+    """What circuit-tracer's frontend reads from a logit clerp: the token between the first two `"`, and
+    `+clerp.split('(p=')[1].split(')')[0]` (a JavaScript number; NaN there blanks the page)."""
+    return clerp.split('"')[1], float(clerp.split("(p=")[1].split(")")[0])
+
+
+@pytest.mark.parametrize("label", ["", "says Paris", 'tricky "(p=0.9)" label'])
+def test_logit_clerp_keeps_the_frontend_form(label):
+    attr, _, g, _ = hand_graph()
+    logit = next(n for n in g.nodes if n.kind.value == "logit")
+    if label:
+        g.view.labels[logit.id] = label
+    nodes = {n["node_id"]: n for n in to_neuronpedia(g, attr)["nodes"]}
+    clerp = nodes["3_3_1"]["clerp"]
+    assert frontend_logit(clerp) == (" w0", 0.6)
+    assert clerp.endswith('Output " w0" (p=0.600)')
+    assert clerp.startswith(label.replace('"', "'").replace("(p=", "(p =")) if label else clerp.startswith("Output")
+    assert frontend_logit(nodes["3_11_1"]["clerp"]) == (" w1", 0.3)
