@@ -130,7 +130,7 @@ class Gate:
     """At most `running` re-prunes at a time, at most `queued` waiting (each up to `wait_s`); beyond that ViewerBusy.
     Bounds the memory of many distinct thresholds requested at once."""
 
-    def __init__(self, running: int = 2, queued: int = 8, wait_s: float = 30.0):
+    def __init__(self, running: int = 2, queued: int = 6, wait_s: float = 5.0):
         self._sem, self._lock, self.queued, self.wait_s = threading.BoundedSemaphore(running), threading.Lock(), \
             queued, wait_s  # fmt: skip
         self._waiting = 0
