@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import functools
 from enum import IntEnum
 from typing import NamedTuple
 
@@ -210,6 +211,7 @@ def edge_bin(wnorm: np.ndarray) -> np.ndarray:
     return np.where(wnorm >= 0, b, N_BINS + b)
 
 
+@functools.cache  # plotly's colorscale lookup costs ~18 ms a call: most of a view's CPU under load
 def edge_style(k: int) -> tuple[str, float]:
     """Colour and width of edge trace k."""
     sign, b = (1, k) if k < N_BINS else (-1, k - N_BINS)
