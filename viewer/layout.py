@@ -78,7 +78,7 @@ def _subgraph() -> html.Div:
                                options=[{"label": "graph", "value": "graph"},
                                         {"label": "subgraph", "value": "subgraph"}]),
                 dcc.Input(id=Id.FIGURE_SIZE.value, value="10x6", type="text", className="size-input", debounce=True,
-                          title="width x height in inches"),
+                          placeholder="WxH in"),
                 _button(Id.FIGURE_SVG, "SVG", "edges, labels and a legend, as drawn by `tracer figure`"),
                 _button(Id.FIGURE_PNG, "PNG", "edges, labels and a legend, at 200 dpi")]),
         ]),
