@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tracer.io import atomic_write_text
 
-BUNDLE_TOKENS = 400_000
+BUNDLE_TOKENS = 300_000
 BLOCK_CHARS = 600
 
 

@@ -25,7 +25,7 @@ from tracer.models import Tokenizer, Transformer
 from transcoders import Transcoder
 
 if TYPE_CHECKING:
-    from tracer.features.build import State
+    from tracer.features.build import BuildConfig, State
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
 LOGIT_LENS = ("sum of the decoder over its output layers, times the final norm's gain (denominator 1), through "
@@ -54,18 +54,15 @@ def summaries(state: State, n_tokens: int) -> dict[str, torch.Tensor]:
             "max": amax, "qv": qv, "counts": counts}  # fmt: skip
 
 
-def examples(state: State, n: int, qv: np.ndarray) -> tuple[bytes | None, list[int], list[list[int]]]:
-    """Step 2 for feature n: (blob, peak token ids of the top contexts, token ids of the top contexts)."""
-    t, cfg = state.t, state.cfg
-    keep = (t["top_val"][n] > 0).nonzero().flatten()
-    tok = [t["top_tok"][n, keep]]
-    act = [t["top_act"][n, keep]]
-    band = [0] * len(keep)
-    shown = {(int(s), int(p)) for s, p in zip(t["top_seq"][n, keep], t["top_pos"][n, keep], strict=True)}
+def examples(t: dict[str, np.ndarray], cfg: BuildConfig, n: int,
+             qv: np.ndarray) -> tuple[bytes | None, list[int]]:  # fmt: skip
+    """Step 2 for feature n (state arrays as numpy): (blob, peak token ids of the top contexts)."""
+    keep = np.flatnonzero(t["top_val"][n] > 0)
+    shown = set(zip(t["top_seq"][n, keep].tolist(), t["top_pos"][n, keep].tolist(), strict=True))
     q25, q50, q90 = qv[1], qv[2], qv[4]
     taken = {1: 0, 2: 0, 3: 0}
-    res_ok = (t["res_seq"][n] >= 0).nonzero().flatten().tolist()
-    for j in res_ok:
+    picked, bands = [], []
+    for j in np.flatnonzero(t["res_seq"][n] >= 0).tolist():
         v = float(t["res_val"][n, j])
         b = 3 if v < q25 else 2 if v < q50 else 1 if v < q90 else 0
         key = (int(t["res_seq"][n, j]), int(t["res_pos"][n, j]))
@@ -73,23 +70,23 @@ def examples(state: State, n: int, qv: np.ndarray) -> tuple[bytes | None, list[i
             continue
         taken[b] += 1
         shown.add(key)
-        tok.append(t["res_tok"][n, j : j + 1])
-        act.append(t["res_act"][n, j : j + 1])
-        band.append(b)
-    toks = torch.cat(tok).numpy()
-    order = np.argsort(np.array(band), kind="stable")  # bands in BANDS order
-    toks, acts, bands = toks[order], torch.cat(act).numpy()[order], np.array(band, dtype=np.uint8)[order]
+        picked.append(j)
+        bands.append(b)
+    order = np.argsort(np.array(bands, dtype=np.int64), kind="stable")  # bands in BANDS order
+    picked_a = np.array(picked, dtype=np.int64)[order]
+    toks = np.concatenate([t["top_tok"][n, keep], t["res_tok"][n, picked_a]])
+    acts = np.concatenate([t["top_act"][n, keep], t["res_act"][n, picked_a]])
+    band = np.concatenate([np.zeros(len(keep), np.uint8), np.array(bands, np.uint8)[order]])
     peak = np.full(len(toks), cfg.before, dtype=np.int16)
-    top = toks[: len(keep)]
-    return pack_examples(toks, acts, peak, bands), top[:, cfg.before].tolist(), top.tolist()
+    return pack_examples(toks, acts, peak, band), t["top_tok"][n, keep, cfg.before].tolist()
 
 
 def _json(x: Any) -> str:
     return json.dumps(x, separators=(",", ":"))
 
 
-def _pairs(ids: torch.Tensor, vals: torch.Tensor) -> str:
-    return _json([[int(i), round(float(v), 3)] for i, v in zip(ids, vals, strict=True)])
+def _pairs(ids: list[int], vals: list[float]) -> str:
+    return _json([[i, round(v, 3)] for i, v in zip(ids, vals, strict=True)])
 
 
 def finish_rows(con: sqlite3.Connection, model: Transformer, tc: Transcoder, tokenizer: Tokenizer, state: State,
@@ -100,21 +97,25 @@ def finish_rows(con: sqlite3.Connection, model: Transformer, tc: Transcoder, tok
     V = model.cfg.vocab_size
     vocab = [tokenizer.token_str(i) if i < tokenizer.vocab_size else f"<{i}>" for i in range(V)]
     F = tc.cfg.n_features
-    qv_all, edges_max = s["qv"].numpy(), s["max"].numpy()
+    qv_all, edges_max = s["qv"].tolist(), s["max"].tolist()
+    arrays = {k: v.numpy() for k, v in state.t.items()}
+    L = {k: v.tolist() for k, v in (("fires", s["fires"]), ("freq", s["freq"]), ("mean", s["mean"]),
+                                    ("counts", s["counts"]), ("lz", lens.logit_z), ("lg", lens.logit_gap),
+                                    ("iz", lens.input_z))}  # fmt: skip
+    lists = [(x.ids.tolist(), x.values.tolist()) for x in (lens.top_logits, lens.bottom_logits, lens.top_inputs)]
     rows = []
     for n in range(state.n):
         layer, feat = divmod(n, F)
-        fires = int(s["fires"][n])
-        blob, peaks, _ = examples(state, n, qv_all[n]) if fires else (None, [], [])
+        fires = L["fires"][n]
+        blob, peaks = examples(arrays, state.cfg, n, np.asarray(qv_all[n])) if fires else (None, [])
         peak_str = [vocab[i] if 0 <= i < V else "" for i in peaks]
-        tl, bl, ti = lens.top_logits, lens.bottom_logits, lens.top_inputs
-        lab = label_feature(peak_str, vocab[int(tl.ids[n, 0])], float(lens.logit_z[n]), float(lens.logit_gap[n]),
-                            vocab[int(ti.ids[n, 0])], float(lens.input_z[n])) if fires else EMPTY  # fmt: skip
+        (tl, _), _, (ti, _) = lists
+        lab = label_feature(peak_str, vocab[tl[n][0]], L["lz"][n], L["lg"][n], vocab[ti[n][0]],
+                            L["iz"][n]) if fires else EMPTY  # fmt: skip
         rows.append((
-            layer, feat, fires, float(s["freq"][n]), float(s["mean"][n]), float(edges_max[n]),
-            _json([[q, round(float(v), 4)] for q, v in zip(QUANTILES, qv_all[n], strict=True)]),
-            _json(s["counts"][n].tolist() if fires else []),
-            _pairs(tl.ids[n], tl.values[n]), _pairs(bl.ids[n], bl.values[n]), _pairs(ti.ids[n], ti.values[n]),
+            layer, feat, fires, L["freq"][n], L["mean"][n], edges_max[n],
+            _json([[q, round(v, 4)] for q, v in zip(QUANTILES, qv_all[n], strict=True)]),
+            _json(L["counts"][n] if fires else []), *(_pairs(ids[n], vals[n]) for ids, vals in lists),
             lab.text, lab.rule, lab.confidence, "\x1f".join(dict.fromkeys(peak_str)), blob,
         ))  # fmt: skip
     prov = prov | {"logit_lens": LOGIT_LENS, "label_rules": RULES, "bands": list(BANDS), "quantiles": QUANTILES}
