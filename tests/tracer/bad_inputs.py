@@ -33,13 +33,13 @@ class Ctx:
     def graph(self) -> Path:
         return self.out / "g.json"
 
-    def model(self, edit: Callable[[Path], None] | None = None) -> Path:
+    def model(self, edit: Callable[[Path], object] | None = None) -> Path:
         return self._copy("model", edit)
 
-    def clt(self, edit: Callable[[Path], None] | None = None, name: str = "clt") -> Path:
+    def clt(self, edit: Callable[[Path], object] | None = None, name: str = "clt") -> Path:
         return self._copy(name, edit)
 
-    def _copy(self, name: str, edit: Callable[[Path], None] | None) -> Path:
+    def _copy(self, name: str, edit: Callable[[Path], object] | None) -> Path:
         if edit is None:
             return self.subject / name
         dst = self.tmp / f"{name}-copy"
@@ -65,13 +65,13 @@ class Case:
 # input makers
 
 
-def edit_json(path: Path, fn: Callable[[dict], None]) -> None:
+def edit_json(path: Path, fn: Callable[[dict], object]) -> None:
     data = json.loads(path.read_text())
     fn(data)
     path.write_text(json.dumps(data))
 
 
-def edit_tensors(path: Path, fn: Callable[[dict[str, torch.Tensor]], None]) -> None:
+def edit_tensors(path: Path, fn: Callable[[dict[str, torch.Tensor]], object]) -> None:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
     t = load_file(str(path))
@@ -95,7 +95,7 @@ def huge_header(path: Path) -> None:
     path.write_bytes(struct.pack("<Q", 1 << 60) + b"{}")
 
 
-def edit_sidecar(graph: Path, fn: Callable[[dict[str, torch.Tensor], dict[str, str]], None]) -> None:
+def edit_sidecar(graph: Path, fn: Callable[[dict[str, torch.Tensor], dict[str, str]], object]) -> None:
     """Change a graph's sidecar and re-record its hash in the JSON, so only the change itself is wrong."""
     side = sidecar_path(graph)
     with safe_open(str(side), framework="pt") as f:
