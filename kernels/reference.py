@@ -35,7 +35,7 @@ from torch import Tensor
 
 from tracer.errors import ConfigError
 
-FLOAT_DTYPES = (torch.float32, torch.float64)
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16)  # bf16: the fast path (tracer trace --dtype bf16)
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def check_features(dec_NLD: Tensor, layer_N: Tensor, pos_N: Tensor, act_N: Tenso
     if dec_NLD.ndim != 3:
         raise ConfigError(f"dec_NLD must be [N, L, D], got shape {tuple(dec_NLD.shape)}")
     if dec_NLD.dtype not in FLOAT_DTYPES:
-        raise ConfigError(f"dec_NLD must be float32 or float64, got {dec_NLD.dtype}")
+        raise ConfigError(f"dec_NLD must be float32, float64 or bfloat16, got {dec_NLD.dtype}")
     n, n_layers = dec_NLD.shape[:2]
     for name, t in (("layer_N", layer_N), ("pos_N", pos_N), ("act_N", act_N)):
         if t.shape != (n,):

@@ -27,9 +27,10 @@ import torch
 from tqdm.auto import tqdm
 
 from kernels import plan_edges
-from tracer.backward import Injections, ReplacementBackward
+from tracer.backward import Injections
 from tracer.csr import CsrAdjacency, RowStore
 from tracer.errors import ConfigError
+from tracer.fast import ROW_DTYPES, row_backward
 from tracer.layout import NodeLayout
 from tracer.models import Tokenizer, Transformer
 from tracer.prune import node_influence
@@ -54,6 +55,7 @@ class TraceConfig:
     target: tuple[str, ...] = ()  # custom logit targets (single tokens)
     minus: str | None = None  # with one target: attribute the logit difference target - minus
     kernel: str | None = None  # edge kernel backend (auto|torch|triton; env TRACER_KERNEL)
+    row_dtype: str = "fp32"  # rows in fp32 (exact) or bf16 (tracer.fast: faster, edges to ~1% relative)
     progress: bool = False  # tqdm bars per phase
 
     def __post_init__(self) -> None:
@@ -65,6 +67,8 @@ class TraceConfig:
             raise ConfigError("edge_topk must be >= 1")
         if self.max_feature_nodes is not None and self.max_feature_nodes < 0:
             raise ConfigError("max_feature_nodes must be >= 0")
+        if self.row_dtype not in ROW_DTYPES:
+            raise ConfigError(f"row dtype must be one of {', '.join(ROW_DTYPES)}, got {self.row_dtype!r}")
 
 
 @contextmanager
@@ -79,16 +83,18 @@ class RowBuilder:
     """Turns batches of targets into sparse rows (step 4-6 of the module docstring)."""
 
     def __init__(self, model: Transformer, tc: Transcoder, rec: Record, layout: NodeLayout, cfg: TraceConfig):
-        self.backward = ReplacementBackward(model, tc, rec)
+        fast = ROW_DTYPES[cfg.row_dtype]
+        self.backward = row_backward(model, tc, rec, fast)
+        rdt = fast or rec.mlp_out.dtype  # the rows' dtype; they are stored in the record's
         self.layout, self.cfg = layout, cfg
         feats = rec.features
-        dec = torch.zeros(len(feats), model.cfg.n_layers, model.cfg.d_model, dtype=rec.mlp_out.dtype)
+        dec = torch.zeros(len(feats), model.cfg.n_layers, model.cfg.d_model, dtype=rdt)
         for layer in feats[:, 0].unique().tolist():
             sel = (feats[:, 0] == layer).nonzero()[:, 0]
             dec[sel] = tc.decoder_rows(layer, feats[sel, 2]).to(dec.dtype)
-        act = rec.acts[feats[:, 1], feats[:, 0], feats[:, 2]]
+        act = rec.acts[feats[:, 1], feats[:, 0], feats[:, 2]].to(rdt)
         self.plan = plan_edges(dec, feats[:, 0], feats[:, 1], act, backend=cfg.kernel)
-        self.errors_PLD = rec.errors.clone()
+        self.errors_PLD = rec.errors.to(rdt, copy=True)
         self.errors_PLD[0] = 0  # BOS errors are constants, not nodes
         self.embed_PD = model.embed_tokens(rec.tokens).to(dec.dtype)  # scaled for Gemma
         room = layout.max_sources() if cfg.edge_topk is None else layout.max_sources().clamp_max(cfg.edge_topk)
@@ -123,6 +129,10 @@ class RowBuilder:
     def adjacency(self, final: bool = False) -> CsrAdjacency:
         """The rows built so far as CSR [n_nodes, n_nodes]; `final` compacts in place (no more rows after it)."""
         return self.store.finish() if final else self.store.snapshot()
+
+    def error_norms(self) -> torch.Tensor:
+        """[n_layers, n_pos] L2 norm of each error node's vector (0 at BOS), in the record's dtype."""
+        return self.errors_PLD.to(self.store.val.dtype).norm(dim=-1).T
 
     def row_mass(self) -> torch.Tensor | None:
         if not self.mass:
@@ -180,7 +190,7 @@ def attribute(
     names = tok.token_str if tok is not None else (lambda i: f"#{i}")
     return Attribution(
         layout=layout, adjacency=adjacency, activations=rec.acts[rec.features[:, 1], rec.features[:, 0],
-        rec.features[:, 2]], logit_probs=targets.weights, error_norms=builder.errors_PLD.norm(dim=-1).T,
+        rec.features[:, 2]], logit_probs=targets.weights, error_norms=builder.error_norms(),
         token_strs=[names(int(i)) for i in tokens], logit_strs=targets.labels, timings=t,
         stats={"replacement_max_abs_logit_error": check, "rows_gflop": (builder.flops + builder.backward.flops) / 1e9},
         row_mass_kept=builder.row_mass(),

@@ -211,7 +211,7 @@ class RowStore:
         offs = counts.cumsum(0) - counts
         dest = self.start[rows][b] + torch.arange(len(b)) - offs[b]
         self.col[dest] = c.to(torch.int32)
-        self.val[dest] = dense[b, c]
+        self.val[dest] = dense[b, c].to(self.val.dtype)  # bf16 rows (the fast path) are stored widened
         self.count[rows] = counts
 
     def _crow(self) -> Tensor:
