@@ -28,8 +28,9 @@ class Precision(NamedTuple):
     device: torch.device
 
 
-def add_precision_args(p: argparse.ArgumentParser, default_dtype: str = "fp32") -> None:
-    p.add_argument("--dtype", choices=list(DTYPE_NAMES), default=default_dtype,
+def add_precision_args(p: argparse.ArgumentParser, default_dtype: str = "fp32", flag: str = "--dtype") -> None:
+    """`flag` names the dtype option (`transcoders train` has --dtype for the saved weights: --model-dtype)."""
+    p.add_argument(flag, dest="model_dtype", choices=list(DTYPE_NAMES), default=default_dtype,
                    help="dtype of the model's weights and forward pass (bf16/fp16: half the memory; sums in fp32)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
 
@@ -46,5 +47,5 @@ def resolve_precision(args: argparse.Namespace) -> Precision:
             raise ConfigError(f"--device {name}: no CUDA device is available here (torch.cuda.is_available() is False)")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    dtype = getattr(torch, DTYPE_NAMES[getattr(args, "dtype", "fp32") or "fp32"])
+    dtype = getattr(torch, DTYPE_NAMES[getattr(args, "model_dtype", "fp32") or "fp32"])
     return Precision(dtype, device)

@@ -19,6 +19,7 @@ import torch
 
 from tracer.errors import ConfigError
 from tracer.models import DEFAULT_MODEL, load_model
+from tracer.precision import add_precision_args, resolve_precision
 from transcoders.config import INPUT_HOOKS
 from transcoders.data import DEFAULT_CORPUS, tokenize_corpus
 from transcoders.formats import DEFAULT_TRANSCODERS, TranscoderFormat, load_transcoders, save_transcoders
@@ -38,6 +39,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
             values = [h.value for h in INPUT_HOOKS] if name == "input_hook" else [e.value for e in ann]
             p.add_argument(opt, dest=name, choices=values, default=field.default.value,
                            help=f"{field.description} (default {field.default.value})")  # fmt: skip
+        elif name == "buffer_tokens":  # None: the default, halved until it fits in memory (run_train)
+            p.add_argument(opt, dest=name, type=int, default=None, help=f"{field.description} (default "
+                           f"{field.default}, or less to fit in 40% of the available memory)")  # fmt: skip
         else:
             p.add_argument(opt, dest=name, type=ann, default=field.default,  # type: ignore[arg-type]
                            help=f"{field.description} (default {field.default})")  # fmt: skip
@@ -55,6 +59,7 @@ def add_parser(subparsers) -> None:
     tr.add_argument("--init-from", type=Path, default=None, help="warm start: checkpoint.safetensors of a run")
     tr.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     tr.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_precision_args(tr, flag="--model-dtype")
     tr.add_argument("--shard-features", action="store_true", help="under torchrun: each rank owns a slice of every "
                     "layer's features (default: data parallel, each rank its own token shard)")  # fmt: skip
     _add_train_options(tr)
@@ -98,14 +103,19 @@ def run_train(args: argparse.Namespace) -> int:
     from transcoders.train import train
 
     _threads(args.threads)
+    prec = resolve_precision(args)
+    lm = load_model(args.model, dtype=prec.dtype)  # harvest in this dtype/device; training stays fp32 on the CPU
+    lm.model.to(prec.device)
+    fields = {k: getattr(args, k) for k in TrainConfig.model_fields}
+    fields["buffer_tokens"] = _buffer_tokens(args, lm.model)
     try:
-        cfg = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.model_fields})
+        cfg = TrainConfig(**fields)
     except ValueError as e:
         raise ConfigError(f"invalid training settings: {str(e).splitlines()[-1].strip()}") from None
-    lm = load_model(args.model)
     if lm.tokenizer is None:
         raise ConfigError(f"model {args.model} has no tokenizer; training needs one to read the corpus")
     stream = tokenize_corpus(lm.tokenizer, args.corpus, (cfg.data_tokens or cfg.tokens) + cfg.buffer_tokens)
+    _warn_short_corpus(len(stream), cfg.data_tokens or cfg.tokens, args.corpus, "--data-tokens")
     world = _world(args)
     if world is not None:  # torchrun: transcoders.distributed
         from transcoders.distributed import train_distributed
@@ -122,6 +132,45 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"saved {args.out}: {res.steps} steps, {res.tokens_per_s:,.0f} tokens/s, "
           f"NMSE {res.final['nmse']:.3f}, L0 {res.final['l0']:.1f}, dead {res.final['dead']:.1%}")  # fmt: skip
     return 0
+
+
+def _buffer_tokens(args: argparse.Namespace, model) -> int:
+    """--buffer-tokens, or the default halved until one buffer in fp16 (x2 while shuffled, x unique buffers kept
+    in memory without --cache-dir) fits in 40% of the available memory."""
+    from transcoders.data import available_bytes, buffer_bytes, fit_buffer_tokens
+
+    default = TrainConfig.model_fields["buffer_tokens"].default
+    kept = 1
+    if args.data_tokens and args.cache_dir is None:
+        kept = -(-args.data_tokens // (args.buffer_tokens or default))
+    if args.buffer_tokens is not None:
+        need = (kept + 1) * buffer_bytes(model, args.buffer_tokens)
+        if need > 0.9 * available_bytes():
+            raise ConfigError(f"--buffer-tokens {args.buffer_tokens} needs {need / 2**30:.1f} GiB of activations, "
+                              f"{available_bytes() / 2**30:.1f} GiB are available: use a smaller value (or leave it "
+                              "out to size it automatically)")  # fmt: skip
+        return args.buffer_tokens
+    ckpt = Path(args.out) / "checkpoint.safetensors"
+    if ckpt.exists():  # a resume keeps the buffers it started with (they are part of the data order)
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(ckpt), framework="pt") as f:
+                return int(TrainConfig.model_validate_json(f.metadata()["train"]).buffer_tokens)
+        except Exception:  # noqa: BLE001  a corrupt checkpoint is reported by the trainer, in one line
+            pass
+    n = fit_buffer_tokens(model, default, args.batch_tokens, kept)
+    if n != default:
+        print(f"note: buffers of {n:,} tokens ({buffer_bytes(model, n) / 2**30:.2f} GiB in fp16) instead of "
+              f"{default:,}, to fit in memory", file=sys.stderr)  # fmt: skip
+    return n
+
+
+def _warn_short_corpus(have: int, want: int, corpus: Path, option: str) -> None:
+    if have < want:
+        print(f"warning: corpus {corpus} has {have:,} tokens, fewer than the {want:,} asked for: they are repeated "
+              f"~{want / max(have, 1):.1f} times (pass a larger corpus, or {option} {have} to say so)",
+              file=sys.stderr)  # fmt: skip
 
 
 def run_eval(args: argparse.Namespace) -> int:

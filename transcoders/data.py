@@ -5,28 +5,37 @@
 2. Sequences: sequence j is BOS + the next seq_len-1 tokens from position j·(seq_len-1) of the stream (wrapping
    around), so any buffer can be rebuilt from its index alone (exact resume).
 3. Harvest: run the model in batches, capture the input hook and MLP_OUT of every layer with
-   `model.hooks.capture`, drop position 0 (BOS: huge norm, zeroed in attribution anyway).
+   `model.hooks.capture`, drop position 0 (BOS: huge norm, zeroed in attribution anyway); each batch is stored in
+   the buffer's dtype (fp16 by default) as it comes, so a buffer never exists in fp32; tqdm shows tokens/s.
 4. Buffer i: the tokens of its sequences, shuffled at the token level with a generator seeded by (seed, i);
-   optionally stored as one safetensors shard per buffer in a cache directory and read back from there (one
-   directory per model and settings: shards are not checked against the model). With `n_unique` buffers of
-   distinct data, buffer i reuses buffer i mod n_unique, reshuffled with (seed, i) (several epochs, cheap).
+   optionally stored as one safetensors shard per buffer in a cache directory and read back from there. The cache
+   directory gets one subfolder per key = hash(model weights, token stream, hook, seq_len, buffer size, seed,
+   dtype): shards of another model or other settings are never reused. With `n_unique` buffers of distinct data,
+   buffer i reuses buffer i mod n_unique, reshuffled with (seed, i) (several epochs, cheap).
+5. Sizing: `buffer_bytes` / `fit_buffer_tokens` size a buffer from the memory available (MemAvailable).
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
+import logging
 import math
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file
+from tqdm import tqdm
 
 from tracer.errors import ConfigError
-from tracer.io import atomic_save_safetensors
+from tracer.io import atomic_save_safetensors, atomic_write_text
 from tracer.models import HookPoint, Site, Tokenizer, Transformer
 
+log = logging.getLogger(__name__)
 DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "tracer" / "assets" / "corpus_sample.txt.gz"
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".md")
 
@@ -34,6 +43,13 @@ TEXT_SUFFIXES = (".txt", ".txt.gz", ".md")
 class Batch(NamedTuple):
     x: torch.Tensor  # transcoder inputs [T, L, D]
     y: torch.Tensor  # MLP outputs (targets) [T, L, D]
+
+
+def note(msg: str, show: bool = True) -> None:
+    """A one-line message on stderr for the person running a long job (and in the log)."""
+    log.info(msg)
+    if show:
+        print(f"note: {msg}", file=sys.stderr, flush=True)
 
 
 # 1. Corpus
@@ -105,17 +121,66 @@ def sequences(stream: torch.Tensor, first: int, count: int, seq_len: int, bos: i
 
 # 3. Harvest
 @torch.no_grad()
-def harvest(model: Transformer, tokens: torch.Tensor, input_hook: HookPoint, batch_seqs: int = 16) -> Batch:
-    """tokens [n, P] -> x, y [n·(P-1), L, D] in the model's dtype (position 0 dropped)."""
+def harvest(model: Transformer, tokens: torch.Tensor, input_hook: HookPoint, batch_seqs: int = 16,
+            dtype: torch.dtype | None = None, progress: bool = False, desc: str = "harvest") -> Batch:  # fmt: skip
+    """tokens [n, P] -> x, y [n·(P-1), L, D] in `dtype` (default: the model's; position 0 dropped). Each batch is
+    converted as it comes, so the peak is one buffer in `dtype` plus one batch in the model's dtype."""
     L = model.cfg.n_layers
     xs, ys = [], []
     sites = [Site(input_hook, layer) for layer in range(L)] + [Site(HookPoint.MLP_OUT, layer) for layer in range(L)]
+    bar = tqdm(total=tokens.numel(), desc=desc, unit="tok", unit_scale=True, disable=not progress, leave=False)
     for i in range(0, len(tokens), batch_seqs):
+        chunk = tokens[i : i + batch_seqs]
         with model.hooks.capture(sites) as cache:
-            model(tokens[i : i + batch_seqs].to(model.embed.weight.device))
-        xs.append(torch.stack([cache[Site(input_hook, layer)][:, 1:] for layer in range(L)], 2).flatten(0, 1))
-        ys.append(torch.stack([cache[Site(HookPoint.MLP_OUT, layer)][:, 1:] for layer in range(L)], 2).flatten(0, 1))
+            model(chunk.to(model.embed.weight.device))
+        for out, point in ((xs, input_hook), (ys, HookPoint.MLP_OUT)):
+            t = torch.stack([cache[Site(point, layer)][:, 1:] for layer in range(L)], 2).flatten(0, 1)
+            out.append(t.to("cpu", dtype or t.dtype))  # buffers live in host memory (training runs on the CPU)
+        bar.update(chunk.numel())
+    bar.close()
     return Batch(torch.cat(xs), torch.cat(ys))
+
+
+# 5. Sizing
+def buffer_bytes(model: Transformer, buffer_tokens: int, store_dtype: torch.dtype = torch.float16) -> int:
+    """Memory of one buffer (inputs and targets of every layer) stored in `store_dtype`."""
+    return 2 * buffer_tokens * model.cfg.n_layers * model.cfg.d_model * store_dtype.itemsize
+
+
+def available_bytes() -> int:
+    """MemAvailable of /proc/meminfo (elsewhere: 8 GiB, a cautious guess)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+def fit_buffer_tokens(model: Transformer, wanted: int, batch_tokens: int, kept: int = 1, share: float = 0.4,
+                      store_dtype: torch.dtype = torch.float16) -> int:  # fmt: skip
+    """The largest power-of-two buffer <= wanted whose `kept` copies (plus one being shuffled) fit in `share` of the
+    available memory, at least batch_tokens."""
+    budget = share * available_bytes()
+    n = wanted
+    while n > batch_tokens and (kept + 1) * buffer_bytes(model, n, store_dtype) > budget:
+        n //= 2
+    return max(n, batch_tokens)
+
+
+def cache_key(model: Transformer, stream: torch.Tensor, parts: dict, model_hash: str = "") -> str:
+    """Key of an activation cache: the model's weights (content hash, or a fingerprint of its embedding and last
+    block), the token stream and every setting that changes the shards."""
+    h = hashlib.sha256()
+    if model_hash:
+        h.update(model_hash.encode())
+    else:
+        for t in (model.embed.weight, *model.block(model.cfg.n_layers - 1).parameters()):
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    h.update(stream.cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps(parts, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
 
 
 # 4. Shuffled buffers
@@ -124,9 +189,20 @@ class ActivationSource:
 
     def __init__(self, model: Transformer, stream: torch.Tensor, input_hook: HookPoint, seq_len: int,
                  buffer_tokens: int, seed: int = 0, cache_dir: Path | None = None,
-                 store_dtype: torch.dtype = torch.float16, n_unique: int | None = None) -> None:  # fmt: skip
+                 store_dtype: torch.dtype = torch.float16, n_unique: int | None = None, model_hash: str = "",
+                 progress: bool = False) -> None:  # fmt: skip
         if seq_len > model.cfg.n_ctx or seq_len < 2:
             raise ConfigError(f"seq_len {seq_len} must be in [2, {model.cfg.n_ctx}] (the model's context)")
+        self.progress = progress
+        if cache_dir is not None:  # one subfolder per model + settings: never another run's shards
+            parts = {"hook": input_hook.value, "seq_len": seq_len, "buffer_tokens": buffer_tokens, "seed": seed,
+                     "dtype": str(store_dtype), "n_layers": model.cfg.n_layers, "d_model": model.cfg.d_model}
+            cache_dir = Path(cache_dir) / cache_key(model, stream, parts, model_hash)
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cache_dir / "key.json", json.dumps(parts | {"model_hash": model_hash}, indent=2) + "\n")
+            n = len(list(cache_dir.glob("shard_*.safetensors")))
+            note(f"activation cache {cache_dir}: " + (f"reusing {n} shard(s)" if n else "empty, harvesting into it"),
+                 progress)  # fmt: skip
         self.model, self.stream, self.input_hook = model, stream, input_hook
         self.seq_len, self.seed, self.cache_dir, self.store_dtype = seq_len, seed, cache_dir, store_dtype
         self.bos = model.cfg.bos_token_id
@@ -157,10 +233,11 @@ class ActivationSource:
             batch = Batch(t["x"], t["y"])
         else:
             toks = sequences(self.stream, i * self.seqs_per_buffer, self.seqs_per_buffer, self.seq_len, self.bos)
-            x, y = harvest(self.model, toks, self.input_hook)
+            x, y = harvest(self.model, toks, self.input_hook, dtype=self.store_dtype, progress=self.progress,
+                           desc=f"harvest buffer {i}")  # fmt: skip
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
             perm = torch.randperm(len(x), generator=gen)
-            batch = Batch(x[perm].to(self.store_dtype), y[perm].to(self.store_dtype))
+            batch = Batch(x[perm], y[perm])
             if shard is not None:
                 atomic_save_safetensors({"x": batch.x, "y": batch.y}, shard)
         if self.n_unique is not None and self.cache_dir is None:

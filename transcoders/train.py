@@ -34,7 +34,7 @@ from tracer.models import HookPoint, Transformer
 from transcoders.activations import jumprelu
 from transcoders.clt import SPARSE_RATIO, Transcoder
 from transcoders.config import ActivationKind, DType, TranscoderConfig, TranscoderKind
-from transcoders.data import ActivationSource, Batch
+from transcoders.data import ActivationSource, Batch, note
 from transcoders.formats import TranscoderFormat, save_transcoders
 
 log = logging.getLogger(__name__)
@@ -312,18 +312,45 @@ def train(model: Transformer, stream: torch.Tensor, cfg: TrainConfig, out: Path,
     """Train (or resume from out/checkpoint.safetensors) and save to `out`; stop_after simulates a kill (None)."""
     n_unique = -(-cfg.data_tokens // cfg.buffer_tokens) if cfg.data_tokens else None
     src = ActivationSource(model, stream, cfg.input_hook, cfg.seq_len, cfg.buffer_tokens, cfg.seed, cache_dir,
-                           n_unique=n_unique)  # fmt: skip
+                           n_unique=n_unique, model_hash=content_hash, progress=progress)  # fmt: skip
     n_steps = cfg.tokens // cfg.batch_tokens
     if n_steps == 0:
         raise ConfigError(f"{cfg.tokens} tokens make no batch of {cfg.batch_tokens}")
     ckpt = out / CHECKPOINT
     st = load_checkpoint(ckpt, cfg) if ckpt.exists() else init_state(cfg, model, src, name, content_hash, init_from)
+    note(f"resuming from {ckpt} at step {st.step} of {n_steps}" if st.step else f"training {n_steps} steps; "
+         f"checkpoints every {cfg.checkpoint_every} to {ckpt}", progress)  # fmt: skip
     first, t0, stats = st.step, time.perf_counter(), {"nmse": float("nan"), "l0": float("nan"), "dead": 0.0}
     bar = tqdm(total=n_steps, initial=st.step, disable=not progress, unit="step", dynamic_ncols=True)
+    try:
+        _loop(cfg, st, src, n_steps, bar, ckpt, stats, first, stop_after)
+    except KeyboardInterrupt:
+        bar.close()
+        last = (st.step // cfg.checkpoint_every) * cfg.checkpoint_every
+        where = f"{ckpt} holds step {last}: run the same command to resume from it" if last > first or (
+            ckpt.exists()) else "no checkpoint was written yet (--checkpoint-every)"  # fmt: skip
+        raise ConfigError(f"interrupted at step {st.step} of {n_steps}; {where}") from None
+    if st.step < n_steps:
+        return None  # stop_after: like kill -9, nothing written since the last checkpoint
+    bar.close()
+    secs = time.perf_counter() - t0
+    tps = (st.step - first) * cfg.batch_tokens / max(secs, 1e-9)
+    tc = finished(st, cfg.dtype)
+    save_transcoders(tc, out, TranscoderFormat.OURS)
+    info = {"train": cfg.model_dump(mode="json"), "steps": st.step, "seconds_this_run": secs, "tokens_per_s": tps,
+            "final": stats}  # fmt: skip
+    atomic_write_text(out / "training.json", json.dumps(info, indent=2) + "\n")
+    log.info("trained %d steps in %.0f s (%.0f tokens/s)", st.step - first, secs, tps)
+    return TrainResult(tc, st.step, secs, tps, stats)
+
+
+def _loop(cfg: TrainConfig, st: State, src: ActivationSource, n_steps: int, bar: tqdm, ckpt: Path,
+          stats: dict[str, float], first: int, stop_after: int | None) -> None:  # fmt: skip
+    """Steps until n_steps (or stop_after steps of this process); `stats` is updated in place."""
     while st.step < n_steps:
         if stop_after is not None and st.step - first >= stop_after:
             bar.close()
-            return None  # like kill -9: nothing written since the last checkpoint
+            return
         for g in st.opt.param_groups:
             g["lr"] = lr_at(cfg, st.step, n_steps)
         res = loss_fn(cfg, st, src.batch(st.step, cfg.batch_tokens), sparsity_at(cfg, st.step, n_steps))
@@ -335,18 +362,7 @@ def train(model: Transformer, stream: torch.Tensor, cfg: TrainConfig, out: Path,
         st.step += 1
         bar.update()
         if st.step % 10 == 0 or st.step == n_steps:
-            stats = {"nmse": res.nmse, "l0": res.l0,
-                     "dead": float((st.since_fired >= cfg.dead_window).float().mean())}  # fmt: skip
+            stats.update(nmse=res.nmse, l0=res.l0, dead=float((st.since_fired >= cfg.dead_window).float().mean()))
             bar.set_postfix(nmse=f"{stats['nmse']:.3f}", l0=f"{stats['l0']:.1f}", dead=f"{stats['dead']:.1%}")
         if st.step % cfg.checkpoint_every == 0 or st.step == n_steps:
             save_checkpoint(st, cfg, ckpt)
-    bar.close()
-    secs = time.perf_counter() - t0
-    tps = (st.step - first) * cfg.batch_tokens / max(secs, 1e-9)
-    tc = finished(st, cfg.dtype)
-    save_transcoders(tc, out, TranscoderFormat.OURS)
-    info = {"train": cfg.model_dump(mode="json"), "steps": st.step, "seconds_this_run": secs, "tokens_per_s": tps,
-            "final": stats}  # fmt: skip
-    atomic_write_text(out / "training.json", json.dumps(info, indent=2) + "\n")
-    log.info("trained %d steps in %.0f s (%.0f tokens/s)", st.step - first, secs, tps)
-    return TrainResult(tc, st.step, secs, tps, stats)
