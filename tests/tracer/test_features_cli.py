@@ -73,9 +73,13 @@ def test_trace_carries_store_labels(built, tmp_path, capsys):
     planted = [n for n in graph.nodes if n.id == "F0.3@5"]
     assert planted and "France" in planted[0].label
     assert graph.metadata.settings["feature_store"] == str((clt / "features.sqlite").resolve())
+    rc, text, _ = run(capsys, "features", "show", "--graph", str(out), "--top", "2", "--transcoders", str(clt),
+                      "--json")  # fmt: skip
+    top = sorted((n for n in graph.nodes if n.kind.value == "feature"), key=lambda n: -n.influence)[:2]
+    assert rc == 0 and [(d["layer"], d["feature"]) for d in json.loads(text)] == [(n.layer, n.feature) for n in top]
 
 
-@pytest.mark.parametrize("case", ["unknown-id", "bad-id", "other-transcoders", "corrupt", "missing-store",
+@pytest.mark.parametrize("case", ["unknown-id", "bad-id", "no-id", "other-transcoders", "corrupt", "missing-store",
                                   "missing-corpus", "empty-corpus"])  # fmt: skip
 def test_bad_input_is_one_line_exit_2(built, tmp_path, capsys, case):
     root, model, clt = built
@@ -87,7 +91,7 @@ def test_bad_input_is_one_line_exit_2(built, tmp_path, capsys, case):
     (tmp_path / "empty.txt").write_text("")
     show = ["features", "show", "--transcoders", str(clt)]
     build = ["features", "build", "--model", str(model), "--transcoders", str(clt), "-s", str(tmp_path / "n.sqlite")]
-    args = {"unknown-id": [*show, "0/99"], "bad-id": [*show, "zero/three"],
+    args = {"unknown-id": [*show, "0/99"], "bad-id": [*show, "zero/three"], "no-id": show,
             "other-transcoders": ["features", "show", "0/3", "--store", str(clt / "features.sqlite"),
                                   "--transcoders", str(tmp_path / "other")],
             "corrupt": ["features", "show", "0/3", "--store", str(tmp_path / "corrupt.sqlite")],

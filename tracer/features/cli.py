@@ -1,7 +1,8 @@
 """`tracer features build | show | search | export`: the feature store from the command line.
 
 1. build: check the corpus and output, load model + transcoders, stream (tracer.features.build), print a summary.
-2. show L/IDX...: the terminal dashboard (label, frequency, logit effects, contexts with firing tokens in [brackets]).
+2. show L/IDX... | --graph G: the terminal dashboard (label, frequency, logit effects, contexts with the firing
+   tokens in [brackets]); --graph shows a graph's most influential features.
 3. search TEXT: features ranked by label, top tokens and context text.
 4. export --to neuronpedia -o DIR: one circuit-tracer feature JSON per feature (tracer.features.export).
 The store defaults to the one beside the transcoders (default: the bundled CLT), whose content hash it must match.
@@ -35,7 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--overwrite", action="store_true", help="replace an existing store instead of resuming it")
     b.add_argument("--json", action="store_true", help="print the summary as JSON")
     s = fs.add_parser("show", help="print the dashboard of features, e.g. `tracer features show 1/42`")
-    s.add_argument("feature", nargs="+", help="feature id LAYER/INDEX (also F1.42 as in graph node ids)")
+    s.add_argument("feature", nargs="*", help="feature id LAYER/INDEX (also F1.42 as in graph node ids)")
+    s.add_argument("--graph", type=Path, help="show the most influential features of this graph file")
+    s.add_argument("--top", type=int, default=3, help="with --graph: how many features")
     _store_args(s, "store to read (default: the one beside the transcoders)")
     s.add_argument("--contexts", type=int, default=6, help="top contexts printed")
     s.add_argument("--json", action="store_true", help="print every field as JSON")
@@ -177,9 +180,16 @@ def format_info(info, n_contexts: int = 6) -> str:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from tracer.features.store import parse_feature_id
+    from tracer.features.store import FeatureStoreError, parse_feature_id
 
     ids = [parse_feature_id(f) for f in args.feature]
+    if args.graph is not None:
+        from tracer.features.graph_labels import top_features
+        from tracer.graphfile import load_graph
+
+        ids += [(d["layer"], d["feature"]) for d in top_features(load_graph(args.graph), args.top)]
+    if not ids:
+        raise FeatureStoreError("name features to show (LAYER/INDEX) or a graph (--graph FILE)")
     db = open_for_args(args)
     infos = [db.describe(layer, feat) for layer, feat in ids]
     if args.json:
