@@ -14,6 +14,7 @@ from dash import Dash, Input, Output, State, ctx, no_update
 from dash.exceptions import PreventUpdate
 
 from tracer.errors import TracerError
+from viewer import intervene
 from viewer.clientside import FIT_SUBGRAPH, GRAPH_CLICK, GRAPH_HOVER, INSTALL_LISTENERS, SYNC_AXES
 from viewer.handlers import (
     Env,
@@ -161,3 +162,4 @@ def register(app: Dash, env: Env) -> None:
     register_events(app, env)
     register_views(app, env)
     register_files(app, env)
+    intervene.register(app, env)

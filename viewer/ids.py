@@ -56,6 +56,11 @@ class Id(str, Enum):
     FIGURE_SVG = "figure-svg"
     FIGURE_PNG = "figure-png"
     DOWNLOAD = "download"
+    # intervene panel (viewer.intervene)
+    INTERVENE_ACTION = "intervene-action"  # radio: ablate | scale
+    INTERVENE_FACTOR = "intervene-factor"  # the scale factor
+    INTERVENE_BUTTON = "intervene-button"
+    INTERVENE_OUT = "intervene-out"  # top logits before/after and the continuations
 
 
 NODE_ATTR = "data-node"  # an element carrying it selects that node id when clicked (one document listener)

@@ -20,6 +20,7 @@ from tracer.schema import GraphNode, Scores
 from viewer.feature_panel import feature_dashboard
 from viewer.features import FeatureDescription, logit_effects
 from viewer.ids import NODE_ATTR, Id, LinkType, QueryKey
+from viewer.intervene import intervene_panel
 from viewer.model import Connections, GraphView, Link, display_name
 from viewer.state import ALL_EDGES
 from viewer.subgraph import STYLESHEET
@@ -81,6 +82,7 @@ def _subgraph() -> html.Div:
                           placeholder="WxH in"),
                 _button(Id.FIGURE_SVG, "SVG", "edges, labels and a legend, as drawn by `tracer figure`"),
                 _button(Id.FIGURE_PNG, "PNG", "edges, labels and a legend, at 200 dpi")]),
+            intervene_panel(),
         ]),
     ])  # fmt: skip
 
