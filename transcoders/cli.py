@@ -103,6 +103,7 @@ def run_train(args: argparse.Namespace) -> int:
     from transcoders.train import train
 
     _threads(args.threads)
+    world = _world(args)  # before any long work: --shard-features without torchrun is refused here
     prec = resolve_precision(args)
     lm = load_model(args.model, dtype=prec.dtype)  # harvest in this dtype/device; training stays fp32 on the CPU
     lm.model.to(prec.device)
@@ -116,7 +117,6 @@ def run_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"model {args.model} has no tokenizer; training needs one to read the corpus")
     stream = tokenize_corpus(lm.tokenizer, args.corpus, (cfg.data_tokens or cfg.tokens) + cfg.buffer_tokens)
     _warn_short_corpus(len(stream), cfg.data_tokens or cfg.tokens, args.corpus, "--data-tokens")
-    world = _world(args)
     if world is not None:  # torchrun: transcoders.distributed
         from transcoders.distributed import train_distributed
 

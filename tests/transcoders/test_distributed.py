@@ -133,3 +133,11 @@ def test_checkpoint_of_two_ranks_resumes_on_one(tmp_path, sharded):
             assert (a - b).abs().max() <= 1e-5, k
     res = tr.train(model, stream, TRAIN, out, progress=False)  # resumes at step 2 in one process
     assert res is not None and res.steps == 4 and (out / "training.json").exists()
+
+
+def test_shard_features_needs_torchrun(tmp_path, capsys, monkeypatch):
+    from tracer.cli import main
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main(["transcoders", "train", "--out", str(tmp_path / "o"), "--shard-features"]) == 2
+    assert "needs several ranks" in capsys.readouterr().err and not (tmp_path / "o").exists()
