@@ -96,6 +96,13 @@ def _get(tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], wh
 def _check_model(cfg: TranscoderConfig, model_cfg: ModelConfig | None, path: Path) -> None:
     if model_cfg is None:
         return
+    if path.resolve() == DEFAULT_TRANSCODERS.resolve() and (cfg.d_model, cfg.n_layers) != (model_cfg.d_model,
+                                                                                           model_cfg.n_layers):
+        raise TranscoderLoadError(
+            f"the bundled CLT belongs to the bundled model ({cfg.n_layers} layers, d_model {cfg.d_model}), not to this "
+            f"{model_cfg.family} model ({model_cfg.n_layers} layers, d_model {model_cfg.d_model}): pass --transcoders "
+            "(a folder, or a cached release: gemma, llama, qwen3-4b, ...) or train some with `tracer transcoders "
+            "train --model MODEL --out DIR`")  # fmt: skip
     if cfg.d_model != model_cfg.d_model:
         raise TranscoderLoadError(f"transcoders in {path} have d_model {cfg.d_model}, the model {model_cfg.d_model}")
     if cfg.n_layers != model_cfg.n_layers:

@@ -180,3 +180,10 @@ def test_missing_layer_file_and_pickled_npz_refused(offline, tmp_path):
             load_transcoders("gemma")
     finally:
         victim.write_bytes(data)
+
+
+def test_real_model_with_the_bundled_clt_says_what_to_do(offline, tmp_path, capsys):
+    code = main(["trace", "the cat", "--model", "google/gemma-2-2b", "-o", str(tmp_path / "g.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "bundled CLT belongs to the bundled model" in err
+    assert "--transcoders" in err and "tracer transcoders train" in err
