@@ -31,6 +31,7 @@ import hashlib
 import importlib.metadata
 import json
 import math
+import shutil
 import struct
 from collections import defaultdict
 from collections.abc import Callable
@@ -46,7 +47,15 @@ from safetensors.torch import save_file
 from tracer.effects import RankBy, effects, node_ranking
 from tracer.errors import GraphFileError, OutputError
 from tracer.finite import check_finite
-from tracer.io import atomic_write_text, check_output, new_temp, publish, remove_stale_temps, stale_temps
+from tracer.io import (
+    atomic_write_text,
+    check_output,
+    new_temp,
+    new_temp_dir,
+    publish,
+    remove_stale_temps,
+    stale_temps,
+)
 from tracer.layout import KIND_ORDER, NodeKind, NodeRef
 from tracer.prune import Edges, PruneResult, RowValues, prune
 from tracer.result import Attribution
@@ -158,7 +167,8 @@ def save_graph(path: str | Path, graph: GraphFile, attribution: Attribution | No
         atomic_write_text(path, graph.model_dump_json())
         return path
     side = sidecar_path(path)
-    side_tmp = new_temp(side)
+    side_dir = new_temp_dir(side)  # safetensors makes its own temp file: inside this folder, owned by our pid
+    side_tmp = side_dir / side.name
     json_tmp: Path | None = None
     try:
         digest = _save_sidecar(side_tmp, attribution, values_dtype)  # 2.
@@ -167,14 +177,15 @@ def save_graph(path: str | Path, graph: GraphFile, attribution: Attribution | No
         json_tmp = new_temp(path)  # 3.
         json_tmp.write_text(graph.model_dump_json(), encoding="utf-8")
     except BaseException as e:
-        for q in (side_tmp, json_tmp):
-            if q is not None:
-                q.unlink(missing_ok=True)
+        shutil.rmtree(side_dir, ignore_errors=True)
+        if json_tmp is not None:
+            json_tmp.unlink(missing_ok=True)
         if isinstance(e, OSError) and not isinstance(e, OutputError):
             raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
         raise
     publish(side_tmp, side)  # 4.
     publish(json_tmp, path)
+    shutil.rmtree(side_dir, ignore_errors=True)
     return path
 
 

@@ -4,12 +4,16 @@ A crash mid-write therefore leaves either the old file or the new one, never hal
 1. check: `check_output` validates an output path before any long work (not a directory, parent not a file,
    folder writable); every OSError of a write becomes one OutputError line.
 2. write: the temp file `.NAME.<pid>-<random>.tmp` beside the target, fsynced, then renamed over it.
-3. clean: `remove_stale_temps` deletes the temp files of a target left by killed runs (their pid is gone).
+   Safetensors files are saved inside a temp folder `.NAME.<pid>-<random>.tmp/`, because safetensors itself writes
+   a hidden `.tmpXXXXXX` beside its target first: a kill would otherwise strand that file where no one owns it.
+3. clean: `remove_stale_temps` deletes the temp files and folders of a target left by killed runs (their pid is
+   gone); every atomic write does so first.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,15 +103,24 @@ def stale_temps(path: str | os.PathLike) -> list[Path]:
 
 
 def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
-    """Step 3: delete stale_temps(path); returns what was removed."""
+    """Step 3: delete stale_temps(path) (files, or temp folders with what a killed writer left in them)."""
     removed = []
     for q in stale_temps(path):
         try:
-            q.unlink()
+            shutil.rmtree(q) if q.is_dir() and not q.is_symlink() else q.unlink()
             removed.append(q)
         except OSError:
             pass
     return removed
+
+
+def new_temp_dir(path: Path) -> Path:
+    """Step 2 for writers that make their own temp files (safetensors): an empty temp folder beside `path`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{temp_prefix(path)}{os.getpid()}-", suffix=TEMP_SUFFIX))
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {_why(e)}") from None
 
 
 def new_temp(path: Path) -> Path:
@@ -134,6 +147,7 @@ def publish(tmp: Path, path: Path) -> None:
 @contextmanager
 def _temp_beside(path: Path) -> Iterator[Path]:
     """Yield a temp path in path's directory; on success it replaces path, on error it is removed."""
+    remove_stale_temps(path)
     tmp = new_temp(path)
     try:
         yield tmp
@@ -165,6 +179,15 @@ def atomic_save_safetensors(
     tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
 ) -> Path:
     path = Path(path)
-    with _temp_beside(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    remove_stale_temps(path)
+    folder = new_temp_dir(path)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / path.name), metadata=metadata)
+        publish(folder / path.name, path)
+    except OSError as e:
+        if isinstance(e, OutputError):
+            raise
+        raise OutputError(f"cannot write {path}: {_why(e)}") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return path

@@ -76,7 +76,8 @@ def _state(target: Path) -> str:
 
 
 def _temps(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+    """Our temp files and folders (`.NAME.<pid>-<random>.tmp`) and safetensors' own (`.tmpXXXXXX`)."""
+    return sorted(p.name for p in folder.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".tmp"))
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -128,6 +129,8 @@ def test_live_writers_temp_files_are_kept(pairs, tmp_path):
     mine = tmp_path / f".g.json.{os.getpid()}-x.tmp"
     mine.write_text("{}")
     dead = tmp_path / ".g.adjacency.safetensors.999999999-y.tmp"
-    dead.write_text("x")
+    dead.mkdir()
+    (dead / ".tmpAbC123").write_text("what safetensors left when its writer was killed")
     save_graph(target, *pairs[0])
     assert mine.exists() and not dead.exists()
+    assert _temps(tmp_path) == [mine.name]
