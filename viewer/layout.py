@@ -248,6 +248,10 @@ def detail_panel(node: GraphNode | None, view: GraphView, labels: dict[str, str]
         case NodeKind.EMBEDDING:
             rows += [("token", repr(node.token)), ("token id", str(node.token_id))]
     rows.append(("influence", f"{node.influence:.4g}"))
+    target = view.graph.metadata.effects_target
+    if node.signed_effect is not None and node.target_influence is not None and node.kind is not NodeKind.LOGIT:
+        rows += [(f"influence on {target!r}", f"{node.target_influence:.4g}"),
+                 (f"signed effect on {target!r}", f"{node.signed_effect:+.4g}")]  # fmt: skip
     return [html.H3(display_name(node, labels), className="node-title"), _kv(rows), *extra]
 
 

@@ -95,3 +95,15 @@ def test_messages_instead_of_errors(graph_dir, tmp_path):
 def test_callback_is_registered(graph_dir):
     app = create_app(graph_dir)
     assert any(Id.INTERVENE_OUT.value in key for key in app.callback_map)
+
+
+def test_detail_panel_shows_target_effects(graph_dir):
+    from viewer.layout import detail_panel
+    from viewer.model import GraphView
+
+    g = load_graph(graph_dir / "hot.json")
+    node = feature_nodes(graph_dir / "hot.json", 1)[0]
+    out = text_of(detail_panel(node, GraphView.build(g), {}))
+    assert g.metadata.effects_target == " cold"
+    assert f"signed effect on ' cold' {node.signed_effect:+.4g}" in out
+    assert f"influence on ' cold' {node.target_influence:.4g}" in out
