@@ -89,6 +89,17 @@ def unpack_examples(blob: bytes | None) -> list[ExampleRow]:
     return [ExampleRow(tok[i].tolist(), act[i].tolist(), int(peak[i]), int(band[i])) for i in range(n)]
 
 
+def _top_band(blob: bytes | None) -> np.ndarray:
+    """Token ids [n, W] of the examples of band 0 (top activations) in a blob, without building rows."""
+    if not blob:
+        return np.zeros((0, 0), dtype=np.int32)
+    raw = zlib.decompress(blob)
+    n, w = np.frombuffer(raw[:8], dtype=np.int32).tolist()
+    tok = np.frombuffer(raw, np.int32, n * w, 8).reshape(n, w)
+    band = np.frombuffer(raw, np.uint8, n, 8 + 4 * n * w + 2 * n * w + 2 * n)
+    return tok[band == 0]
+
+
 # ---- reading ---------------------------------------------------------------------------------------------------
 
 
@@ -238,15 +249,17 @@ class FeatureStoreDB:
         if self._docs is None:
             rows = self.con.execute("SELECT layer, feature, label, top_logits, top_inputs, examples "
                                     "FROM features WHERE n_fires > 0")  # fmt: skip
-            norm = lambda i: self._tok(int(i)).strip().casefold()  # noqa: E731
+            vocab = [t.casefold() for t in self.vocab()]
+            norm = [t.strip() for t in vocab]
+            V = len(vocab)
             docs = []
             for layer, feat, label, tl, ti, blob in rows:
-                top = [e for e in unpack_examples(blob) if e.band == 0]
-                docs.append(_Doc(
-                    layer, feat, label.casefold(), tuple(norm(i) for i, _ in json.loads(tl)),
-                    tuple(norm(i) for i, _ in json.loads(ti)), tuple(norm(e.tokens[e.peak]) for e in top),
-                    tuple("".join(self._tok(t) for t in e.tokens if t >= 0).casefold() for e in top),
-                ))  # fmt: skip
+                top = _top_band(blob)  # [n, W] token ids of the top contexts
+                peaks = [norm[i] for i in top[:, int(self.provenance["build"]["settings"]["before"])].tolist()
+                         if 0 <= i < V]  # fmt: skip
+                ctx = tuple("".join(vocab[i] for i in r if 0 <= i < V) for r in top.tolist())
+                docs.append(_Doc(layer, feat, label.casefold(), tuple(norm[i] for i, _ in json.loads(tl) if i < V),
+                                 tuple(norm[i] for i, _ in json.loads(ti) if i < V), tuple(peaks), ctx))  # fmt: skip
             self._docs = docs
         return self._docs
 

@@ -2,7 +2,8 @@
 
 1. open: `open_store` with the graph's transcoder hash (a store for other transcoders is refused).
 2. describe: one row -> FeatureDescription (cached per feature; one indexed SQLite read + a zlib blob otherwise).
-3. labels / search: from the store's label column and its in-memory search index.
+3. labels / search: from the store's label column and its in-memory search index (built in a background thread
+   when the store opens).
 4. discover: the store a graph's trace recorded (`settings["feature_store"]`), else the bundled transcoders' own
    store when the graph's transcoder hash is theirs.
 """
@@ -27,6 +28,20 @@ class ViewerStore:
         self._lock = threading.Lock()  # one SQLite connection shared by the server's threads
         self._cache: dict[tuple[int, int], FeatureDescription | None] = {}
         self._labels: dict[tuple[int, int], str] | None = None
+        threading.Thread(target=self._warm, daemon=True).start()
+
+    def _warm(self) -> None:
+        """Build the search index on a second connection in the background (seconds on a big store), so the
+        first search does not wait and clicks meanwhile are not blocked."""
+        try:
+            other = open_store(self.db.path)
+            docs = other._index()
+            other.close()
+        except FeatureStoreError:
+            return
+        with self._lock:
+            if self.db._docs is None:
+                self.db._docs = docs
 
     @classmethod
     def open(cls, path: str | Path, transcoders_hash: str | None = None) -> ViewerStore:
