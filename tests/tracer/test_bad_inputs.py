@@ -153,3 +153,15 @@ def test_graphml_control_characters_are_replaced(subject, tmp_path):
 def test_readme_table_is_current():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert table() in readme, "README table out of date: run `python -m tests.tracer.bad_inputs` and paste it"
+
+
+@pytest.mark.parametrize("content", [b"", b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 1", b"junk" * 100])
+def test_truncated_training_checkpoint_is_one_line(tmp_path, content):
+    from tracer.errors import ConfigError
+    from transcoders.train import TrainConfig, load_checkpoint
+
+    ckpt = tmp_path / "checkpoint.safetensors"
+    ckpt.write_bytes(content)
+    with pytest.raises(ConfigError, match="checkpoint .* is truncated or corrupt") as e:
+        load_checkpoint(ckpt, TrainConfig())
+    assert "\n" not in str(e.value)
