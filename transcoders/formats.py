@@ -254,20 +254,28 @@ def _release_files(path: Path, meta: dict) -> list[Path] | None:
 
 
 def _read_ct_plt(path: Path, lazy: bool, files: list[Path] | None = None):
+    """Per-layer files, read one at a time into stacked tensors (the encoders are in memory once, plus one layer)."""
     if files is None:
         files = [path / f"layer_{i}.safetensors" for i in range(_ct_files(path, "layer_{}.safetensors"))]
     L = len(files)
-    layers = [read_layer_file(f, lazy) for f in files]
-    F, D = layers[0].enc["W_enc"].shape
-    per = [{"W_enc": _get(lf.enc, "W_enc", (F, D), f), "b_enc": _get(lf.enc, "b_enc", (F,), f),
-            "b_dec": _get(lf.enc, "b_dec", (D,), f), **_optional(lf.enc, "theta", "theta", (F,), f),
-            **_optional(lf.enc, "W_skip", "W_skip", (D, D), f)}
-           for lf, f in zip(layers, files, strict=True)]  # fmt: skip
-    enc = {k: t for k in ("W_enc", "b_enc", "theta", "b_dec", "W_skip") if (t := _stack(per, k)) is not None}
-    decs = [lf.dec for lf in layers]
-    for d, f in zip(decs, files, strict=True):
-        if tuple(d.shape) != (F, D):
-            raise TranscoderLoadError(f"{f}: the decoder has shape {tuple(d.shape)}, expected {(F, D)}")
+    enc: dict[str, torch.Tensor] = {}
+    decs: list = []
+    for i, f in enumerate(files):
+        lf = read_layer_file(f, lazy)
+        if i == 0:
+            F, D = lf.enc["W_enc"].shape
+        per = {"W_enc": _get(lf.enc, "W_enc", (F, D), f), "b_enc": _get(lf.enc, "b_enc", (F,), f),
+               "b_dec": _get(lf.enc, "b_dec", (D,), f), **_optional(lf.enc, "theta", "theta", (F,), f),
+               **_optional(lf.enc, "W_skip", "W_skip", (D, D), f)}  # fmt: skip
+        if i and set(per) != set(enc):
+            raise TranscoderLoadError(f"tensor {sorted(set(per) ^ set(enc))[0]} is present for some layers only")
+        for k, v in per.items():
+            if i == 0:
+                enc[k] = torch.empty((L, *v.shape), dtype=v.dtype)
+            enc[k][i] = v
+        if tuple(lf.dec.shape) != (F, D):
+            raise TranscoderLoadError(f"{f}: the decoder has shape {tuple(lf.dec.shape)}, expected {(F, D)}")
+        decs.append(lf.dec)
     return enc, decs, (L, F, D)
 
 
