@@ -16,11 +16,10 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tracer.checks import check_graph_output, check_thresholds
 from tracer.errors import GraphFileError
-from tracer.export import ExportFormat, write_graphml, write_neuronpedia
-from tracer.graphfile import load_attribution, load_graph, recover_pair, reprune_loaded, save_graph, sidecar_path
-from tracer.io import check_output, check_output_dir
+
+# modules that import torch are imported inside the run functions: `tracer --help` stays fast
+EXPORT_FORMATS = ("neuronpedia", "graphml")  # tracer.export.ExportFormat's values
 
 REF_SCAN_BYTES = 1 << 16  # metadata precedes nodes in our JSON: its adjacency_file is in the first bytes
 
@@ -57,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("export", help="export a graph file to Neuronpedia JSON or GraphML")
     e.add_argument("graph", type=Path, help="graph file to export")
-    e.add_argument("--to", type=ExportFormat, choices=list(ExportFormat), required=True,
+    e.add_argument("--to", choices=EXPORT_FORMATS, required=True,
                    help="neuronpedia: a folder with SLUG.json, graph-metadata.json; graphml: a file")  # fmt: skip
     e.add_argument("-o", "--output", type=Path, required=True, help="directory (neuronpedia) or file (graphml)")
     e.add_argument("--slug", help="Neuronpedia graph name (default: from the prompt)")
@@ -67,6 +66,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _check_sidecar_present(graph: Path) -> None:
     """Before parsing a big graph: its sidecar must exist, by the usual name or the name its metadata records."""
+    from tracer.graphfile import sidecar_path
+
     if not graph.is_file():
         raise GraphFileError(f"graph file not found: {graph}")
     if sidecar_path(graph).exists():
@@ -83,6 +84,10 @@ def _check_sidecar_present(graph: Path) -> None:
 
 
 def run_prune(args: argparse.Namespace) -> int:
+    from tracer.checks import check_graph_output, check_thresholds
+    from tracer.graphfile import load_attribution, load_graph, recover_pair, reprune_loaded, save_graph
+    from tracer.io import check_output
+
     # 0. cheap preconditions: thresholds, output, sidecar present; then each file is read once
     check_thresholds(args.node_threshold, args.edge_threshold)
     out = args.output or args.graph
@@ -123,6 +128,11 @@ def _format(s: PruneSummary) -> str:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from tracer.export import ExportFormat, write_graphml, write_neuronpedia
+    from tracer.graphfile import load_attribution, load_graph, sidecar_path
+    from tracer.io import check_output, check_output_dir
+
+    args.to = ExportFormat(args.to)
     if args.to == ExportFormat.GRAPHML:
         check_output(args.output, "GraphML file")
     else:
