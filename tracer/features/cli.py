@@ -41,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--top", type=int, default=3, help="with --graph: how many features")
     _store_args(s, "store to read (default: the one beside the transcoders)")
     s.add_argument("--contexts", type=int, default=6, help="top contexts printed")
+    s.add_argument("--samples", type=int, default=3, help="sampled contexts printed per lower-quantile band")
     s.add_argument("--json", action="store_true", help="print every field as JSON")
     q = fs.add_parser("search", help="find features by label, top tokens and context text")
     q.add_argument("text", help="what to look for, e.g. a token like Paris")
@@ -149,7 +150,7 @@ def _spark(counts: list[int]) -> str:
     return "".join(SPARK[min(7, round(7 * c / top))] if c else " " for c in counts)
 
 
-def format_info(info, n_contexts: int = 6) -> str:
+def format_info(info, n_contexts: int = 6, n_samples: int = 3) -> str:
     """The terminal dashboard of one FeatureInfo."""
     head = f"feature {info.layer}/{info.feature}"
     lab = f'"{info.label}" ({info.label_rule}, confidence {info.label_confidence:.2f})' if info.label else "(none)"
@@ -166,11 +167,11 @@ def format_info(info, n_contexts: int = 6) -> str:
                         ("top input tokens", info.top_inputs)):  # fmt: skip
         lines.append(f"{name + ':':22}" + ", ".join(f"{_tok(t)!r} {v:+.2f}" for t, v in items[:8]))
     band = None
-    shown = 0
+    shown: dict[str, int] = {}
     for c in info.contexts:
-        if c.band == "top" and shown >= n_contexts:
+        if shown.get(c.band, 0) >= (n_contexts if c.band == "top" else n_samples):
             continue
-        shown += c.band == "top"
+        shown[c.band] = shown.get(c.band, 0) + 1
         if c.band != band:
             band = c.band
             lines.append(f"{'top contexts' if band == 'top' else 'sampled, ' + band}:")
@@ -195,7 +196,7 @@ def run_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([i.to_json() for i in infos] if len(infos) > 1 else infos[0].to_json()))
     else:
-        print("\n\n".join(format_info(i, args.contexts) for i in infos))
+        print("\n\n".join(format_info(i, args.contexts, args.samples) for i in infos))
     return 0
 
 
