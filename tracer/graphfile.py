@@ -33,6 +33,7 @@ import json
 import math
 import shutil
 import struct
+import weakref
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -117,10 +118,26 @@ def build_graph_file(
     return GraphFile(schema_version=SCHEMA_VERSION, metadata=meta, nodes=nodes, edges=edges)
 
 
+_EFFECTS: dict[int, tuple[weakref.ref, Any]] = {}  # id(attribution) -> (its weakref, effects): threshold-free
+
+
+def _effects(attribution: Attribution) -> Any:
+    """effects(attribution), computed once per Attribution object: a viewer re-pruning one sidecar at many
+    thresholds would otherwise recompute it (half of a re-prune) each time."""
+    hit = _EFFECTS.get(id(attribution))
+    if hit is not None and hit[0]() is attribution:
+        return hit[1]
+    for key in [k for k, (ref, _) in _EFFECTS.items() if ref() is None]:
+        del _EFFECTS[key]
+    value = effects(attribution)
+    _EFFECTS[id(attribution)] = (weakref.ref(attribution), value)
+    return value
+
+
 def _nodes(attribution: Attribution, result: PruneResult, labels: dict[str, str]) -> tuple[list[GraphNode], dict]:
     """Step 1: one GraphNode per kept row, in row order; also row -> id."""
     vals = RowValues.of(attribution)
-    eff = effects(attribution)
+    eff = _effects(attribution)
     rows = result.node_mask.nonzero().flatten().tolist()
     nodes, ids = [], {}
     for row, (k, layer, pos, index) in zip(rows, attribution.layout.table[rows].tolist(), strict=True):
