@@ -7,7 +7,8 @@
    graphs (checked on node and edge ids).
 3. train: `tracer transcoders train` for --train-tokens tokens in one process and under torchrun with 2 data-parallel
    ranks (same global batch); tokens/s from each run's training.json (harvest included).
-Every run is a subprocess (niced when --nice), one after another. Prints a table; --out writes JSON.
+Every run is a subprocess (niced when --nice), one after another, in the order 1, 2, 2, 1 ranks (a shared machine's
+load drifts). Prints every run's figures; --out writes JSON.
 
 Run: .venv/bin/python benchmarks/bench_batch.py [--prompts 12 --threads 1 --train-tokens 32768 --out bench.json]
 """
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SUBJECTS = ["France", "Germany", "Italy", "Spain", "Japan", "Egypt", "Canada", "Brazil", "Peru", "Kenya", "Chile",
             "Norway", "Greece", "India", "China", "Mexico"]  # fmt: skip
 TEMPLATES = ["The capital of {} is", "The largest city in {} is", "People in {} speak"]
+ORDER = (1, 2, 2, 1)  # interleaved, so a change in the machine's load over the runs hits both alike
 
 
 def _prompts(n: int) -> list[str]:
@@ -52,18 +54,19 @@ def trace(tmp: Path, n_prompts: int, threads: int, nice: bool) -> dict:
     """Step 2."""
     prompts = tmp / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in _prompts(n_prompts)))
-    out: dict = {}
-    for ranks in (1, 2):
-        d = tmp / f"graphs{ranks}"
+    out: dict = {1: [], 2: []}
+    for k, ranks in enumerate(ORDER):
+        d = tmp / f"graphs{ranks}-{k}"
         args = ["-m", "tracer", "trace", "--prompts", str(prompts), "-o", str(d), "--threads", str(threads), "--json"]
         wall = _run(([sys.executable] if ranks == 1 else _torchrun(ranks)) + args, threads, nice)
         index = json.loads((d / "index.json").read_text())
         per_rank = [sum(e["seconds"] for k, e in enumerate(index["entries"]) if k % ranks == r) for r in range(ranks)]
-        out[ranks] = {"wall_s": wall, "graphs_per_min": 60 * n_prompts / wall,
-                      "tracing_graphs_per_min": 60 * n_prompts / max(per_rank),
-                      "tokens_per_prompt": _tokens(d, index)}  # fmt: skip
-    same = all(_ids(tmp / "graphs1" / e["file"]) == _ids(tmp / "graphs2" / e["file"])
-               for e in json.loads((tmp / "graphs1" / "index.json").read_text())["entries"])  # fmt: skip
+        out[ranks].append({"wall_s": wall, "graphs_per_min": 60 * n_prompts / wall, "dir": d.name,
+                           "tracing_graphs_per_min": 60 * n_prompts / max(per_rank),
+                           "tokens_per_prompt": _tokens(d, index)})  # fmt: skip
+    one, two = tmp / out[1][0]["dir"], tmp / out[2][0]["dir"]
+    same = all(_ids(one / e["file"]) == _ids(two / e["file"])
+               for e in json.loads((one / "index.json").read_text())["entries"])  # fmt: skip
     return {"runs": out, "same_graphs": same}
 
 
@@ -79,15 +82,15 @@ def _tokens(d: Path, index: dict) -> float:
 
 def train(tmp: Path, tokens: int, threads: int, nice: bool) -> dict:
     """Step 3."""
-    out = {}
-    for ranks in (1, 2):
-        d = tmp / f"clt{ranks}"
+    out: dict = {1: [], 2: []}
+    for k, ranks in enumerate(ORDER):
+        d = tmp / f"clt{ranks}-{k}"
         args = ["-m", "tracer", "transcoders", "train", "--out", str(d), "--tokens", str(tokens), "--batch-tokens",
                 "512", "--buffer-tokens", "8192", "--features", "1024", "--seq-len", "64", "--threads", str(threads),
                 "--no-progress", "--checkpoint-every", "100000"]  # fmt: skip
         wall = _run(([sys.executable] if ranks == 1 else _torchrun(ranks)) + args, threads, nice)
         info = json.loads((d / "training.json").read_text())
-        out[ranks] = {"wall_s": wall, "tokens_per_s": info["tokens_per_s"], "steps": info["steps"]}
+        out[ranks].append({"wall_s": wall, "tokens_per_s": info["tokens_per_s"], "steps": info["steps"]})
     return out
 
 
@@ -107,17 +110,18 @@ def main() -> None:
         if args.train_tokens:
             res["train"] = train(tmp, args.train_tokens, args.threads, args.nice)
     tr = res["trace"]["runs"]
-    print(f"default model, {args.prompts} prompts of {tr[1]['tokens_per_prompt']:.1f} tokens (BOS incl.), "
-          f"{args.threads} thread(s) per process, {res['machine']}")  # fmt: skip
-    print("processes  graphs/min (end to end)  graphs/min (tracing only)")
+    runs = lambda rows, key, f: " / ".join(format(r[key], f) for r in rows)  # noqa: E731
+    print(f"default model, {args.prompts} prompts of {tr[1][0]['tokens_per_prompt']:.1f} tokens (BOS incl.), "
+          f"{args.threads} thread(s) per process, {res['machine']}; runs in the order {ORDER}")  # fmt: skip
+    print("processes  graphs/min end to end (each run)  graphs/min tracing only (each run)")
     for r in (1, 2):
-        print(f"{r:>9}  {tr[r]['graphs_per_min']:>23.1f}  {tr[r]['tracing_graphs_per_min']:>25.1f}")
+        print(f"{r:>9}  {runs(tr[r], 'graphs_per_min', '.1f'):>34}  {runs(tr[r], 'tracing_graphs_per_min', '.1f'):>35}")
     print(f"same graphs on 1 and 2 processes: {res['trace']['same_graphs']}")
     if "train" in res:
         t = res["train"]
-        print("ranks  training tokens/s  wall s")
+        print("ranks  training tokens/s (each run)  wall s (each run)")
         for r in (1, 2):
-            print(f"{r:>5}  {t[r]['tokens_per_s']:>17,.0f}  {t[r]['wall_s']:>6.1f}")
+            print(f"{r:>5}  {runs(t[r], 'tokens_per_s', ',.0f'):>28}  {runs(t[r], 'wall_s', '.1f'):>17}")
     if args.out:
         args.out.write_text(json.dumps(res, indent=2) + "\n")
 
