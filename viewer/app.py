@@ -11,13 +11,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import dash_cytoscape as cyto
 from dash import Dash
 
 from viewer import DEFAULT_HOST, DEFAULT_PORT, callbacks, layout
 from viewer.data import GraphStore
 from viewer.features import FeatureStore, features_for
-from viewer.handlers import Env
+from viewer.handlers import Env, handle_view
 from viewer.security import check_port_free, install_host_check, is_loopback, read_only
 
 ASSETS = Path(__file__).parent / "assets"
@@ -32,7 +31,6 @@ def create_app(path: str | Path, feature_store: FeatureStore | None = None, cach
     be bound to (requests naming another Host are refused); read_only: refuse Save. find_features: without a
     feature_store, open `features` (a store file) or find one for the graph (viewer.features.features_for)."""
     store = GraphStore(path, cache_size=cache_size)  # 1.
-    cyto.load_extra_layouts()  # the bundle with cytoscape-svg, which the SVG export needs
     if preload and store.single is not None:
         store.load(None)
     if feature_store is None and find_features:
@@ -41,7 +39,10 @@ def create_app(path: str | Path, feature_store: FeatureStore | None = None, cach
                update_title="")  # fmt: skip  # 2.
     app.layout = layout.app_layout()
     install_host_check(app.server, host)
-    callbacks.register(app, Env(store, feature_store, read_only=read_only))  # 3.
+    env = Env(store, feature_store, read_only=read_only)
+    callbacks.register(app, env)  # 3.
+    if preload and store.single is not None:
+        handle_view(env, "", None, "", [])  # the first page's main figure, built now and cached
     return app
 
 

@@ -138,13 +138,12 @@ def register_files(app: Dash, env: Env) -> None:
     app.callback(_out(Id.DOWNLOAD, "data"), _out(Id.STATUS, dup=True), _in(Id.EXPORT_JSON),
                  _in(Id.EXPORT_NEURONPEDIA), s_url, prevent_initial_call=True)(on_export)  # fmt: skip
 
-    def on_image(_a, _b):
+    def on_image(_a):
         _clicked()
-        kind = "svg" if ctx.triggered_id == Id.EXPORT_SVG.value else "png"
-        return {"type": kind, "action": "download", "filename": "subgraph"}
+        return {"type": "png", "action": "download", "filename": "subgraph"}
 
-    app.callback(_out(Id.SUBGRAPH, "generateImage"), _in(Id.EXPORT_SVG), _in(Id.EXPORT_PNG),
-                 prevent_initial_call=True)(on_image)  # fmt: skip
+    # the panel as shown, PNG only: SVG is the paper figure's (cytoscape's SVG needs a 1.4 MB script bundle)
+    app.callback(_out(Id.SUBGRAPH, "generateImage"), _in(Id.EXPORT_PNG), prevent_initial_call=True)(on_image)
 
     def on_figure(_a, _b, kind, size, search_):
         _clicked()

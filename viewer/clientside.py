@@ -3,7 +3,8 @@
 1. INSTALL_LISTENERS (once per page): remember Ctrl/Cmd on mousedown (pin instead of select); a click on any element
    carrying NODE_ATTR becomes a CLICK_EVENT; Escape becomes a KEY_EVENT.
 2. GRAPH_CLICK: a main-graph click -> CLICK_EVENT {id, pin, t}.
-   GRAPH_HOVER: the hovered main-graph node id (null when the pointer leaves), only when it changes.
+   GRAPH_HOVER: the hovered main-graph node id (null when the pointer leaves) once the pointer has rested on it
+   150 ms, only when it changes (a pointer crossing the graph, or a click, asks the server for nothing).
 3. SYNC_AXES: keep the overlay figure (edges, rings) on the main figure's axis ranges through zoom and pan.
 4. FIT_SUBGRAPH: after the pinned nodes change, re-measure the cytoscape box and fit them in it.
 """
@@ -16,7 +17,8 @@ from viewer.ids import NODE_ATTR, Id
 def _js(code: str) -> str:
     """Fill `{{NAME}}` placeholders with ids (JS braces need no escaping this way)."""
     names = {"ATTR": NODE_ATTR, "CLICK": Id.CLICK_EVENT.value, "KEY": Id.KEY_EVENT.value, "MAIN": Id.MAIN_GRAPH.value,
-             "OVERLAY": Id.OVERLAY_GRAPH.value, "SUBGRAPH": Id.SUBGRAPH.value}  # fmt: skip
+             "OVERLAY": Id.OVERLAY_GRAPH.value, "SUBGRAPH": Id.SUBGRAPH.value, "HOVER": Id.HOVER_EVENT.value,
+             "HOVER_DELAY": "150"}  # fmt: skip
     for name, value in names.items():
         code = code.replace("{{" + name + "}}", value)
     return code
@@ -46,6 +48,7 @@ function(_) {
 
 GRAPH_CLICK = _js("""
 function(cd) {
+    clearTimeout(window.__tracerHoverTimer);  // a click is not a hover
     const p = cd && cd.points && cd.points[0];
     if (!p || typeof p.customdata !== 'string') { return dash_clientside.no_update; }
     return {id: p.customdata, pin: !!window.__tracerPin, t: Date.now()};
@@ -55,9 +58,14 @@ GRAPH_HOVER = _js("""
 function(hd) {
     const p = hd && hd.points && hd.points[0];
     const id = p && typeof p.customdata === 'string' ? p.customdata : null;
-    if (id === (window.__tracerHover === undefined ? null : window.__tracerHover)) { return dash_clientside.no_update; }
-    window.__tracerHover = id;
-    return id;
+    clearTimeout(window.__tracerHoverTimer);  // only a pointer that rests on a node asks the server for edges
+    window.__tracerHoverTimer = setTimeout(() => {
+        if (id !== (window.__tracerHover === undefined ? null : window.__tracerHover)) {
+            window.__tracerHover = id;
+            dash_clientside.set_props('{{HOVER}}', {data: id});
+        }
+    }, id === null ? 0 : {{HOVER_DELAY}});
+    return dash_clientside.no_update;
 }""")
 
 SYNC_AXES = _js("""

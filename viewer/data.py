@@ -169,6 +169,7 @@ class GraphStore:
         self.root = p.parent if p.is_file() else p
         self._graphs, self._meta = Lru(cache_size), Lru(MAX_LISTED)
         self._attr, self._scores, self._checks = Lru(2), Lru(64), Lru(MAX_LISTED)
+        self._figures = Lru(cache_size)
         self.gate = Gate()
 
     # 1. serve
@@ -280,6 +281,12 @@ class GraphStore:
             return ""
 
         return self._checks.get((path, stamp, _stamp(side)), check)
+
+    def figure(self, loaded: Loaded, labels: dict[str, str], build: Callable[[], T]) -> T:
+        """The main figure of a loaded graph with these edited labels, built once (it is the same for every
+        session, and building it for a large graph takes a noticeable part of a first render)."""
+        key = (loaded.path, loaded.stamp, loaded.threshold, tuple(sorted(labels.items())))
+        return self._figures.get(key, build)
 
     # 4. scores
 

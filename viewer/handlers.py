@@ -232,9 +232,11 @@ def handle_view(env: Env, search_: str | None, rendered: dict | None, query: str
         out += build[part]() if fresh[part] else (no_update,) * n
     v, co = loaded.view, loaded.coords
     if fresh["figure"]:
-        placed = placement(v, co, st.labels, store_labels(v, env.features))
-        out += [main_figure(v, co, st.labels, loaded.graph_id, placed),
-                overlay_figure(v, co, _overlay(env, loaded, st, query))]  # fmt: skip
+        def main() -> dict:
+            placed = placement(v, co, st.labels, store_labels(v, env.features))
+            return main_figure(v, co, st.labels, loaded.graph_id, placed)
+
+        out += [env.store.figure(loaded, st.labels, main), overlay_figure(v, co, _overlay(env, loaded, st, query))]
     else:
         changed = keys["overlay"] != old.get("overlay")
         out += [no_update, overlay_patch(_overlay(env, loaded, st, query)) if changed else no_update]

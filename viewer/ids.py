@@ -49,7 +49,6 @@ class Id(str, Enum):
     SAVE_BUTTON = "save-button"
     EXPORT_JSON = "export-json"
     EXPORT_NEURONPEDIA = "export-neuronpedia"
-    EXPORT_SVG = "export-svg"
     EXPORT_PNG = "export-png"
     FIGURE_KIND = "figure-kind"  # paper figure of the whole graph or the pinned subgraph
     FIGURE_SIZE = "figure-size"  # its size, "WxH" in inches

@@ -71,8 +71,7 @@ def _subgraph() -> html.Div:
             html.Div(className="row", children=[
                 dcc.Input(id=Id.LABEL_INPUT.value, type="text", placeholder="label", className="label-input"),
                 _button(Id.LABEL_BUTTON, "Set label", "rename checked supernodes / relabel checked or clicked node")]),
-            html.Div(className="row", children=[html.Span("Panel image:"), _button(Id.EXPORT_SVG, "SVG"),
-                                                _button(Id.EXPORT_PNG, "PNG")]),
+            html.Div(className="row", children=[html.Span("Panel as shown:"), _button(Id.EXPORT_PNG, "PNG")]),
             html.Div(className="row", children=[
                 html.Span("Paper figure:"),
                 dcc.RadioItems(id=Id.FIGURE_KIND.value, value="graph", inline=True,

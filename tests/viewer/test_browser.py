@@ -129,14 +129,17 @@ def test_scenario(dash_duo, served: Path):
     wait_js(dash_duo, CY_LABELS, lambda v: v == ["capital city"])
     assert pinned_texts(dash_duo) == ["capital city (2 nodes)"]
 
-    # exports: our JSON (dcc.Download) and the subgraph as SVG (cytoscape generateImage)
+    # exports: our JSON and the subgraph as a paper figure (dcc.Download), the panel as shown (generateImage)
     behavior = {"behavior": "allow", "downloadPath": dash_duo.download_path}  # headless=new needs it said
     dash_duo.driver.execute_cdp_cmd("Browser.setDownloadBehavior", behavior)
-    dash_duo.find_element("#export-json").click()
-    dash_duo.find_element("#export-svg").click()
     downloads = Path(dash_duo.download_path)
-    until(lambda: {p.name for p in downloads.iterdir()} >= {"france.json", "subgraph.svg"}, timeout=TIMEOUT)
-    until(lambda: "capital city" in (downloads / "subgraph.svg").read_text(), timeout=TIMEOUT)
+    dash_duo.find_element("#export-json").click()
+    until(lambda: (downloads / "france.json").exists(), timeout=TIMEOUT)
+    dash_duo.find_element("#figure-kind input[value='subgraph']").click()
+    dash_duo.find_element("#figure-svg").click()
+    dash_duo.find_element("#export-png").click()
+    until(lambda: {p.name for p in downloads.iterdir()} >= {"france.subgraph.svg", "subgraph.png"}, timeout=TIMEOUT)
+    until(lambda: "capital city" in (downloads / "france.subgraph.svg").read_text(), timeout=TIMEOUT)
     exported = GraphFile.model_validate_json((downloads / "france.json").read_text())
     assert exported.view.supernodes[0].label == "capital city"
 
