@@ -187,15 +187,19 @@ class _Run:
 
 
 @contextmanager
-def spliced_forward(model: Transformer, tc: Transcoder, rec: Record, interventions: Sequence[Intervention],
-                    mode: Mode) -> Iterator[_Run]:  # fmt: skip
+def spliced_forward(model: Transformer, tc: Transcoder, rec: Record | None, interventions: Sequence[Intervention],
+                    mode: Mode, n_pos: int = 0) -> Iterator[_Run]:  # fmt: skip
     """Step 3 for REPLACEMENT and FREE: inside the block, `model(rec.tokens[None])` runs with features re-encoded
     layer by layer and edited, their change decoded into the MLP outputs. Yields the run's inputs and activations
-    (activations relative to the replacement model's: acts = recorded + Δa)."""
-    L, P = model.cfg.n_layers, rec.n_pos
-    run = _Run()
-    pending = torch.zeros(P, L, model.cfg.d_model, dtype=rec.mlp_out.dtype)  # Σ Δa·W_dec written so far
+    (activations relative to the replacement model's: acts = recorded + Δa). FREE needs no record: pass rec None
+    and the number of tokens n_pos."""
     replacement = mode == Mode.REPLACEMENT
+    if rec is None and replacement:
+        raise ValueError("replacement mode needs the record of a clean run")
+    L, P = model.cfg.n_layers, rec.n_pos if rec is not None else n_pos
+    run = _Run()
+    dtype = rec.mlp_out.dtype if rec is not None else model.embed.weight.dtype
+    pending = torch.zeros(P, L, model.cfg.d_model, dtype=dtype)  # Σ Δa·W_dec written so far
 
     def keep_input(layer: int) -> HookFn:
         def fn(x: torch.Tensor) -> None:
@@ -206,15 +210,18 @@ def spliced_forward(model: Transformer, tc: Transcoder, rec: Record, interventio
     def mlp_out(layer: int) -> HookFn:
         def fn(true_out: torch.Tensor) -> torch.Tensor:
             x = run.inputs[layer]
-            # replacement: Δa against the recorded input's encoding (bitwise the same function), so an unedited
-            # run reproduces the record exactly; free: against this run's real activations
             a = _encode(tc, layer, x)
-            base = _encode(tc, layer, rec.tc_input[:, layer]) if replacement else a
-            delta = edit_all(interventions, layer, a) - base
-            run.acts[layer] = rec.acts[:, layer] + delta if replacement else (a + delta).index_fill(0, zero, 0.0)
-            pending.add_(_decoded(tc, layer, delta))
-            if not replacement:
+            if not replacement:  # free: Δa against this run's real activations
+                delta = edit_all(interventions, layer, a) - a
+                run.acts[layer] = (a + delta).index_fill(0, zero, 0.0)
+                pending.add_(_decoded(tc, layer, delta))
                 return true_out + pending[None, :, layer]
+            assert rec is not None
+            # replacement: Δa against the recorded input's encoding (bitwise the same function), so an unedited
+            # run reproduces the record exactly
+            delta = edit_all(interventions, layer, a) - _encode(tc, layer, rec.tc_input[:, layer])
+            run.acts[layer] = rec.acts[:, layer] + delta
+            pending.add_(_decoded(tc, layer, delta))
             out = rec.mlp_out[:, layer] + pending[:, layer]
             if tc.W_skip is not None:  # the skip path reads the current input
                 dx = (x - rec.tc_input[:, layer]).to(tc.W_enc.dtype)
@@ -224,7 +231,7 @@ def spliced_forward(model: Transformer, tc: Transcoder, rec: Record, interventio
         return fn
 
     zero = torch.zeros(1, dtype=torch.long)
-    fns = frozen_sites(rec, L) if replacement else {}
+    fns = frozen_sites(rec, L) if rec is not None and replacement else {}
     for i in range(L):
         fns[Site(tc.cfg.input_hook, i)] = keep_input(i)
         fns[Site(HookPoint.MLP_OUT, i)] = mlp_out(i)
@@ -260,3 +267,16 @@ def intervene(
     pre_after = torch.stack([_pre(tc, i, x[i]) for i in range(L)], 1)
     return InterventionResult(mode, rec.tokens, rec.logits, logits, rec.acts, acts, pre_before, pre_after,
                               list(interventions))  # fmt: skip
+
+
+@torch.no_grad()
+def steered_logits(model: Transformer, tc: Transcoder, tokens: torch.Tensor, interventions: Sequence[Intervention],
+                   mode: Mode = Mode.REPLACEMENT) -> torch.Tensor:  # fmt: skip
+    """Last-position logits [vocab] with the interventions applied; FREE mode skips the clean record (one forward
+    pass), which steered generation uses at every step."""
+    mode = Mode(mode)
+    if mode != Mode.FREE:
+        return intervene(model, tc, tokens, interventions, mode).logits_after[-1]
+    check_interventions(interventions, tc, int(tokens.numel()))
+    with spliced_forward(model, tc, None, interventions, mode, n_pos=int(tokens.numel())):
+        return model(tokens[None])[0, -1]

@@ -1,6 +1,6 @@
 """Steered generation: decode token by token with feature interventions applied at every position.
 
-1. Each step runs `tracer.interventions.intervene` on the sequence so far (prompt + generated tokens), in the
+1. Each step runs `tracer.interventions.steered_logits` on the sequence so far (prompt + generated tokens), in the
    chosen mode; interventions without a position act on every position after BOS, so each new token is steered.
 2. The next token is the argmax of the intervened last-position logits (temperature 0), or a sample from
    softmax(logits / temperature) drawn with a seeded generator.
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from tracer.errors import ConfigError
-from tracer.interventions import Intervention, Mode, check_interventions, intervene
+from tracer.interventions import Intervention, Mode, check_interventions, steered_logits
 from tracer.models import Transformer
 from transcoders import Transcoder
 
@@ -48,10 +48,7 @@ def generate(model: Transformer, tc: Transcoder, tokens: Sequence[int], interven
         if len(seq) >= model.cfg.n_ctx:
             break
         t = torch.tensor(seq, device=model.embed.weight.device)
-        if interventions:
-            logits = intervene(model, tc, t, interventions, cfg.mode).logits_after[-1]
-        else:
-            logits = model(t[None])[0, -1]
+        logits = steered_logits(model, tc, t, interventions, cfg.mode) if interventions else model(t[None])[0, -1]
         if cfg.temperature == 0:
             nxt = int(logits.argmax())
         else:

@@ -5,7 +5,8 @@
 2. Which model: the bundled default model and CLT (tracer.models.DEFAULT_MODEL, transcoders.DEFAULT_TRANSCODERS),
    loaded once per process, and only if their content hashes are the graph's; otherwise the panel says why.
 3. Run: tracer.interventions.intervene in replacement mode on the graph's prompt, then a few tokens of greedy
-   continuation plain and steered (tracer.steering, the features changed at every position after BOS).
+   continuation plain and steered (tracer.steering in free mode, the real model with the features changed at
+   every position after BOS: one forward pass per token).
 4. Show: the top next tokens before -> after, the change of the graph's primary target, both continuations.
 The handler is plain Python (handle_intervene); the callback is wiring only.
 """
@@ -116,7 +117,7 @@ def _run(lm, tc, meta, refs, skipped, action: str, factor: float, t0: float) -> 
     """Steps 3-4."""
     import torch
 
-    from tracer.interventions import Intervention, intervene
+    from tracer.interventions import Intervention, Mode, intervene
     from tracer.steering import GenerateConfig, generate
 
     ivs = [Intervention.scale(factor, *refs) if action == "scale" else Intervention.ablate(*refs)]
@@ -124,7 +125,7 @@ def _run(lm, tc, meta, refs, skipped, action: str, factor: float, t0: float) -> 
     try:
         with torch.inference_mode(False):
             res = intervene(lm.model, tc, tokens, ivs)
-            cfg = GenerateConfig(n_tokens=N_GENERATE)
+            cfg = GenerateConfig(n_tokens=N_GENERATE, mode=Mode.FREE)  # the real model: one pass per token
             plain = generate(lm.model, tc, meta.token_ids, [], cfg)
             steered = generate(lm.model, tc, meta.token_ids, ivs, cfg)
     except TracerError as e:
@@ -144,7 +145,8 @@ def _run(lm, tc, meta, refs, skipped, action: str, factor: float, t0: float) -> 
         html.Table(rows, className="kv"),
         html.P(f"{name(target)!r}: p {p0:.3f} -> {p1:.3f}, demeaned logit change {res.logit_change(target):+.3f}"),
         html.P(["plain: ", html.Code(lm.tokenizer.decode(plain))]),
-        html.P(["steered: ", html.Code(lm.tokenizer.decode(steered))]),
+        html.P(["steered: ", html.Code(lm.tokenizer.decode(steered))], title="greedy, the real model with the "
+               "features' decoder change at every position after BOS"),
         html.P(f"{time.perf_counter() - t0:.2f} s", className="note"),
     ]  # fmt: skip
     return out

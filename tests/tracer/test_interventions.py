@@ -16,7 +16,7 @@ import torch
 from tests.conftest import random_model, tiny_config
 from tests.tracer.test_attribution import CFG, TOKENS, random_transcoder
 from tracer.attribute import attribute
-from tracer.interventions import FeatureRef, Intervention, InterventionError, Mode, intervene
+from tracer.interventions import FeatureRef, Intervention, InterventionError, Mode, intervene, steered_logits
 from tracer.layout import NodeKind
 from tracer.models import HookPoint, Site
 from tracer.record import record
@@ -144,6 +144,7 @@ def test_free_equals_manual_mlp_patch(style, kind, hook, skip):
         want = model(TOKENS[None])[0]
     res = intervene(model, tc, TOKENS, ivs, Mode.FREE, rec)
     torch.testing.assert_close(res.logits_after, want, atol=1e-10, rtol=0)
+    torch.testing.assert_close(steered_logits(model, tc, TOKENS, ivs, Mode.FREE), want[-1], atol=1e-10, rtol=0)
     assert (res.logits_after - rec.logits).abs().max() > 1e-3
     same = intervene(model, tc, TOKENS, [Intervention.scale(1.0, FeatureRef(layer, f))], Mode.FREE, rec)
     torch.testing.assert_close(same.logits_after, rec.logits, atol=1e-12, rtol=0)
