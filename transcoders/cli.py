@@ -185,7 +185,9 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"warning: transcoders were trained on model {tc.cfg.model_hash}, not {lm.content_hash}", file=sys.stderr)
     need = args.tokens + args.ce_tokens + 2 * args.seq_len * 64
     stream = tokenize_corpus(lm.tokenizer, args.corpus, need)
-    r = evaluate(lm.model, tc, stream, args.tokens, args.ce_tokens, args.seq_len, lm.name, str(args.transcoders))
+    _warn_short_corpus(len(stream), need, args.corpus, "--tokens")
+    r = evaluate(lm.model, tc, stream, args.tokens, args.ce_tokens, args.seq_len, lm.name, str(args.transcoders),
+                 progress=not args.json)  # fmt: skip
     plot(r, args.plot)
     if args.json:
         print(json.dumps(r.model_dump() | {"plot": str(args.plot)}))

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel
+from tqdm import tqdm
 
 from tracer.io import atomic_write_bytes
 from tracer.models import HookPoint, Site, Transformer
@@ -93,10 +94,11 @@ class _Acc:
 
 
 @torch.no_grad()
-def reconstruction(model: Transformer, tc: Transcoder, tokens: torch.Tensor, batch_seqs: int = 16) -> list[LayerStats]:
+def reconstruction(model: Transformer, tc: Transcoder, tokens: torch.Tensor, batch_seqs: int = 16,
+                   progress: bool = False) -> list[LayerStats]:  # fmt: skip
     """tokens [n, P] (position 0 = BOS, excluded) -> per-layer statistics."""
     acc = _Acc(tc.cfg.n_layers, tc.cfg.n_features)
-    for i in range(0, len(tokens), batch_seqs):
+    for i in _batches(len(tokens), batch_seqs, tokens.shape[1], "eval: reconstruction", progress):
         x, y = harvest(model, tokens[i : i + batch_seqs], tc.cfg.input_hook, batch_seqs)
         x, y = x.to(tc.W_enc.dtype), y.to(tc.W_enc.dtype)
         acts = tc.encode(x)
@@ -141,13 +143,23 @@ def _ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def splice(model: Transformer, tc: Transcoder, tokens: torch.Tensor, batch_seqs: int = 16) -> SpliceStats:
+def _batches(n: int, step: int, per: int, desc: str, progress: bool):
+    """range(0, n, step) with a tqdm bar counting tokens (per tokens per row), for the long evaluations."""
+    bar = tqdm(total=n * per, desc=desc, unit="tok", unit_scale=True, disable=not progress, leave=False)
+    for i in range(0, n, step):
+        yield i
+        bar.update(min(step, n - i) * per)
+    bar.close()
+
+
+def splice(model: Transformer, tc: Transcoder, tokens: torch.Tensor, batch_seqs: int = 16,
+           progress: bool = False) -> SpliceStats:  # fmt: skip
     L = model.cfg.n_layers
     zero = {Site(HookPoint.MLP_OUT, layer): (lambda o: torch.cat([o[:, :1], torch.zeros_like(o[:, 1:])], 1))
             for layer in range(L)}  # fmt: skip
     tot = torch.zeros(5, dtype=torch.float64)  # ce clean, zero, replaced, agree, kl
     n = 0
-    for i in range(0, len(tokens), batch_seqs):
+    for i in _batches(len(tokens), batch_seqs, tokens.shape[1], "eval: spliced model", progress):
         t = tokens[i : i + batch_seqs]
         clean = model(t)
         with model.hooks.attached(zero):
@@ -167,13 +179,14 @@ def splice(model: Transformer, tc: Transcoder, tokens: torch.Tensor, batch_seqs:
 
 # 3. Report
 def evaluate(model: Transformer, tc: Transcoder, stream: torch.Tensor, tokens: int, ce_tokens: int,
-             seq_len: int = 128, model_name: str = "", tc_name: str = "") -> EvalReport:  # fmt: skip
+             seq_len: int = 128, model_name: str = "", tc_name: str = "",
+             progress: bool = False) -> EvalReport:  # fmt: skip
     """Statistics over `tokens` and the splice over `ce_tokens` scored tokens, from disjoint sequences."""
     bos = model.cfg.bos_token_id
     n_stats = max(1, -(-tokens // (seq_len - 1)))
     n_ce = max(1, -(-ce_tokens // (seq_len - 2)))
-    layers = reconstruction(model, tc, sequences(stream, 0, n_stats, seq_len, bos))
-    sp = splice(model, tc, sequences(stream, n_stats, n_ce, seq_len, bos))
+    layers = reconstruction(model, tc, sequences(stream, 0, n_stats, seq_len, bos), progress=progress)
+    sp = splice(model, tc, sequences(stream, n_stats, n_ce, seq_len, bos), progress=progress)
     return EvalReport(
         model=model_name, transcoders=tc_name, tokens=n_stats * (seq_len - 1), layers=layers,
         mean_nmse=sum(s.nmse for s in layers) / len(layers), total_l0=sum(s.l0 for s in layers),
