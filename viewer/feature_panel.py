@@ -5,7 +5,7 @@
 3. logit effects: top and bottom output tokens as two small bar lists (bar length ∝ |effect|);
 4. histogram of non-zero activations (a small static plotly bar chart);
 5. contexts grouped by band (top activations, then lower quantiles), each token shaded by its activation relative
-   to the feature's max (the title shows the value).
+   to the feature's max (the title shows the value; a newline shows as ↵).
 All token text goes in as plain strings (rendered as text, never HTML).
 """
 
@@ -50,7 +50,8 @@ def histogram_figure(hist: tuple[list[float], list[int]]) -> dict:
 
 def _context(e: Example, scale: float) -> html.Div:
     return html.Div(className="example", children=[
-        html.Span(t, title=f"{a:.3g}", style={"backgroundColor": f"rgba({SHADE},{min(1.0, abs(a) / scale):.2f})"})
+        html.Span(t.replace("\n", "↵"), title=f"{a:.3g}",
+                  style={"backgroundColor": f"rgba({SHADE},{min(1.0, abs(a) / scale):.2f})"})
         for t, a in zip(e.tokens, e.activations, strict=False)])  # fmt: skip
 
 
