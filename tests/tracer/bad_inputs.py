@@ -171,6 +171,9 @@ CASES: list[Case] = [
     Case("model-hidden-size", "trace", "config.json whose hidden_size disagrees with the weights",
          "weights do not fit the config", lambda c: c.trace(model=c.model(
              lambda d: edit_json(d / "config.json", lambda j: j.update(hidden_size=24))))),
+    Case("model-huge-layers", "trace", "config.json claiming 10⁹ layers", "says 1000000000 layers, the weights have 3",
+         lambda c: c.trace(model=c.model(lambda d: edit_json(d / "config.json",
+                                                            lambda j: j.update(num_hidden_layers=10**9))))),
     Case("model-truncated", "trace", "truncated model.safetensors", "model-copy/model.safetensors",
          lambda c: c.trace(model=c.model(lambda d: truncate(d / "model.safetensors")))),
     Case("model-huge-header", "trace", "model.safetensors whose header claims 2⁶⁰ bytes", "cannot read weights",

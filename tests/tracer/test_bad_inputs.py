@@ -84,7 +84,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case: Case, subject, tmp_path,
     assert snapshot(ctx.out) == before
 
 
-HEAVY = ("model-nan", "clt-huge-shape", "sidecar-huge-layout", "model-huge-header")
+HEAVY = ("model-nan", "model-huge-layers", "clt-huge-shape", "sidecar-huge-layout", "model-huge-header")
 DRIVER = """
 import contextlib, io, json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,14 @@ def file_hash(paths: list[Path]) -> str:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def _check_layer_count(cfg: ModelConfig, hf_state: dict[str, torch.Tensor], path: Path) -> None:
+    """Before anything is sized from the config: its layer count must be the weights' (a config claiming 10⁹
+    layers would otherwise build 10⁹ layers' names and modules)."""
+    found = {int(m.group(1)) for k in hf_state if (m := re.search(r"\.(?:layers|h)\.(\d+)\.", k))}
+    if found and cfg.n_layers != len(found):
+        raise ModelLoadError(f"{path / 'config.json'} says {cfg.n_layers} layers, the weights have {len(found)}")
 
 
 def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> Transformer:
@@ -87,7 +96,9 @@ def load_model(path: str | Path | None = None, dtype: torch.dtype = torch.float3
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelLoadError(f"{path / 'config.json'} is not valid JSON: {e}") from None
     cfg = config_from_hf(hf)
-    model = build_model(cfg, state_from_hf(cfg, read_safetensors_dir(path)), dtype)
+    hf_state = read_safetensors_dir(path)
+    _check_layer_count(cfg, hf_state, path)
+    model = build_model(cfg, state_from_hf(cfg, hf_state), dtype)
     weights = sorted(path.glob("*.safetensors"))
     name = path.name if path.parent.name != "snapshots" else path.parent.parent.name.removeprefix("models--").replace(
         "--", "/")  # a cached HF snapshot is named by its repository  # fmt: skip
