@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracer.errors import TracerError
+from tracer.precision import add_precision_args
 
 MODES = ("constrained", "replacement", "free")
 _FEATURE = re.compile(r"^(\d+)/(\d+)(?:@(\d+))?$")
@@ -79,6 +80,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, help="HF-layout model directory or .gguf file (default: bundled model)")
     p.add_argument("--transcoders", type=Path, help="transcoder directory (default: bundled CLT)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default, one per core)")
+    add_precision_args(p)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
@@ -126,9 +128,11 @@ def _load(args: argparse.Namespace) -> Loaded:
     import torch
 
     from tracer.graphfile import load_graph
+    from tracer.hub import resolve_transcoders
     from tracer.interventions import Action, FeatureRef, Intervention, check_interventions
     from tracer.models import load_model
     from tracer.models.loading import file_hash
+    from tracer.precision import resolve_precision
     from transcoders import DEFAULT_TRANSCODERS, load_transcoders
 
     specs = _specs(args)
@@ -138,9 +142,11 @@ def _load(args: argparse.Namespace) -> Loaded:
         raise SpecError("give a prompt (or --graph GRAPH to use its prompt)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    lm = load_model(args.model)
-    tc_dir = Path(args.transcoders or DEFAULT_TRANSCODERS)
-    tc = load_transcoders(tc_dir, lm.cfg, dtype=lm.model.embed.weight.dtype)
+    prec = resolve_precision(args)
+    lm = load_model(args.model, dtype=prec.dtype)
+    lm.model.to(prec.device)
+    tc_dir = resolve_transcoders(args.transcoders) or DEFAULT_TRANSCODERS
+    tc = load_transcoders(tc_dir, lm.cfg, dtype=lm.model.embed.weight.dtype).to(prec.device)
     if lm.tokenizer is None:
         raise SpecError("the model has no tokenizer")
     tokens = lm.tokenizer.encode_prompt(prompt, lm.cfg.n_ctx, lm.cfg.bos_token_id)

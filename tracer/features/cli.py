@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+from tracer.precision import add_precision_args
+
 DEFAULT_TOKENS = 1_000_000
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -32,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--top-k", type=int, default=10, help="top-activating contexts kept per feature")
     b.add_argument("--seed", type=int, default=0, help="seed of the lower-quantile example sample")
     b.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    add_precision_args(b)
     b.add_argument("--checkpoint-seconds", type=float, default=60.0, help="seconds between resumable checkpoints")
     b.add_argument("--overwrite", action="store_true", help="replace an existing store instead of resuming it")
     b.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -104,6 +107,7 @@ def run_build(args: argparse.Namespace) -> int:
     from tracer.features.build import BuildConfig, build_store
     from tracer.features.corpus import check_corpus, corpus_stream
     from tracer.models import load_model
+    from tracer.precision import resolve_precision
     from transcoders import load_transcoders
 
     cfg = BuildConfig(tokens=args.tokens, seq_len=args.seq_len, batch_seqs=args.batch_seqs, top_k=args.top_k,
@@ -115,10 +119,12 @@ def run_build(args: argparse.Namespace) -> int:
         raise ConfigError(f"output {out} is not a file")
     if args.threads:
         torch.set_num_threads(args.threads)
-    lm = load_model(args.model)
+    prec = resolve_precision(args)
+    lm = load_model(args.model, dtype=prec.dtype)
+    lm.model.to(prec.device)
     if lm.tokenizer is None:
         raise ModelLoadError("the model has no tokenizer (tokenizer.json or vocab.json + merges.txt)")
-    tc = load_transcoders(tc_dir, lm.cfg, dtype=torch.float32)
+    tc = load_transcoders(tc_dir, lm.cfg, dtype=torch.float32).to(prec.device)  # activations kept in fp32
     stream = corpus_stream(lm.tokenizer, corpus, args.tokens + args.tokens // 8, lm.cfg.eos_token_id)
     identity = {"model": {"name": lm.name, "content_hash": lm.content_hash},
                 "transcoders": {"name": tc_dir.name, "content_hash": transcoders_hash(tc_dir),
