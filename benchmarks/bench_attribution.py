@@ -7,6 +7,15 @@
    circuit-tracer does) on the same targets — all batches for short prompts, the first `--baseline-batches` otherwise
    (then scaled by rows); its rows are compared with ours (max |diff| / max |edge|).
 Usage: python benchmarks/bench_attribution.py [--subject anchor|default] [--tokens 16 64 ...] [--out FILE.json]
+
+With --whole, the whole `tracer trace` pipeline instead, each case in a fresh process (as the command runs):
+5. Phases: imports, load (the subject), the attribution phases, prune, graph_file (build_graph_file), write (graph
+   + sidecar), free; total = the process's wall time from its start. Peak RSS (VmHWM) of the process; sidecar bytes
+   per edge; attribution = the attribution phases' sum (record .. check).
+6. fp32 and bf16 rows (--row-dtype) at every length: the bf16 case compares its edges with the fp32 case's sidecar
+   (max |error| / max |edge|, relative Frobenius error) and its pruned node set with fp32's (Jaccard).
+7. Threads: the fp32 row phase again with 2 threads at --threads-tokens.
+Usage: python benchmarks/bench_attribution.py --whole [--tokens 16 64 128 256] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -99,8 +108,103 @@ def run_case(subject: str, n_tokens: int, max_feature_nodes: int | None, batch: 
     return out
 
 
+def run_whole(subject: str, n_tokens: int, row_dtype: str, work: Path, compare: Path | None) -> dict:
+    """One whole-pipeline case (module docstring, steps 5-6), in this fresh process."""
+    from tracer.trace_cli import process_seconds
+
+    t = {"imports": process_seconds()}
+    t0 = time.perf_counter()
+    from tracer.attribute import TraceConfig, attribute, phase
+    from tracer.graphfile import build_graph_file, load_attribution, save_graph, sidecar_path
+    from tracer.models import load_model
+    from tracer.prune import prune
+    from tracer.schema import Identity
+    from transcoders import load_transcoders
+
+    t["imports"] += time.perf_counter() - t0
+    with phase("load", t):  # from disk, as `tracer trace` loads
+        model = load_model(work / "model").model
+        tc = load_transcoders(work / "clt", model.cfg, dtype=torch.float32)
+        gen = torch.Generator().manual_seed(n_tokens)
+        tokens = torch.randint(3, model.cfg.vocab_size, (n_tokens,), generator=gen)
+        tokens[0] = model.cfg.bos_token_id or 0
+    attr = attribute(model, tc, tokens, None, TraceConfig(row_dtype=row_dtype))
+    attribution_s = sum(attr.timings.values())
+    t |= attr.timings
+    with phase("prune", t):
+        res = prune(attr)
+    ident = Identity(name=subject, content_hash="-", kind="bench")
+    with phase("graph_file", t):
+        graph = build_graph_file(attr, res, prompt="bench", model=ident, transcoders=ident, settings={})
+    out = work / f"{subject}-{n_tokens}-{row_dtype}.json"
+    with phase("write", t):
+        save_graph(out, graph, attr)
+    nnz, mask = attr.adjacency.nnz, res.node_mask
+    result = {"subject": subject, "tokens": n_tokens, "row_dtype": row_dtype, "threads": torch.get_num_threads(),
+              "features": int(attr.layout.features.shape[0]), "edges": nnz,
+              "rows_gflop": attr.stats["rows_gflop"], "pruned_nodes": int(mask.sum()),
+              "sidecar_bytes_per_edge": sidecar_path(out).stat().st_size / max(nnz, 1)}  # fmt: skip
+    if compare is not None:  # 6. (outside the timed phases)
+        ref = load_attribution(compare)
+        a, b = ref.adjacency, attr.adjacency
+        if torch.equal(a.crow, b.crow) and torch.equal(a.col, b.col):
+            d = (a.values.double() - b.values.double())
+            result |= {"max_err_over_max_edge": float(d.abs().max() / a.values.abs().max()),
+                       "rel_frobenius_err": float(d.norm() / a.values.double().norm())}  # fmt: skip
+        ref_mask = prune(ref).node_mask
+        result["jaccard_pruned_nodes_vs_fp32"] = float((ref_mask & mask).sum() / (ref_mask | mask).sum())
+    with phase("free", t):
+        del attr, res, graph, model, tc
+    t["total"] = process_seconds()
+    return result | {"phases_s": t, "attribution_s": attribution_s, "peak_rss_mb": _rss_mb("VmHWM")}
+
+
+def whole_main(a: argparse.Namespace) -> None:
+    """Steps 5-7: every case in a fresh child process, niced like the rest of the machine's users."""
+    import tempfile
+
+    from benchmarks.subjects import anchor_subject, default_subject
+    from tracer.models import save_hf
+    from transcoders import save_transcoders
+
+    torch.manual_seed(0)
+    pair = anchor_subject() if a.subject == "anchor" else default_subject()
+    if pair is None:
+        raise SystemExit("default model or CLT not built")
+    results = []
+    with tempfile.TemporaryDirectory() as work:
+        save_hf(pair[0].cfg, pair[0].state_dict(), Path(work) / "model")
+        save_transcoders(pair[1].float(), Path(work) / "clt")
+        cases = [(n, dt, 1) for n in a.tokens for dt in ("fp32", "bf16")] + [(a.threads_tokens, "fp32", 2)]
+        for n, dt, threads in cases:
+            cmd = [sys.executable, __file__, "--whole-case", a.subject, str(n), dt, work, "--threads", str(threads)]
+            if dt == "bf16":
+                cmd += ["--compare", str(Path(work) / f"{a.subject}-{n}-fp32.json")]
+            r = json.loads(str(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout).splitlines()[-1])
+            results.append(r)
+            print(_whole_row(r), flush=True)
+    if a.out:
+        a.out.write_text(json.dumps(results, indent=2))
+
+
+def _whole_row(r: dict) -> str:
+    if "error" in r:
+        return r["error"]
+    p = r["phases_s"]
+    rows = p["logit_rows"] + p["feature_rows"]
+    post = p["assemble"] + p["prune"] + p["graph_file"] + p["write"]
+    cmp = (f"  err max {r['max_err_over_max_edge']:.1e} frob {r['rel_frobenius_err']:.1e} "
+           f"jaccard {r['jaccard_pruned_nodes_vs_fp32']:.3f}" if "rel_frobenius_err" in r else "")  # fmt: skip
+    return (f"{r['tokens']:4d} tok {r['row_dtype']} {r['threads']}t edges {r['edges']:9d}  rows {rows:7.2f}s  "
+            f"assemble+prune+graph+write {post:6.2f}s ({post / rows:5.1%} of rows)  attribution "
+            f"{r['attribution_s']:7.2f}s  total {p['total']:7.2f}s (x{p['total'] / r['attribution_s']:.2f})  "
+            f"imports {p['imports']:.2f}s load {p['load']:.2f}s free {p['free']:.2f}s unaccounted "
+            f"{p['total'] - sum(v for k, v in p.items() if k != 'total'):.2f}s  peak RSS {r['peak_rss_mb']:6.0f} MB  "
+            f"sidecar {r['sidecar_bytes_per_edge']:.2f} B/edge" + cmp)  # fmt: skip
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--subject", default="anchor", choices=["anchor", "default"])
     ap.add_argument("--tokens", type=int, nargs="+", default=[16, 64, 128, 256, 512])
     ap.add_argument("--max-feature-nodes", type=int, help="rows for features, most influential first")
@@ -110,8 +214,18 @@ def main() -> None:
     ap.add_argument("--edge-topk", type=int, help="keep each row's K largest |edges|")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--case", nargs=2, help=argparse.SUPPRESS)  # child mode: subject n_tokens
+    ap.add_argument("--whole", action="store_true", help="the whole trace pipeline, fp32 and bf16 (steps 5-7)")
+    ap.add_argument("--threads-tokens", type=int, default=64, help="--whole: prompt length of the 2-thread case")
+    ap.add_argument("--whole-case", nargs=4, help=argparse.SUPPRESS)  # child: subject n_tokens row_dtype workdir
+    ap.add_argument("--compare", type=Path, help=argparse.SUPPRESS)  # child: the fp32 graph to compare with
     a = ap.parse_args()
+    if a.whole:
+        return whole_main(a)
     torch.set_num_threads(a.threads)
+    if a.whole_case:
+        subject, n, dt, work = a.whole_case
+        print(json.dumps(run_whole(subject, int(n), dt, Path(work), a.compare)))
+        return
     if a.case:
         res = run_case(a.case[0], int(a.case[1]), a.max_feature_nodes, a.batch, a.baseline_batches, a.edge_topk)
         print(json.dumps(res))
