@@ -171,11 +171,11 @@ def _edges(attribution: Attribution, result: PruneResult, ids: dict[int, str]) -
 
 
 def save_graph(path: str | Path, graph: GraphFile, attribution: Attribution | None = None,
-               values_dtype: torch.dtype = torch.float32) -> Path:  # fmt: skip
+               values_dtype: torch.dtype | None = None) -> Path:  # fmt: skip
     """Write `path` (JSON) and, given the unpruned attribution, its sidecar, as one unit (module docstring,
     saving steps 1-4); without an attribution the JSON alone (its pair record kept). Returns the JSON path.
     `graph` is not modified (the written copy records the sidecar's name, hash and size). values_dtype: the
-    sidecar's edge values, float32 or float16 (--sidecar-dtype)."""
+    sidecar's edge values, float32 or float16 (--sidecar-dtype; None: float16 if they are, else float32)."""
     path = Path(path)
     check_output(path, "graph file")
     recover_pair(path)  # 1.
@@ -257,7 +257,7 @@ def _sidecar_hash(side: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _save_sidecar(path: Path, a: Attribution, values_dtype: torch.dtype = torch.float32) -> str:
+def _save_sidecar(path: Path, a: Attribution, values_dtype: torch.dtype | None = None) -> str:
     """Write the sidecar to `path` (a temp file); returns its content hash (also stored in its metadata)."""
     tensors, meta = sidecar_tensors(a, values_dtype)
     digest = _tensor_hash(tensors)

@@ -42,9 +42,12 @@ REQUIRED = {FORMAT_V1: ("adjacency.indices", "adjacency.values", "adjacency.shap
 FINITE = ("adjacency.values", "activations", "logit_probs", "error_norms", "row_mass_kept")
 
 
-def sidecar_tensors(a: Attribution, values_dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor],
-                                                                                         dict[str, str]]:  # fmt: skip
-    """(tensors, metadata) of the v2 sidecar of `a`; values stored as values_dtype (float32 or float16)."""
+def sidecar_tensors(a: Attribution, values_dtype: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor],
+                                                                                       dict[str, str]]:  # fmt: skip
+    """(tensors, metadata) of the v2 sidecar of `a`; values stored as values_dtype (float32 or float16; None: as
+    they are when float16, e.g. re-saved from an fp16 sidecar, else float32)."""
+    if values_dtype is None:
+        values_dtype = torch.float16 if a.adjacency.values.dtype == torch.float16 else torch.float32
     if values_dtype not in VALUE_DTYPES.values():
         raise ValueError(f"sidecar values must be float32 or float16, not {values_dtype}")
     adj = a.adjacency

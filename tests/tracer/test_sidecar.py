@@ -74,6 +74,9 @@ def test_bytes_per_edge_and_fp16(tmp_path):
     assert a16.adjacency.values.dtype == torch.float16
     want = attr.adjacency.values.to(torch.float16)
     assert torch.equal(a16.adjacency.values, want) and torch.equal(a16.adjacency.col, attr.adjacency.col)
+    g = build_graph_file(a16, prune(a16), prompt="p", model=ID, transcoders=ID, settings={})
+    again = load_attribution(save_graph(tmp_path / "copy.json", g, a16))  # re-saved (tracer prune -o): stays fp16
+    assert again.adjacency.values.dtype == torch.float16
 
 
 def test_v1_sidecar_migrates(tmp_path):
