@@ -123,7 +123,7 @@ def _plots(v, out: Path, prompt: str, png: bool = True) -> dict:
         lo, hi = min(vals), max(vals)
         fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x", line={"dash": "dot"}))
     fig.update_layout(
-        title=f"{prompt!r} -> {v.target!r} ({v.mode}): Spearman signed effect {v.spearman_signed:.2f}, "
+        title=f"{prompt[-60:]!r} -> {v.target!r} ({v.mode})<br>Spearman: signed effect {v.spearman_signed:.2f}, "
         f"influence {v.spearman_influence:.2f}",
         xaxis_title="predicted change of the target logit (-signed total effect)",
         yaxis_title="measured change when ablated", template="plotly_white",
@@ -154,8 +154,7 @@ def _format(r: dict, out: Path) -> str:
              "worst disagreements: " + ", ".join(r["worst"])]  # fmt: skip
     c = r.get("completeness")
     if c:
-        share = c["outside_ablated"] / c["target_before"] if c["target_before"] else None
-        lines.append(f"completeness: {f(share)} of the target logit survives ablating the {c['n_outside']} "
+        lines.append(f"completeness: {f(c['surviving'])} of the target logit survives ablating the {c['n_outside']} "
                      f"features outside the graph (all features ablated: {f(c['all_ablated'])} of "
                      f"{f(c['target_before'])})")  # fmt: skip
     png = f", {r['plot']['png']}" if r["plot"]["png"] else f"; no PNG ({r['plot']['png_error']})"

@@ -83,10 +83,13 @@ def default_graph(tmp_path_factory):
 def test_validate_cli_default_model(default_graph, capsys):
     capsys.readouterr()
     report = default_graph.with_name("r.json")
-    assert main(["validate", str(default_graph), "--top", "6", "-o", str(report), "--no-png", "--json", "--threads", "1"]) == 0
+    argv = ["validate", str(default_graph), "--top", "6", "-o", str(report), "--no-png", "--json", "--threads", "1"]
+    assert main(argv) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["target"] == " Paris" and len(r["candidates"]) == 6
     assert -1 <= r["spearman_signed"] <= 1 and r["completeness"]["target_before"] > 0
+    c = r["completeness"]
+    assert c["surviving"] == pytest.approx(c["outside_ablated"] / c["target_before"])
     assert json.loads(report.read_text())["spearman_signed"] == r["spearman_signed"]
     assert report.with_suffix(".html").read_text().count("<html") == 1
 
