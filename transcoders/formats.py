@@ -229,15 +229,6 @@ def _load_ct(path: Path, lazy: bool) -> tuple[TranscoderConfig, dict[str, torch.
     return cfg, enc, decs
 
 
-def _stack(per_layer: list[dict[str, torch.Tensor]], key: str) -> torch.Tensor | None:
-    vals = [d.get(key) for d in per_layer]
-    if all(v is None for v in vals):
-        return None
-    if any(v is None for v in vals):
-        raise TranscoderLoadError(f"tensor {key} is present for some layers only")
-    return torch.stack(vals)  # type: ignore[arg-type]
-
-
 def _optional(r: dict[str, torch.Tensor], name: str, ours: str, shape: tuple[int, ...], f: Path) -> dict:
     return {ours: _get(r, name, shape, f)} if name in r else {}
 
@@ -282,16 +273,24 @@ def _read_ct_plt(path: Path, lazy: bool, files: list[Path] | None = None):
 def _read_ct_clt(path: Path, lazy: bool):
     L = _ct_files(path, "W_enc_{}.safetensors")
     files = [path / f"W_enc_{i}.safetensors" for i in range(L)]
-    raw = [_read(f) for f in files]
-    if "W_enc_0" not in raw[0]:
-        raise TranscoderLoadError(f"{files[0]} lacks the tensor W_enc_0")
-    F, D = raw[0]["W_enc_0"].shape
-    per = [{"W_enc": _get(r, f"W_enc_{i}", (F, D), f), "b_enc": _get(r, f"b_enc_{i}", (F,), f),
-            "b_dec": _get(r, f"b_dec_{i}", (D,), f),
-            **({"theta": _get(r, f"threshold_{i}", (F,), f)} if f"threshold_{i}" in r else {}),
-            **({"W_skip": _get(r, f"W_skip_{i}", (D, D), f)} if f"W_skip_{i}" in r else {})}
-           for i, (r, f) in enumerate(zip(raw, files, strict=True))]  # fmt: skip
-    enc = {k: t for k in ("W_enc", "b_enc", "theta", "b_dec", "W_skip") if (t := _stack(per, k)) is not None}
+    enc: dict[str, torch.Tensor] = {}
+    for i, f in enumerate(files):  # one file at a time into stacked tensors: the encoders are in memory once
+        r = _read(f)
+        if i == 0:
+            if "W_enc_0" not in r:
+                raise TranscoderLoadError(f"{f} lacks the tensor W_enc_0")
+            F, D = r["W_enc_0"].shape
+        per = {"W_enc": _get(r, f"W_enc_{i}", (F, D), f), "b_enc": _get(r, f"b_enc_{i}", (F,), f),
+               "b_dec": _get(r, f"b_dec_{i}", (D,), f),
+               **({"theta": _get(r, f"threshold_{i}", (F,), f)} if f"threshold_{i}" in r else {}),
+               **({"W_skip": _get(r, f"W_skip_{i}", (D, D), f)} if f"W_skip_{i}" in r else {})}  # fmt: skip
+        if i and set(per) != set(enc):
+            raise TranscoderLoadError(f"tensor {sorted(set(per) ^ set(enc))[0]} is present for some layers only")
+        for k, v in per.items():
+            if i == 0:
+                enc[k] = torch.empty((L, *v.shape), dtype=v.dtype)
+            enc[k][i] = v
+        del r, per
     dfiles = [path / f"W_dec_{i}.safetensors" for i in range(L)]
     if lazy:
         decs: list = [_lazy(f, f"W_dec_{i}") for i, f in enumerate(dfiles)]
