@@ -2,8 +2,9 @@
 
 0. build (RowStore): rows arrive as dense blocks in any order; each row owns a slot as wide as the sources it
    can read (NodeLayout.max_sources, at most K with --edge-topk) in buffers the OS commits only where written, so
-   its non-zeros are written straight to their place; finishing closes the gaps between slots in place, chunk by
-   chunk. No COO int64 temporaries beyond one batch, no global sort; peak ~8 bytes per edge (float32) plus slack.
+   its non-zeros are written straight to their place; finishing closes the gaps between slots in place, one
+   memmove per run of rows that shift alike. No COO int64 temporaries beyond one batch, no global sort: 8 bytes
+   per stored edge (float32) plus the pages of the gaps.
    With a row budget (--max-feature-nodes) slots are handed out in arrival order instead, and finishing copies.
 1. store: `crow` [n+1] int64 row pointers, `col` [nnz] int32 source columns (ascending within a row), `values`
    [nnz] (float32; float16 when a sidecar stores them so): 8 bytes per edge in float32. The arrays may be
