@@ -5,11 +5,12 @@ Algorithm:
    streams (cached in `<out>/streams.safetensors`): natural text and one planted stream per training phase
    (`planted.PHASE_MIXES`: facts first, then ever more IOI and induction; phases start at `phase_steps`).
 2. Batches: row r of step s is drawn with a generator seeded by (seed, s), so a resumed run sees the same
-   data: with probability `random_induction_frac` a random-token induction row (`induction_row`: spans of
-   random tokens from the whole vocabulary, repeated at random distances, on random tokens or natural text);
-   else from the current phase's planted stream with probability `planted_fracs[phase]`, else natural text; half
-   the stream rows start at a document boundary (`<|endoftext|>` first, as the runtime prepends BOS), half
-   anywhere.
+   data: with probability `random_induction_fracs[phase]` a random-token induction row (`induction_row`: spans
+   of random tokens from the whole vocabulary, repeated at random distances, on random tokens or natural text;
+   from phase `dense_phase` on `dense_induction_row`: one span repeated over the whole row, so most tokens are
+   predictable by copying, which is what makes induction heads form); else from the current phase's planted
+   stream (the last one for later phases) with probability `planted_fracs[phase]`, else natural text; half the
+   stream rows start at a document boundary (`<|endoftext|>` first, as the runtime prepends BOS), half anywhere.
 3. Step: AdamW; learning rate warm-up, constant, then linear decay to 10 % (WSD); gradient clipping at 1.
 4. Checkpoint every `ckpt_every` steps, atomically: weights + AdamW moments (safetensors) and step + loss log
    (JSON) in `<out>/`; `train` resumes from it when present. The loss curve is redrawn as a PNG.
@@ -44,14 +45,15 @@ class TrainConfig:
     d_mlp: int = 384  # SwiGLU hidden width
     n_ctx: int = 256  # context window (tokens)
     batch: int = 16  # sequences per step
-    steps: int = 2200  # optimizer steps (tokens = steps * batch * n_ctx)
+    steps: int = 2600  # optimizer steps (tokens = steps * batch * n_ctx)
     lr: float = 2.5e-3  # peak learning rate
     warmup: int = 100  # linear warm-up steps
     decay_frac: float = 0.25  # final share of steps with linearly decaying learning rate
     weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only)
-    phase_steps: tuple[int, ...] = (1100,)  # steps at which the next planted stream (phase) takes over
-    planted_fracs: tuple[float, ...] = (0.55, 0.55)  # share of the non-random rows drawn from planted text, per phase
-    random_induction_frac: float = 0.15  # share of rows that are random-token induction rows
+    phase_steps: tuple[int, ...] = (1100, 1400)  # steps at which the next phase (planted stream, row mix) begins
+    planted_fracs: tuple[float, ...] = (0.55, 0.55, 0.55)  # share of the non-random rows from planted text, per phase
+    random_induction_fracs: tuple[float, ...] = (0.15, 0.15, 0.4)  # share of random-token induction rows, per phase
+    dense_phase: int = 2  # first phase whose random-token rows are dense repeats (dense_induction_row)
     ckpt_every: int = 100  # steps between checkpoints (and validation-loss evaluations)
     seed: int = 0  # seeds initialisation and batch sampling
     threads: int = 1  # torch.set_num_threads
@@ -100,6 +102,18 @@ def induction_row(rng: np.random.Generator, n: int, vocab_size: int, eot: int, n
     return row
 
 
+def dense_induction_row(rng: np.random.Generator, n: int, vocab_size: int, eot: int) -> np.ndarray:
+    """[n] int: `<eot>` + one span of 4-48 random tokens repeated to the end, with 0-16 random tokens between
+    copies (so the model must find the earlier occurrence, not count)."""
+    span = rng.integers(1, vocab_size, int(rng.integers(4, 49)))
+    parts, total = [np.array([eot])], 1
+    while total < n:
+        gap = rng.integers(1, vocab_size, int(rng.integers(0, 17)) if rng.random() < 0.5 else 0)
+        parts += [gap, span]
+        total += len(gap) + len(span)
+    return np.concatenate(parts)[:n].astype(np.int64)
+
+
 class Sampler:
     def __init__(self, streams: list[torch.Tensor], eot: int, tc: TrainConfig, vocab_size: int) -> None:
         """streams: [natural, planted phase 0, planted phase 1, ...]."""
@@ -113,11 +127,15 @@ class Sampler:
         rng = np.random.default_rng([tc.seed, step])
         rows = []
         for _ in range(tc.batch):
-            if rng.random() < tc.random_induction_frac:
-                rows.append(induction_row(rng, tc.n_ctx + 1, self.vocab_size, self.eot, self.streams[0]))
-                continue
             phase = sum(step >= s for s in tc.phase_steps)
-            which = (1 + phase) if rng.random() < tc.planted_fracs[phase] else 0
+            if rng.random() < tc.random_induction_fracs[phase]:
+                if phase >= tc.dense_phase:
+                    rows.append(dense_induction_row(rng, tc.n_ctx + 1, self.vocab_size, self.eot))
+                else:
+                    rows.append(induction_row(rng, tc.n_ctx + 1, self.vocab_size, self.eot, self.streams[0]))
+                continue
+            planted = min(1 + phase, len(self.streams) - 1)
+            which = planted if rng.random() < tc.planted_fracs[phase] else 0
             s, starts = self.streams[which], self.starts[which]
             if rng.random() < 0.5:
                 i = int(starts[rng.integers(len(starts))])
