@@ -104,6 +104,13 @@ def features_for(graphs: GraphStore, explicit: str | Path | None = None) -> Feat
     return bundled_store()
 
 
+def fits(store: FeatureStore | None, metadata: Metadata) -> FeatureStore | None:
+    """The store when it was built for the graph's transcoders (or cannot tell), else None: in folder mode one store
+    serves graphs that may come from different transcoders."""
+    h = getattr(store, "transcoders_hash", None)
+    return store if store is not None and (h is None or h == metadata.transcoders.content_hash) else None
+
+
 def logit_effects(view: GraphView, node_id: str, limit: int = 8) -> list[tuple[str, float]]:
     """The node's direct edges into output logits in this graph: (token, weight), largest |weight| first."""
     i = view.row.get(node_id)

@@ -26,7 +26,7 @@ from tracer.errors import ConfigError, TracerError
 from tracer.layout import NodeKind
 from viewer import layout, state
 from viewer.data import GraphStore, Loaded
-from viewer.features import FeatureStore
+from viewer.features import FeatureStore, fits
 from viewer.figures import Overlay, hover_edges, main_figure, overlay, overlay_figure, placement
 from viewer.ids import Id
 from viewer.labels import store_labels
@@ -46,6 +46,10 @@ class Env:
     store: GraphStore
     features: FeatureStore | None = None
     read_only: bool = False  # bound to a non-loopback address without --allow-write: Save is refused
+
+    def features_for(self, loaded: Loaded) -> FeatureStore | None:
+        """The feature store when it was built for this graph's transcoders (a folder may mix transcoders)."""
+        return fits(self.features, loaded.view.graph.metadata)
 
     def open(self, search_: str | None) -> tuple[UrlState, Loaded]:
         """The effective state of a URL and its graph (re-pruned at the state's threshold). TracerError if the
@@ -146,8 +150,9 @@ def panels(env: Env, st: UrlState, loaded: Loaded) -> tuple:
     v = loaded.view
     node = v.node(st.clicked) if st.clicked else None
     desc = None
-    if node is not None and node.kind is NodeKind.FEATURE and env.features is not None:
-        desc = env.features.describe(node.layer, node.feature or 0)
+    fs = env.features_for(loaded)
+    if node is not None and node.kind is NodeKind.FEATURE and fs is not None:
+        desc = fs.describe(node.layer, node.feature or 0)
     conns = layout.connections_panel(connections(v, node.id), v, st.labels) if node else []
     pin_text = "Unpin" if st.clicked and st.clicked in st.pinned else "Pin"
     return layout.detail_panel(node, v, st.labels, desc), conns, pin_text
@@ -183,7 +188,7 @@ def subgraph(env: Env, st: UrlState, loaded: Loaded, checked: list[str] | None) 
 
 
 def _overlay(env: Env, loaded: Loaded, st: UrlState, query: str | None) -> Overlay:
-    hits = search(loaded.view, query or "", st.labels, store=env.features)
+    hits = search(loaded.view, query or "", st.labels, store=env.features_for(loaded))
     return overlay(loaded.view, loaded.coords, st.clicked, list(st.pinned), hits, st.link_type, st.all_pinned_edges)
 
 
@@ -233,7 +238,7 @@ def handle_view(env: Env, search_: str | None, rendered: dict | None, query: str
     v, co = loaded.view, loaded.coords
     if fresh["figure"]:
         def main() -> dict:
-            placed = placement(v, co, st.labels, store_labels(v, env.features))
+            placed = placement(v, co, st.labels, store_labels(v, env.features_for(loaded)))
             return main_figure(v, co, st.labels, loaded.graph_id, placed)
 
         out += [env.store.figure(loaded, st.labels, main), overlay_figure(v, co, _overlay(env, loaded, st, query))]
@@ -249,7 +254,7 @@ def handle_search(env: Env, query: str | None, search_: str | None) -> tuple:
         st, loaded = env.open(search_)
     except TracerError:
         raise PreventUpdate from None
-    hits = search(loaded.view, query or "", st.labels, store=env.features)
+    hits = search(loaded.view, query or "", st.labels, store=env.features_for(loaded))
     results = layout.search_results(hits, loaded.view, st.labels, query or "")
     return results, overlay_patch(_overlay(env, loaded, st, query))
 
@@ -291,7 +296,7 @@ def handle_figure(env: Env, which: str, kind: str | None, size: str | None, sear
     st, loaded = env.open(search_)
     fmt = "svg" if which == Id.FIGURE_SVG.value else "png"
     fig_kind = FigureKind.SUBGRAPH if kind == FigureKind.SUBGRAPH.value else FigureKind.GRAPH
-    auto = store_labels(loaded.view, env.features)
+    auto = store_labels(loaded.view, env.features_for(loaded))
     data = render(loaded.view, st, fig_kind, fmt, float(m[1]), float(m[2]), auto=auto)
     name = f"{Path(loaded.graph_id).stem}.{fig_kind.value}.{fmt}"
     if fmt == "svg":

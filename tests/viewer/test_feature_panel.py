@@ -16,7 +16,7 @@ from tracer.layout import NodeKind
 from tracer.schema import GraphFile
 from viewer import layout
 from viewer.feature_panel import feature_dashboard
-from viewer.features import find_store
+from viewer.features import find_store, fits
 from viewer.model import GraphView
 
 HASH = "t0"
@@ -77,3 +77,12 @@ def test_find_store_checks_the_graph_transcoders(store_path, graph: GraphFile):
     with pytest.raises(TracerError, match="other transcoders"):
         find_store(meta, store_path)
     assert find_store(meta) is None  # found automatically but for other transcoders: skipped
+
+
+def test_a_served_store_only_answers_for_graphs_of_its_transcoders(store_path, graph: GraphFile):
+    fs = ViewerStore.open(store_path, HASH)
+    meta = graph.metadata.model_copy(deep=True)
+    meta.transcoders.content_hash = HASH
+    assert fits(fs, meta) is fs
+    meta.transcoders.content_hash = "other"
+    assert fits(fs, meta) is None and fits(None, meta) is None

@@ -43,6 +43,10 @@ class ViewerStore:
             if self.db._docs is None:
                 self.db._docs = docs
 
+    @property
+    def transcoders_hash(self) -> str:
+        return self.db.transcoders_hash
+
     @classmethod
     def open(cls, path: str | Path, transcoders_hash: str | None = None) -> ViewerStore:
         return cls(open_store(path, transcoders_hash))
