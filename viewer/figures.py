@@ -150,22 +150,26 @@ def marker_sizes(view: GraphView) -> np.ndarray:
 
 
 def hover_text(view: GraphView, i: int, labels: dict[str, str]) -> str:
+    """Name (when it says more than the id), then id and numbers: short, since it is sent for every node (half the
+    figure's JSON); the detail panel has the rest."""
     n = view.graph.nodes[i]
-    lines = [plotly_text(display_name(n, labels)), f"{n.kind.value} · layer {n.layer} · pos {n.pos} · {n.id}"]
+    name = display_name(n, labels)
+    facts = [n.id]
     if n.activation is not None:
-        lines.append(f"{'norm' if n.kind is NodeKind.ERROR else 'activation'}: {n.activation:.4g}")
+        facts.append(f"{'norm' if n.kind is NodeKind.ERROR else 'act'} {n.activation:.3g}")
     if n.probability is not None:
-        lines.append(f"probability: {n.probability:.4f}")
-    lines.append(f"influence: {n.influence:.4g}")
-    return "<br>".join(lines)
+        facts.append(f"p {n.probability:.3f}")
+    facts.append(f"infl {n.influence:.3g}")
+    head = [] if name == f"F{n.layer}.{n.feature}" else [plotly_text(name)]
+    return "<br>".join([*head, " · ".join(facts)])
 
 
 def _node_trace(view: GraphView, co: Coordinates, kind: NodeKind, sizes: np.ndarray, labels: dict) -> dict:
     rows = np.flatnonzero(view.kind == kind.code)
     return dict(
-        type="scattergl", mode="markers", name=kind.value, x=co.x[rows], y=co.y[rows],
+        type="scattergl", mode="markers", name=kind.value, x=co.x[rows].round(4), y=co.y[rows].round(4),
         customdata=[view.graph.nodes[i].id for i in rows], hovertext=[hover_text(view, int(i), labels) for i in rows],
-        hoverinfo="text", marker=dict(symbol=GLYPH[kind], size=sizes[rows], color=COLOR[kind],
+        hoverinfo="text", marker=dict(symbol=GLYPH[kind], size=sizes[rows].round(1), color=COLOR[kind],
                                       line=dict(width=0.5, color="#ffffff")),
     )  # fmt: skip
 
