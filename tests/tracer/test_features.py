@@ -11,6 +11,7 @@ from tests.tracer import features_subject as subj
 from tracer.features import FeatureStoreError, open_store
 from tracer.features.build import BuildConfig, Interrupted, build_store
 from tracer.features.corpus import corpus_stream
+from tracer.features.labels import EMPTY, label_feature
 from transcoders.data import sequences
 
 IDENTITY = {"model": {"name": "tiny", "content_hash": "m0"}, "transcoders": {"name": "clt", "content_hash": "t0"},
@@ -94,3 +95,15 @@ def test_build_is_seeded(parts, store):
     b = open_store(res.path).describe(1, 0)
     assert [c for c in a.contexts if c.band == "top"] == [c for c in b.contexts if c.band == "top"]
     assert a.n_fires == b.n_fires and torch.isclose(torch.tensor(a.mean), torch.tensor(b.mean))
+
+
+def test_label_rules_by_hand():
+    peaks, nexts = [" is"] * 3 + [" capital"] * 2, [" Paris"] * 4 + [" the"]
+    lab = label_feature(peaks, " Rome", 3.0, 0.2, " must", 2.0, nexts, [" Rome", " Paris"])
+    assert (lab.text, lab.rule, lab.confidence) == ("is → Paris", "peak+next", 0.8)
+    assert label_feature(peaks, " Rome", 3.0, 0.2, " must", 2.0, nexts, [" Rome"]).text == "is"  # not a lens token
+    assert label_feature(peaks[:2], " Rome", 3.0, 0.2, " x", 2.0).text == ""  # too few contexts
+    assert label_feature([" a", " b", " c"], " Rome", 9.0, 1.5, " x", 2.0).text == "→ Rome"  # the lens alone
+    assert label_feature([" a", " b", " c"], " Rome", 9.0, 0.5, " x", 2.0) == EMPTY  # not alone at the top
+    long = label_feature([" " + "x" * 60] * 3, " " + "y" * 60, 9.0, 2.0, " z", 2.0).text
+    assert len(long) <= 40 and long.startswith("x") and "→ y" in long

@@ -55,8 +55,9 @@ def summaries(state: State, n_tokens: int) -> dict[str, torch.Tensor]:
 
 
 def examples(t: dict[str, np.ndarray], cfg: BuildConfig, n: int,
-             qv: np.ndarray) -> tuple[bytes | None, list[int]]:  # fmt: skip
-    """Step 2 for feature n (state arrays as numpy): (blob, peak token ids of the top contexts)."""
+             qv: np.ndarray) -> tuple[bytes | None, list[int], list[int]]:  # fmt: skip
+    """Step 2 for feature n (state arrays as numpy): (blob, peak token ids of the top contexts, the ids of the
+    tokens that follow those peaks (-1: past the sequence end))."""
     keep = np.flatnonzero(t["top_val"][n] > 0)
     shown = set(zip(t["top_seq"][n, keep].tolist(), t["top_pos"][n, keep].tolist(), strict=True))
     q25, q50, q90 = qv[1], qv[2], qv[4]
@@ -78,7 +79,8 @@ def examples(t: dict[str, np.ndarray], cfg: BuildConfig, n: int,
     acts = np.concatenate([t["top_act"][n, keep], t["res_act"][n, picked_a]])
     band = np.concatenate([np.zeros(len(keep), np.uint8), np.array(bands, np.uint8)[order]])
     peak = np.full(len(toks), cfg.before, dtype=np.int16)
-    return pack_examples(toks, acts, peak, band), t["top_tok"][n, keep, cfg.before].tolist()
+    after = t["top_tok"][n, keep, cfg.before + 1].tolist() if cfg.after else []
+    return pack_examples(toks, acts, peak, band), t["top_tok"][n, keep, cfg.before].tolist(), after
 
 
 def _json(x: Any) -> str:
@@ -107,11 +109,12 @@ def finish_rows(con: sqlite3.Connection, model: Transformer, tc: Transcoder, tok
     for n in range(state.n):
         layer, feat = divmod(n, F)
         fires = L["fires"][n]
-        blob, peaks = examples(arrays, state.cfg, n, np.asarray(qv_all[n])) if fires else (None, [])
+        blob, peaks, nexts = examples(arrays, state.cfg, n, np.asarray(qv_all[n])) if fires else (None, [], [])
         peak_str = [vocab[i] if 0 <= i < V else "" for i in peaks]
         (tl, _), _, (ti, _) = lists
-        lab = label_feature(peak_str, vocab[tl[n][0]], L["lz"][n], L["lg"][n], vocab[ti[n][0]],
-                            L["iz"][n]) if fires else EMPTY  # fmt: skip
+        lab = label_feature(peak_str, vocab[tl[n][0]], L["lz"][n], L["lg"][n], vocab[ti[n][0]], L["iz"][n],
+                            [vocab[i] if 0 <= i < V else "" for i in nexts],
+                            [vocab[i] for i in tl[n]]) if fires else EMPTY  # fmt: skip
         rows.append((
             layer, feat, fires, L["freq"][n], L["mean"][n], edges_max[n],
             _json([[q, round(v, 4)] for q, v in zip(QUANTILES, qv_all[n], strict=True)]),
