@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import torch
 
+from tracer.attribute import phase
 from tracer.errors import TracerError
 from tracer.models import HookPoint, Site, Transformer
 from tracer.models.hooks import HookFn
@@ -146,6 +147,7 @@ class InterventionResult:
     pre_before: torch.Tensor  # [P, L, F] encoder pre-activations W_enc·x (bias excluded: the graph's targets)
     pre_after: torch.Tensor  # [P, L, F]
     interventions: list[Intervention] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # phase (record, run, result) -> seconds
 
     def demeaned(self, logits: torch.Tensor, token: int, pos: int = -1) -> float:
         """logit of `token` minus the mean logit at `pos` (what the graph's logit nodes measure)."""
@@ -251,22 +253,26 @@ def intervene(
     """tokens [P] (BOS first) -> InterventionResult (module docstring, steps 1-4). `rec`: a record of these
     tokens to reuse (e.g. for many interventions on one prompt)."""
     mode = Mode(mode)
-    rec = rec if rec is not None else record(model, tc, tokens)  # 1. record
-    check_interventions(interventions, tc, rec.n_pos)  # 2. check
+    t: dict[str, float] = {}
+    check_interventions(interventions, tc, rec.n_pos if rec is not None else int(tokens.numel()))  # 2. first: cheap
+    with phase("record", t):  # 1.
+        rec = rec if rec is not None else record(model, tc, tokens)
     L = model.cfg.n_layers
-    pre_before = torch.stack([_pre(tc, i, rec.tc_input[:, i]) for i in range(L)], 1)
-    if mode == Mode.CONSTRAINED:  # 3. run
-        acts = torch.stack([edit_all(interventions, i, rec.acts[:, i]) for i in range(L)], 1)
-        with frozen_forward(model, tc, rec, acts, rec.errors) as inputs:
-            logits = model(rec.tokens[None])[0]
-        x = inputs
-    else:
-        with spliced_forward(model, tc, rec, interventions, mode) as run:
-            logits = model(rec.tokens[None])[0]
-        acts, x = torch.stack([run.acts[i] for i in range(L)], 1), run.inputs
-    pre_after = torch.stack([_pre(tc, i, x[i]) for i in range(L)], 1)
+    with phase("run", t):  # 3.
+        if mode == Mode.CONSTRAINED:
+            acts = torch.stack([edit_all(interventions, i, rec.acts[:, i]) for i in range(L)], 1)
+            with frozen_forward(model, tc, rec, acts, rec.errors) as inputs:
+                logits = model(rec.tokens[None])[0]
+            x = inputs
+        else:
+            with spliced_forward(model, tc, rec, interventions, mode) as run:
+                logits = model(rec.tokens[None])[0]
+            acts, x = torch.stack([run.acts[i] for i in range(L)], 1), run.inputs
+    with phase("result", t):  # 4.
+        pre_before = torch.stack([_pre(tc, i, rec.tc_input[:, i]) for i in range(L)], 1)
+        pre_after = torch.stack([_pre(tc, i, x[i]) for i in range(L)], 1)
     return InterventionResult(mode, rec.tokens, rec.logits, logits, rec.acts, acts, pre_before, pre_after,
-                              list(interventions))  # fmt: skip
+                              list(interventions), t)  # fmt: skip
 
 
 @torch.no_grad()
