@@ -76,10 +76,10 @@ class Completeness:
     outside_ablated: float  # ... with every feature outside the pruned graph ablated (errors held)
     all_ablated: float  # ... with every feature ablated (errors held)
     n_outside: int  # features ablated outside the graph
+    surviving: float = math.nan  # outside_ablated / target_before: the share of the target logit the graph keeps
 
-    @property
-    def surviving(self) -> float:
-        return self.outside_ablated / self.target_before if self.target_before else math.nan
+    def __post_init__(self) -> None:
+        self.surviving = self.outside_ablated / self.target_before if self.target_before else math.nan
 
 
 @dataclass
