@@ -108,31 +108,32 @@ TRAIN = tr.TrainConfig(n_features=8, tokens=128, batch_tokens=32, seq_len=9, buf
                        warmup_steps=0, lr=1e-3)  # fmt: skip
 
 
-def _train_worker(rank: int, tmp: str, sharded: bool) -> None:
-    world = _init(rank, tmp)
-    model, stream = _tiny()
-    out = f"{tmp}/{'sh' if sharded else 'dp'}"
+def _train_worker(rank: int, tmp: str) -> None:
     from pathlib import Path
 
-    assert dt.train_distributed(model, stream, TRAIN, Path(out), world, shard_features=sharded, stop_after=2,
-                             progress=False) is None  # fmt: skip
+    world = _init(rank, tmp)
+    model, stream = _tiny()
+    for sharded in (False, True):
+        out = Path(tmp) / ("sh" if sharded else "dp")
+        assert dt.train_distributed(model, stream, TRAIN, out, world, shard_features=sharded, stop_after=2,
+                                    progress=False) is None  # fmt: skip
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("sharded", [False, True], ids=["data-parallel", "feature-sharded"])
-def test_checkpoint_of_two_ranks_resumes_on_one(tmp_path, sharded):
-    _spawn(_train_worker, str(tmp_path), sharded)
-    out = tmp_path / ("sh" if sharded else "dp")
-    ckpt = tr.load_checkpoint(out / tr.CHECKPOINT, TRAIN)
-    assert ckpt.step == 2 and ckpt.tc.cfg.n_features == 8 and ckpt.since_fired.shape == (3, 8)
+def test_checkpoint_of_two_ranks_resumes_on_one(tmp_path):
+    _spawn(_train_worker, str(tmp_path))  # data parallel into dp/, then feature sharded into sh/, 2 steps each
     model, stream = _tiny()
-    if sharded:  # same data on every rank: the 2-rank checkpoint is the single-process run's (dense vs sparse path)
-        tr.train(model, stream, TRAIN, tmp_path / "one", stop_after=2, progress=False)
-        one = tr.load_checkpoint(tmp_path / "one" / tr.CHECKPOINT, TRAIN)
-        for (k, a), b in zip(one.tc.state_dict().items(), ckpt.tc.state_dict().values(), strict=True):
-            assert (a - b).abs().max() <= 1e-5, k
-    res = tr.train(model, stream, TRAIN, out, progress=False)  # resumes at step 2 in one process
-    assert res is not None and res.steps == 4 and (out / "training.json").exists()
+    tr.train(model, stream, TRAIN, tmp_path / "one", stop_after=2, progress=False)
+    one = tr.load_checkpoint(tmp_path / "one" / tr.CHECKPOINT, TRAIN)
+    for sharded in (False, True):
+        out = tmp_path / ("sh" if sharded else "dp")
+        ckpt = tr.load_checkpoint(out / tr.CHECKPOINT, TRAIN)
+        assert ckpt.step == 2 and ckpt.tc.cfg.n_features == 8 and ckpt.since_fired.shape == (3, 8)
+        if sharded:  # same data on every rank: the 2-rank checkpoint is the one-process run's (dense vs sparse path)
+            for (k, a), b in zip(one.tc.state_dict().items(), ckpt.tc.state_dict().values(), strict=True):
+                assert (a - b).abs().max() <= 1e-5, k
+        res = tr.train(model, stream, TRAIN, out, progress=False)  # resumes at step 2 in one process
+        assert res is not None and res.steps == 4 and (out / "training.json").exists()
 
 
 def test_shard_features_needs_torchrun(tmp_path, capsys, monkeypatch):
