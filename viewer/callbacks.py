@@ -107,13 +107,14 @@ def register_views(app: Dash, env: Env) -> None:
     app.callback(_out(Id.OVERLAY_GRAPH, "figure", dup=True), _in(Id.HOVER_EVENT, "data"), s_url,
                  prevent_initial_call=True)(lambda node, search_: handle_hover(env, node, search_))  # fmt: skip
 
-    def on_note(search_, _n):
+    def on_note(_path, _n, search_):
         if ctx.triggered_id == Id.URL_NOTE_CLOSE.value:
             return no_update, {"display": "none"}
         return handle_url_note(env, search_)
 
-    app.callback(_out(Id.URL_NOTE_TEXT), _out(Id.URL_NOTE, "style"), Input(Id.URL.value, "search"),
-                 _in(Id.URL_NOTE_CLOSE))(on_note)  # fmt: skip
+    # once per page load (a pasted or shared link), not at every click: the app writes only well-formed URLs
+    app.callback(_out(Id.URL_NOTE_TEXT), _out(Id.URL_NOTE, "style"), Input(Id.URL.value, "pathname"),
+                 _in(Id.URL_NOTE_CLOSE), s_url)(on_note)  # fmt: skip
     app.clientside_callback(
         SYNC_AXES, _out(Id.AXES_SYNC, "data"), _in(Id.MAIN_GRAPH, "figure"), _in(Id.OVERLAY_GRAPH, "figure")
     )
