@@ -272,12 +272,21 @@ def train_distributed(model: Transformer, stream: torch.Tensor, cfg: TrainConfig
         st.step += 1
         bar.update()
         if st.step % 10 == 0 or st.step == n_steps:
-            stats = {"nmse": res.nmse, "l0": res.l0, "dead": float((st.since_fired >= cfg.dead_window).float().mean())}
+            stats = _stats(res, st, cfg, world if shard_features else None)
             bar.set_postfix(nmse=f"{stats['nmse']:.3f}", l0=f"{stats['l0']:.1f}", dead=f"{stats['dead']:.1%}")
         if st.step % cfg.checkpoint_every == 0 or st.step == n_steps:
             _checkpoint(st, cfg, ckpt, world, shard_features)
     bar.close()
     return _finish(st, cfg, out, world, shard_features, first, time.perf_counter() - t0, stats)
+
+
+def _stats(res: StepOut, st: State, cfg: TrainConfig, shards: World | None) -> dict[str, float]:
+    """nmse, l0 and dead fraction of the whole transcoder (summed over the feature shards when sharded)."""
+    l0_dead = torch.tensor([res.l0, float((st.since_fired >= cfg.dead_window).float().sum())], dtype=torch.float64)
+    if shards is not None and shards.distributed:
+        dist.all_reduce(l0_dead)
+    n = st.since_fired.numel() * (shards.size if shards is not None else 1)
+    return {"nmse": res.nmse, "l0": float(l0_dead[0]), "dead": float(l0_dead[1]) / n}
 
 
 def _checkpoint(st: State, cfg: TrainConfig, path: Path, world: World, sharded: bool) -> None:

@@ -4,6 +4,8 @@ checkpoint written by 2 ranks resumes in one process."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -117,6 +119,8 @@ def _train_worker(rank: int, tmp: str) -> None:
         out = Path(tmp) / ("sh" if sharded else "dp")
         assert dt.train_distributed(model, stream, TRAIN, out, world, shard_features=sharded, stop_after=2,
                                     progress=False) is None  # fmt: skip
+    full = dt.train_distributed(model, stream, TRAIN, Path(tmp) / "shfull", world, shard_features=True, progress=False)
+    assert full is not None and full.steps == 4
     dist.destroy_process_group()
 
 
@@ -134,6 +138,12 @@ def test_checkpoint_of_two_ranks_resumes_on_one(tmp_path):
                 assert (a - b).abs().max() <= 1e-5, k
         res = tr.train(model, stream, TRAIN, out, progress=False)  # resumes at step 2 in one process
         assert res is not None and res.steps == 4 and (out / "training.json").exists()
+    # a whole sharded run reports the whole transcoder's L0 and dead share, as one process does
+    info = json.loads((tmp_path / "shfull" / "training.json").read_text())
+    whole = tr.train(model, stream, TRAIN, tmp_path / "onefull", progress=False)
+    assert whole is not None and info["world_size"] == 2 and info["shard_features"]
+    assert info["final"]["l0"] == pytest.approx(whole.final["l0"], abs=0.1)
+    assert info["final"]["dead"] == pytest.approx(whole.final["dead"])
 
 
 def test_shard_features_needs_torchrun(tmp_path, capsys, monkeypatch):
