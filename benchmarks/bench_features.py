@@ -24,7 +24,7 @@ import torch
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description="Feature-store build speed: forward alone vs forward + bookkeeping.")
     ap.add_argument("--batches", type=int, default=40, help="timed batches of 16 x 128 tokens")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--out", type=Path, help="write the results as JSON")
