@@ -185,3 +185,24 @@ def test_ln2_normalized_is_before_the_weight(style):
     assert (w - 1).abs().min() > 1e-3  # weights away from 1, so the two hooks differ
     after = hand * w + (ln2.bias if ln2.bias is not None else 0)
     torch.testing.assert_close(c[sites[2]], after, atol=1e-12, rtol=0)
+
+
+def test_gemma3_multimodal_checkpoint_loads_its_language_model(tmp_path):
+    """A Gemma-3 multimodal config (text_config nested, decoder under model.language_model.) gives the same model
+    as the text-only checkpoint it was made from."""
+    from safetensors.torch import load_file, save_file
+
+    _hf_model("gemma3", tmp_path / "text")
+    text = load_model(tmp_path / "text").model
+    cfg = json.loads((tmp_path / "text" / "config.json").read_text())
+    (tmp_path / "mm").mkdir()
+    (tmp_path / "mm" / "config.json").write_text(json.dumps({"model_type": "gemma3", "text_config": cfg,
+                                                             "vision_config": {"hidden_size": 8}}))  # fmt: skip
+    sd = load_file(str(tmp_path / "text" / "model.safetensors"))
+    sd = {k.replace("model.", "model.language_model.", 1): v for k, v in sd.items()}
+    sd["model.vision_tower.vision_model.embeddings.patch_embedding.weight"] = torch.zeros(8, 3, 2, 2)
+    save_file(sd, str(tmp_path / "mm" / "model.safetensors"))
+    mm = load_model(tmp_path / "mm").model
+    tokens = torch.tensor([PROMPTS[2]])
+    assert mm.cfg.family == "gemma3" and mm.cfg.local_layers == text.cfg.local_layers
+    torch.testing.assert_close(mm(tokens), text(tokens), atol=0, rtol=0)
