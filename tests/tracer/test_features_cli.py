@@ -80,7 +80,7 @@ def test_trace_carries_store_labels(built, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["unknown-id", "bad-id", "no-id", "other-transcoders", "corrupt", "missing-store",
-                                  "missing-corpus", "empty-corpus"])  # fmt: skip
+                                  "missing-corpus", "empty-corpus", "unwritable"])  # fmt: skip
 def test_bad_input_is_one_line_exit_2(built, tmp_path, capsys, case):
     root, model, clt = built
     if case == "other-transcoders":
@@ -97,7 +97,8 @@ def test_bad_input_is_one_line_exit_2(built, tmp_path, capsys, case):
             "corrupt": ["features", "show", "0/3", "--store", str(tmp_path / "corrupt.sqlite")],
             "missing-store": ["features", "search", "x", "--store", str(tmp_path / "nope.sqlite")],
             "missing-corpus": [*build, "--corpus", str(tmp_path / "nope.txt")],
-            "empty-corpus": [*build, "--corpus", str(tmp_path / "empty.txt")]}[case]  # fmt: skip
+            "empty-corpus": [*build, "--corpus", str(tmp_path / "empty.txt")],
+            "unwritable": [*build[:-2], "-s", "/proc/no/such.sqlite"]}[case]  # fmt: skip
     rc, out, err = run(capsys, *args)
     assert rc == 2 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from tracer.precision import add_precision_args
@@ -117,6 +118,12 @@ def run_build(args: argparse.Namespace) -> int:
     out = Path(args.store or store_path(tc_dir))
     if out.exists() and not out.is_file():
         raise ConfigError(f"output {out} is not a file")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the folder of {out}: {e.strerror}") from None
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ConfigError(f"cannot write {out} (permission denied); choose another place with -s STORE")
     if args.threads:
         torch.set_num_threads(args.threads)
     prec = resolve_precision(args)
