@@ -164,7 +164,8 @@ HELDOUT_FILLERS = ["The sun had just set.", "A cat slept on the chair.", "Listen
 # adjective slot {j} (before the key noun) and adverb slot {v} (after "is"); held-out fillers are never trained
 TRAIN_ADJ = ["", "", "", "", "main ", "political ", "national ", "true ", "famous "]
 HELDOUT_ADJ = ["current ", "official "]
-TRAIN_ADV = ["", "", "", "", " still", " indeed", " really", " now", " surely", " truly"]
+# the adverb slot is filled in 1 training sentence in 6 (in 3 of 5, the v3 run's model put an adverb before the answer)
+TRAIN_ADV = [""] * 30 + [" still", " indeed", " really", " now", " surely", " truly"]
 HELDOUT_ADV = [" clearly", " certainly"]
 OPP_TRAIN_ADJ = ["", "", "", "", "true ", "direct ", "usual ", "plain "]
 OPP_HELDOUT_ADJ = ["exact ", "simple "]

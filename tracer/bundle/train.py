@@ -45,7 +45,7 @@ class TrainConfig:
     d_mlp: int = 384  # SwiGLU hidden width
     n_ctx: int = 256  # context window (tokens)
     batch: int = 16  # sequences per step
-    steps: int = 2600  # optimizer steps (tokens = steps * batch * n_ctx)
+    steps: int = 4000  # optimizer steps (tokens = steps * batch * n_ctx); induction forms near step 3,050
     lr: float = 2.5e-3  # peak learning rate
     warmup: int = 100  # linear warm-up steps
     decay_frac: float = 0.25  # final share of steps with linearly decaying learning rate
