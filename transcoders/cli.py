@@ -39,6 +39,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
             values = [h.value for h in INPUT_HOOKS] if name == "input_hook" else [e.value for e in ann]
             p.add_argument(opt, dest=name, choices=values, default=field.default.value,
                            help=f"{field.description} (default {field.default.value})")  # fmt: skip
+        elif name == "layers":  # a spec such as 0-3,7, parsed once the model's layer count is known
+            p.add_argument(opt, dest=name, default=None, metavar="SPEC", help=field.description)
         elif name == "buffer_tokens":  # None: the default, halved until it fits in memory (run_train)
             p.add_argument(opt, dest=name, type=int, default=None, help=f"{field.description} (default "
                            f"{field.default}, or less to fit in 40% of the available memory)")  # fmt: skip
@@ -74,6 +76,10 @@ def add_parser(subparsers) -> None:
     ev.add_argument("--seq-len", type=int, default=128, help="sequence length incl. BOS")
     ev.add_argument("--plot", type=Path, default=Path("transcoders_eval.png"), help="where to save the plot")
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    ev.add_argument("--layers", default=None, metavar="SPEC", help="evaluate only these layers, e.g. 0-3,7 "
+                    "(default: the layers the set has): statistics of those layers only, harvested alone, and the "
+                    "splice replaces (and the zero-ablation zeroes) only their MLPs; a CLT's features of every "
+                    "layer still write into them")  # fmt: skip
     ev.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ev.set_defaults(func=run_eval)
 
@@ -108,6 +114,9 @@ def run_train(args: argparse.Namespace) -> int:
     lm = load_model(args.model, dtype=prec.dtype)  # harvest in this dtype/device; training stays fp32 on the CPU
     lm.model.to(prec.device)
     fields = {k: getattr(args, k) for k in TrainConfig.model_fields}
+    fields["layers"] = _layers(args.layers, lm.cfg.n_layers)
+    if world is not None and fields["layers"] is not None:
+        raise ConfigError("--layers is not supported under torchrun yet: train the subset in one process")
     fields["buffer_tokens"] = _buffer_tokens(args, lm.model)
     try:
         cfg = TrainConfig(**fields)
@@ -132,6 +141,16 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"saved {args.out}: {res.steps} steps, {res.tokens_per_s:,.0f} tokens/s, "
           f"NMSE {res.final['nmse']:.3f}, L0 {res.final['l0']:.1f}, dead {res.final['dead']:.1%}")  # fmt: skip
     return 0
+
+
+def _layers(spec: str | None, n_layers: int) -> tuple[int, ...] | None:
+    """--layers as sorted layer indices; None when absent or naming every layer (the default run, unchanged)."""
+    from transcoders.layers import parse_layers
+
+    if spec is None:
+        return None
+    layers = parse_layers(spec, n_layers)
+    return None if layers == tuple(range(n_layers)) else layers
 
 
 def _buffer_tokens(args: argparse.Namespace, model) -> int:
@@ -181,13 +200,14 @@ def run_eval(args: argparse.Namespace) -> int:
     if lm.tokenizer is None:
         raise ConfigError(f"model {args.model} has no tokenizer; evaluation needs one to read the corpus")
     tc = load_transcoders(args.transcoders, lm.cfg, dtype=torch.float32)
+    layers = _eval_layers(args.layers, tc.cfg)
     if tc.cfg.model_hash and lm.content_hash and tc.cfg.model_hash != lm.content_hash:
         print(f"warning: transcoders were trained on model {tc.cfg.model_hash}, not {lm.content_hash}", file=sys.stderr)
     need = args.tokens + args.ce_tokens + 2 * args.seq_len * 64
     stream = tokenize_corpus(lm.tokenizer, args.corpus, need)
     _warn_short_corpus(len(stream), need, args.corpus, "--tokens")
     r = evaluate(lm.model, tc, stream, args.tokens, args.ce_tokens, args.seq_len, lm.name, str(args.transcoders),
-                 progress=not args.json)  # fmt: skip
+                 progress=not args.json, layers=layers)  # fmt: skip
     plot(r, args.plot)
     if args.json:
         print(json.dumps(r.model_dump() | {"plot": str(args.plot)}))
@@ -195,6 +215,20 @@ def run_eval(args: argparse.Namespace) -> int:
         print(table(r))
         print(f"plot saved to {args.plot}")
     return 0
+
+
+def _eval_layers(spec: str | None, cfg) -> tuple[int, ...] | None:
+    """--layers of eval (default: the layers the set has; None = all), each one present in the set."""
+    from transcoders.layers import parse_layers, present
+
+    if spec is None:
+        return cfg.layers
+    layers = parse_layers(spec, cfg.n_layers)
+    missing = sorted(set(layers) - set(present(cfg)))
+    if missing:
+        raise ConfigError(f"--layers {spec}: the transcoder set has no layer {missing[0]} (it has "
+                          f"{', '.join(map(str, present(cfg)))})")  # fmt: skip
+    return None if layers == tuple(range(cfg.n_layers)) else layers
 
 
 def run_convert(args: argparse.Namespace) -> int:

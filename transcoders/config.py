@@ -66,6 +66,9 @@ class TranscoderConfig(BaseModel):
     model_hash: str = Field(default="", description="content hash of that model's weights ('' = unknown)")
     dtype: DType = Field(default=DType.FLOAT32, description="dtype of the stored weights")
     jumprelu_bandwidth: float = Field(default=0.1, gt=0, description="rectangle-kernel width of the threshold STE")
+    layers: tuple[int, ...] | None = Field(default=None, description=(
+        "layers that have transcoders, sorted (None = all); the others' weights are zero: no features there, "
+        "their MLP output is all error"))  # fmt: skip
 
     @model_validator(mode="after")
     def _check(self) -> TranscoderConfig:
@@ -77,6 +80,9 @@ class TranscoderConfig(BaseModel):
             raise ValueError("topk_k must be > 0 exactly when activation is topk")
         if self.topk_k > self.n_features:
             raise ValueError(f"topk_k {self.topk_k} exceeds n_features {self.n_features}")
+        if self.layers is not None and (not self.layers or list(self.layers) != sorted(set(self.layers))
+                                        or not 0 <= self.layers[0] <= self.layers[-1] < self.n_layers):  # fmt: skip
+            raise ValueError(f"layers must be sorted, unique and in [0, {self.n_layers}), not {list(self.layers)}")
         if self.schema_version != SCHEMA_VERSION:
             raise ValueError(f"unsupported schema_version {self.schema_version} (this version reads {SCHEMA_VERSION})")
         return self

@@ -7,6 +7,7 @@
 3. Harvest: run the model in batches, capture the input hook and MLP_OUT of every layer with
    `model.hooks.capture`, drop position 0 (BOS: huge norm, zeroed in attribution anyway); each batch is stored in
    the buffer's dtype (fp16 by default) as it comes, so a buffer never exists in fp32; tqdm shows tokens/s.
+   With a layer subset (`--layers`) only those layers are kept: buffers shrink by L_subset / L.
 4. Buffer i: the tokens of its sequences, shuffled at the token level with a generator seeded by (seed, i);
    optionally stored as one safetensors shard per buffer in a cache directory and read back from there. The cache
    directory gets one subfolder per key = hash(model weights, token stream, hook, seq_len, buffer size, seed,
@@ -122,19 +123,21 @@ def sequences(stream: torch.Tensor, first: int, count: int, seq_len: int, bos: i
 # 3. Harvest
 @torch.no_grad()
 def harvest(model: Transformer, tokens: torch.Tensor, input_hook: HookPoint, batch_seqs: int = 16,
-            dtype: torch.dtype | None = None, progress: bool = False, desc: str = "harvest") -> Batch:  # fmt: skip
+            dtype: torch.dtype | None = None, progress: bool = False, desc: str = "harvest",
+            layers: tuple[int, ...] | None = None) -> Batch:  # fmt: skip
     """tokens [n, P] -> x, y [n·(P-1), L, D] in `dtype` (default: the model's; position 0 dropped). Each batch is
-    converted as it comes, so the peak is one buffer in `dtype` plus one batch in the model's dtype."""
-    L = model.cfg.n_layers
+    converted as it comes, so the peak is one buffer in `dtype` plus one batch in the model's dtype. With `layers`,
+    only those layers are kept (L = len(layers), in that order)."""
+    L = range(model.cfg.n_layers) if layers is None else layers
     xs, ys = [], []
-    sites = [Site(input_hook, layer) for layer in range(L)] + [Site(HookPoint.MLP_OUT, layer) for layer in range(L)]
+    sites = [Site(input_hook, layer) for layer in L] + [Site(HookPoint.MLP_OUT, layer) for layer in L]
     bar = tqdm(total=tokens.numel(), desc=desc, unit="tok", unit_scale=True, disable=not progress, leave=False)
     for i in range(0, len(tokens), batch_seqs):
         chunk = tokens[i : i + batch_seqs]
         with model.hooks.capture(sites) as cache:
             model(chunk.to(model.embed.weight.device))
         for out, point in ((xs, input_hook), (ys, HookPoint.MLP_OUT)):
-            t = torch.stack([cache[Site(point, layer)][:, 1:] for layer in range(L)], 2).flatten(0, 1)
+            t = torch.stack([cache[Site(point, layer)][:, 1:] for layer in L], 2).flatten(0, 1)
             out.append(t.to("cpu", dtype or t.dtype))  # buffers live in host memory (training runs on the CPU)
         bar.update(chunk.numel())
     bar.close()
@@ -190,13 +193,15 @@ class ActivationSource:
     def __init__(self, model: Transformer, stream: torch.Tensor, input_hook: HookPoint, seq_len: int,
                  buffer_tokens: int, seed: int = 0, cache_dir: Path | None = None,
                  store_dtype: torch.dtype = torch.float16, n_unique: int | None = None, model_hash: str = "",
-                 progress: bool = False) -> None:  # fmt: skip
+                 progress: bool = False, layers: tuple[int, ...] | None = None) -> None:  # fmt: skip
         if seq_len > model.cfg.n_ctx or seq_len < 2:
             raise ConfigError(f"seq_len {seq_len} must be in [2, {model.cfg.n_ctx}] (the model's context)")
         self.progress = progress
         if cache_dir is not None:  # one subfolder per model + settings: never another run's shards
             parts = {"hook": input_hook.value, "seq_len": seq_len, "buffer_tokens": buffer_tokens, "seed": seed,
                      "dtype": str(store_dtype), "n_layers": model.cfg.n_layers, "d_model": model.cfg.d_model}
+            if layers is not None:  # only when set: a full harvest keeps the key (and the shards) it had
+                parts["layers"] = list(layers)
             cache_dir = Path(cache_dir) / cache_key(model, stream, parts, model_hash)
             cache_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(cache_dir / "key.json", json.dumps(parts | {"model_hash": model_hash}, indent=2) + "\n")
@@ -208,7 +213,7 @@ class ActivationSource:
         self.bos = model.cfg.bos_token_id
         self.seqs_per_buffer = max(1, math.ceil(buffer_tokens / (seq_len - 1)))
         self.buffer_tokens = self.seqs_per_buffer * (seq_len - 1)
-        self.n_unique = n_unique
+        self.n_unique, self.layers = n_unique, layers
         self._current: tuple[int, Batch] | None = None
         self._kept: dict[int, Batch] = {}  # distinct buffers kept in memory when reused without a cache dir
 
@@ -234,7 +239,7 @@ class ActivationSource:
         else:
             toks = sequences(self.stream, i * self.seqs_per_buffer, self.seqs_per_buffer, self.seq_len, self.bos)
             x, y = harvest(self.model, toks, self.input_hook, dtype=self.store_dtype, progress=self.progress,
-                           desc=f"harvest buffer {i}")  # fmt: skip
+                           desc=f"harvest buffer {i}", layers=self.layers)  # fmt: skip
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
             perm = torch.randperm(len(x), generator=gen)
             batch = Batch(x[perm], y[perm])

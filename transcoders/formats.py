@@ -169,7 +169,8 @@ def _save_ours(tc: Transcoder, path: Path) -> None:
     atomic_save_safetensors({k: v.detach().cpu() for k, v in enc.items()}, path / "encoder.safetensors")
     dec = {f"W_dec_{s}": tc.decoder(s).detach().cpu() for s in range(tc.cfg.n_layers)}
     atomic_save_safetensors(dec, path / "decoder.safetensors")
-    atomic_write_text(path / "config.json", tc.cfg.model_dump_json(indent=2) + "\n")
+    # exclude_none: only `layers` can be None, and a full set's config.json stays as before
+    atomic_write_text(path / "config.json", tc.cfg.model_dump_json(indent=2, exclude_none=True) + "\n")
 
 
 # ---- circuit-tracer ------------------------------------------------------------------------------------------
@@ -223,6 +224,7 @@ def _load_ct(path: Path, lazy: bool) -> tuple[TranscoderConfig, dict[str, torch.
             activation=ActivationKind.JUMPRELU if "theta" in enc else ActivationKind.RELU, skip="W_skip" in enc,
             model_name=str(meta.get("model_name") or ""), model_hash=str(extra.get("model_hash", "")),
             dtype=DType.of(enc["W_enc"].dtype), jumprelu_bandwidth=float(extra.get("jumprelu_bandwidth", 0.1)),
+            layers=extra.get("layers"),
         )  # fmt: skip
     except (ValidationError, ValueError) as e:
         raise TranscoderLoadError(f"unsupported transcoders in {path}: {_first_line(e)}") from None
@@ -327,6 +329,8 @@ def _save_ct(tc: Transcoder, path: Path) -> None:
             "feature_input_hook": CT_HOOK_NAMES[cfg.input_hook], "feature_output_hook": CT_HOOK_NAMES[cfg.output_hook],
             "scan": cfg.model_name or None, "transcoders": files,
             "clt_tracer": {"model_hash": cfg.model_hash, "jumprelu_bandwidth": cfg.jumprelu_bandwidth}}  # fmt: skip
+    if cfg.layers is not None:  # a partial set (--layers) keeps naming its layers
+        meta["clt_tracer"]["layers"] = list(cfg.layers)
     atomic_write_text(path / "config.yaml", yaml.safe_dump(meta, sort_keys=False))
 
 

@@ -6,6 +6,7 @@
    own input-hook values, so errors compound; position 0 keeps the real MLP output): CE of the clean, the
    zero-ablated (all MLP outputs 0) and the spliced model; CE recovered = (CE_zero - CE_spliced) /
    (CE_zero - CE_clean); top-1 agreement with the clean model; KL(clean ‖ spliced). Scored on positions ≥ 1.
+   A layer subset (`--layers`) reports those layers only and replaces (and zeroes) only their MLP outputs.
 3. Report: a pydantic model (JSON), a text table, and a PNG plot of NMSE and L0 per layer.
 """
 
@@ -22,7 +23,9 @@ from tqdm import tqdm
 from tracer.io import atomic_write_bytes
 from tracer.models import HookPoint, Site, Transformer
 from transcoders.clt import Transcoder
+from transcoders.config import TranscoderKind
 from transcoders.data import harvest, sequences
+from transcoders.layers import present
 
 DENSE_FREQ = 0.1  # a feature firing on more than this fraction of tokens counts as dense
 
@@ -93,22 +96,39 @@ class _Acc:
                 for i in range(len(nmse))]  # fmt: skip
 
 
+def _needed(tc: Transcoder, layers: tuple[int, ...]) -> tuple[int, ...]:
+    """Layers whose activations the reconstruction of `layers` reads: themselves (PLT), or every present layer up
+    to the last of them (CLT: sources s ≤ l write to l)."""
+    if tc.cfg.kind == TranscoderKind.PLT:
+        return layers
+    return tuple(s for s in present(tc.cfg) if s <= layers[-1])
+
+
 @torch.no_grad()
 def reconstruction(model: Transformer, tc: Transcoder, tokens: torch.Tensor, batch_seqs: int = 16,
-                   progress: bool = False) -> list[LayerStats]:  # fmt: skip
-    """tokens [n, P] (position 0 = BOS, excluded) -> per-layer statistics."""
-    acc = _Acc(tc.cfg.n_layers, tc.cfg.n_features)
+                   progress: bool = False, layers: tuple[int, ...] | None = None) -> list[LayerStats]:  # fmt: skip
+    """tokens [n, P] (position 0 = BOS, excluded) -> per-layer statistics (of `layers` only, when given: only
+    the layers they need are harvested; the others' inputs are 0 and their rows dropped)."""
+    L = tc.cfg.n_layers
+    acc = _Acc(L, tc.cfg.n_features)
+    need = None if layers is None else _needed(tc, layers)
     for i in _batches(len(tokens), batch_seqs, tokens.shape[1], "eval: reconstruction", progress):
-        x, y = harvest(model, tokens[i : i + batch_seqs], tc.cfg.input_hook, batch_seqs)
+        x, y = harvest(model, tokens[i : i + batch_seqs], tc.cfg.input_hook, batch_seqs, layers=need)
         x, y = x.to(tc.W_enc.dtype), y.to(tc.W_enc.dtype)
+        if need is not None:
+            x, y = (torch.zeros(t.shape[0], L, t.shape[2], dtype=t.dtype).index_copy_(1, torch.tensor(need), t)
+                    for t in (x, y))  # fmt: skip
         acts = tc.encode(x)
         acc.add(y, tc.decode(acts) + tc.skip(x), acts)
-    return acc.layers()
+    stats = acc.layers()
+    return stats if layers is None else [stats[layer] for layer in layers]
 
 
 # 2. Spliced replacement model
-def splice_hooks(tc: Transcoder) -> Mapping[Site, Callable[[torch.Tensor], torch.Tensor | None]]:
-    """Hooks replacing every MLP output by the transcoder's output (positions ≥ 1), errors compounding."""
+def splice_hooks(tc: Transcoder, layers: tuple[int, ...] | None = None,
+                 ) -> Mapping[Site, Callable[[torch.Tensor], torch.Tensor | None]]:  # fmt: skip
+    """Hooks replacing every MLP output (or those of `layers`) by the transcoder's output (positions ≥ 1),
+    errors compounding."""
     acts: list[torch.Tensor] = []
     xs: list[torch.Tensor] = []
 
@@ -134,7 +154,8 @@ def splice_hooks(tc: Transcoder) -> Mapping[Site, Callable[[torch.Tensor], torch
         return fn
 
     hooks = {Site(tc.cfg.input_hook, layer): read(layer) for layer in range(tc.cfg.n_layers)}
-    return hooks | {Site(HookPoint.MLP_OUT, layer): write(layer) for layer in range(tc.cfg.n_layers)}
+    written = range(tc.cfg.n_layers) if layers is None else layers
+    return hooks | {Site(HookPoint.MLP_OUT, layer): write(layer) for layer in written}
 
 
 def _ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -153,10 +174,11 @@ def _batches(n: int, step: int, per: int, desc: str, progress: bool):
 
 
 def splice(model: Transformer, tc: Transcoder, tokens: torch.Tensor, batch_seqs: int = 16,
-           progress: bool = False) -> SpliceStats:  # fmt: skip
+           progress: bool = False, layers: tuple[int, ...] | None = None) -> SpliceStats:  # fmt: skip
+    """Spliced-model figures; with `layers`, only those MLPs are replaced (and zeroed for the baseline)."""
     L = model.cfg.n_layers
     zero = {Site(HookPoint.MLP_OUT, layer): (lambda o: torch.cat([o[:, :1], torch.zeros_like(o[:, 1:])], 1))
-            for layer in range(L)}  # fmt: skip
+            for layer in (range(L) if layers is None else layers)}  # fmt: skip
     tot = torch.zeros(5, dtype=torch.float64)  # ce clean, zero, replaced, agree, kl
     n = 0
     for i in _batches(len(tokens), batch_seqs, tokens.shape[1], "eval: spliced model", progress):
@@ -164,7 +186,7 @@ def splice(model: Transformer, tc: Transcoder, tokens: torch.Tensor, batch_seqs:
         clean = model(t)
         with model.hooks.attached(zero):
             zeroed = model(t)
-        with model.hooks.attached(splice_hooks(tc)):
+        with model.hooks.attached(splice_hooks(tc, layers)):
             repl = model(t)
         lp_c, lp_r = clean[:, 1:-1].double().log_softmax(-1), repl[:, 1:-1].double().log_softmax(-1)
         tot += torch.stack([_ce(clean, t), _ce(zeroed, t), _ce(repl, t),
@@ -180,18 +202,20 @@ def splice(model: Transformer, tc: Transcoder, tokens: torch.Tensor, batch_seqs:
 # 3. Report
 def evaluate(model: Transformer, tc: Transcoder, stream: torch.Tensor, tokens: int, ce_tokens: int,
              seq_len: int = 128, model_name: str = "", tc_name: str = "",
-             progress: bool = False) -> EvalReport:  # fmt: skip
-    """Statistics over `tokens` and the splice over `ce_tokens` scored tokens, from disjoint sequences."""
+             progress: bool = False, layers: tuple[int, ...] | None = None) -> EvalReport:  # fmt: skip
+    """Statistics over `tokens` and the splice over `ce_tokens` scored tokens, from disjoint sequences; `layers`
+    (sorted): report and splice those layers only (None: every layer)."""
     bos = model.cfg.bos_token_id
     n_stats = max(1, -(-tokens // (seq_len - 1)))
     n_ce = max(1, -(-ce_tokens // (seq_len - 2)))
-    layers = reconstruction(model, tc, sequences(stream, 0, n_stats, seq_len, bos), progress=progress)
-    sp = splice(model, tc, sequences(stream, n_stats, n_ce, seq_len, bos), progress=progress)
+    stats = reconstruction(model, tc, sequences(stream, 0, n_stats, seq_len, bos), progress=progress,
+                           layers=layers)  # fmt: skip
+    sp = splice(model, tc, sequences(stream, n_stats, n_ce, seq_len, bos), progress=progress, layers=layers)
     return EvalReport(
-        model=model_name, transcoders=tc_name, tokens=n_stats * (seq_len - 1), layers=layers,
-        mean_nmse=sum(s.nmse for s in layers) / len(layers), total_l0=sum(s.l0 for s in layers),
-        dead_pct=sum(s.dead_pct for s in layers) / len(layers),
-        dense_pct=sum(s.dense_pct for s in layers) / len(layers),
+        model=model_name, transcoders=tc_name, tokens=n_stats * (seq_len - 1), layers=stats,
+        mean_nmse=sum(s.nmse for s in stats) / len(stats), total_l0=sum(s.l0 for s in stats),
+        dead_pct=sum(s.dead_pct for s in stats) / len(stats),
+        dense_pct=sum(s.dense_pct for s in stats) / len(stats),
         splice=sp,
     )  # fmt: skip
 

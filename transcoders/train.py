@@ -36,6 +36,7 @@ from transcoders.clt import SPARSE_RATIO, Transcoder
 from transcoders.config import ActivationKind, DType, TranscoderConfig, TranscoderKind
 from transcoders.data import ActivationSource, Batch, note
 from transcoders.formats import TranscoderFormat, save_transcoders
+from transcoders.layers import embed
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.safetensors"
@@ -74,6 +75,11 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(default=500, gt=0, description="steps between checkpoints")
     seed: int = Field(default=0, description="seed of the initialisation and the token shuffling")
     dtype: DType = Field(default=DType.FLOAT32, description="dtype of the saved transcoders")
+    layers: tuple[int, ...] | None = Field(default=None, description=(
+        "train only these layers, e.g. 0-3,7 (default: all); only their activations are harvested (buffers shrink "
+        "by that share). The saved set has the model's layer count, zero weights at the other layers (no features "
+        "there: a trace puts their whole MLP output in the error node) and config.json lists the trained layers. "
+        "A CLT's features of a selected layer then write to the later selected layers only"))  # fmt: skip
 
 
 class TrainResult(NamedTuple):
@@ -116,12 +122,13 @@ def init_state(cfg: TrainConfig, model: Transformer, src: ActivationSource, name
     first = src.buffer(0)
     s_in, s_out = _scales(first)
     mc = model.cfg
-    tcfg = TranscoderConfig(kind=cfg.kind, n_layers=mc.n_layers, d_model=mc.d_model, n_features=cfg.n_features,
+    n_layers = mc.n_layers if cfg.layers is None else len(cfg.layers)  # a subset trains a set of its own size
+    tcfg = TranscoderConfig(kind=cfg.kind, n_layers=n_layers, d_model=mc.d_model, n_features=cfg.n_features,
                             activation=cfg.activation, topk_k=cfg.topk_k, input_hook=cfg.input_hook, skip=cfg.skip,
                             model_name=name, model_hash=content_hash, jumprelu_bandwidth=cfg.bandwidth)  # fmt: skip
     torch.manual_seed(cfg.seed)
     tc = Transcoder(tcfg)
-    L, F, D = mc.n_layers, cfg.n_features, mc.d_model
+    L, F, D = n_layers, cfg.n_features, mc.d_model
     with torch.no_grad():
         tc.W_enc.uniform_(-1 / math.sqrt(F), 1 / math.sqrt(F))
         assert tc.W_dec is not None
@@ -312,7 +319,8 @@ def train(model: Transformer, stream: torch.Tensor, cfg: TrainConfig, out: Path,
     """Train (or resume from out/checkpoint.safetensors) and save to `out`; stop_after simulates a kill (None)."""
     n_unique = -(-cfg.data_tokens // cfg.buffer_tokens) if cfg.data_tokens else None
     src = ActivationSource(model, stream, cfg.input_hook, cfg.seq_len, cfg.buffer_tokens, cfg.seed, cache_dir,
-                           n_unique=n_unique, model_hash=content_hash, progress=progress)  # fmt: skip
+                           n_unique=n_unique, model_hash=content_hash, progress=progress,
+                           layers=cfg.layers)  # fmt: skip
     n_steps = cfg.tokens // cfg.batch_tokens
     if n_steps == 0:
         raise ConfigError(f"{cfg.tokens} tokens make no batch of {cfg.batch_tokens}")
@@ -336,6 +344,8 @@ def train(model: Transformer, stream: torch.Tensor, cfg: TrainConfig, out: Path,
     secs = time.perf_counter() - t0
     tps = (st.step - first) * cfg.batch_tokens / max(secs, 1e-9)
     tc = finished(st, cfg.dtype)
+    if cfg.layers is not None:  # back to the model's layer count, zero at the layers not trained
+        tc = embed(tc, cfg.layers, model.cfg.n_layers)
     save_transcoders(tc, out, TranscoderFormat.OURS)
     info = {"train": cfg.model_dump(mode="json"), "steps": st.step, "seconds_this_run": secs, "tokens_per_s": tps,
             "final": stats}  # fmt: skip
