@@ -117,7 +117,7 @@ def run_train(args: argparse.Namespace) -> int:
     fields["layers"] = _layers(args.layers, lm.cfg.n_layers)
     if world is not None and fields["layers"] is not None:
         raise ConfigError("--layers is not supported under torchrun yet: train the subset in one process")
-    fields["buffer_tokens"] = _buffer_tokens(args, lm.model)
+    fields["buffer_tokens"] = _buffer_tokens(args, lm.model, fields["layers"])
     try:
         cfg = TrainConfig(**fields)
     except ValueError as e:
@@ -153,9 +153,9 @@ def _layers(spec: str | None, n_layers: int) -> tuple[int, ...] | None:
     return None if layers == tuple(range(n_layers)) else layers
 
 
-def _buffer_tokens(args: argparse.Namespace, model) -> int:
+def _buffer_tokens(args: argparse.Namespace, model, layers: tuple[int, ...] | None) -> int:
     """--buffer-tokens, or the default halved until one buffer in fp16 (x2 while shuffled, x unique buffers kept
-    in memory without --cache-dir) fits in 40% of the available memory."""
+    in memory without --cache-dir) fits in 40% of the available memory; a buffer holds `layers` only (None: all)."""
     from transcoders.data import available_bytes, buffer_bytes, fit_buffer_tokens
 
     default = TrainConfig.model_fields["buffer_tokens"].default
@@ -163,7 +163,7 @@ def _buffer_tokens(args: argparse.Namespace, model) -> int:
     if args.data_tokens and args.cache_dir is None:
         kept = -(-args.data_tokens // (args.buffer_tokens or default))
     if args.buffer_tokens is not None:
-        need = (kept + 1) * buffer_bytes(model, args.buffer_tokens)
+        need = (kept + 1) * buffer_bytes(model, args.buffer_tokens, layers=layers)
         if need > 0.9 * available_bytes():
             raise ConfigError(f"--buffer-tokens {args.buffer_tokens} needs {need / 2**30:.1f} GiB of activations, "
                               f"{available_bytes() / 2**30:.1f} GiB are available: use a smaller value (or leave it "
@@ -178,10 +178,11 @@ def _buffer_tokens(args: argparse.Namespace, model) -> int:
                 return int(TrainConfig.model_validate_json(f.metadata()["train"]).buffer_tokens)
         except Exception:  # noqa: BLE001  a corrupt checkpoint is reported by the trainer, in one line
             pass
-    n = fit_buffer_tokens(model, default, args.batch_tokens, kept)
+    n = fit_buffer_tokens(model, default, args.batch_tokens, kept, layers=layers)
     if n != default:
-        print(f"note: buffers of {n:,} tokens ({buffer_bytes(model, n) / 2**30:.2f} GiB in fp16) instead of "
-              f"{default:,}, to fit in memory", file=sys.stderr)  # fmt: skip
+        gib = buffer_bytes(model, n, layers=layers) / 2**30
+        print(f"note: buffers of {n:,} tokens ({gib:.2f} GiB in fp16) instead of {default:,}, to fit in memory",
+              file=sys.stderr)  # fmt: skip
     return n
 
 

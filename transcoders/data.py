@@ -145,9 +145,11 @@ def harvest(model: Transformer, tokens: torch.Tensor, input_hook: HookPoint, bat
 
 
 # 5. Sizing
-def buffer_bytes(model: Transformer, buffer_tokens: int, store_dtype: torch.dtype = torch.float16) -> int:
-    """Memory of one buffer (inputs and targets of every layer) stored in `store_dtype`."""
-    return 2 * buffer_tokens * model.cfg.n_layers * model.cfg.d_model * store_dtype.itemsize
+def buffer_bytes(model: Transformer, buffer_tokens: int, store_dtype: torch.dtype = torch.float16,
+                 layers: tuple[int, ...] | None = None) -> int:  # fmt: skip
+    """Memory of one buffer (inputs and targets of every layer, or of `layers`) stored in `store_dtype`."""
+    n_layers = model.cfg.n_layers if layers is None else len(layers)
+    return 2 * buffer_tokens * n_layers * model.cfg.d_model * store_dtype.itemsize
 
 
 def available_bytes() -> int:
@@ -162,12 +164,13 @@ def available_bytes() -> int:
 
 
 def fit_buffer_tokens(model: Transformer, wanted: int, batch_tokens: int, kept: int = 1, share: float = 0.4,
-                      store_dtype: torch.dtype = torch.float16) -> int:  # fmt: skip
+                      store_dtype: torch.dtype = torch.float16, layers: tuple[int, ...] | None = None,
+                      ) -> int:  # fmt: skip
     """The largest power-of-two buffer <= wanted whose `kept` copies (plus one being shuffled) fit in `share` of the
     available memory, at least batch_tokens."""
     budget = share * available_bytes()
     n = wanted
-    while n > batch_tokens and (kept + 1) * buffer_bytes(model, n, store_dtype) > budget:
+    while n > batch_tokens and (kept + 1) * buffer_bytes(model, n, store_dtype, layers) > budget:
         n //= 2
     return max(n, batch_tokens)
 

@@ -139,3 +139,16 @@ def test_trace_partial_set_puts_absent_layers_in_the_error():
     for layer in (0, 2):  # position 0 (BOS) is zeroed in the graph
         torch.testing.assert_close(res.error_norms[layer, 1:].double(), rec.mlp_out[1:, layer].norm(dim=-1).double(),
                                    rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_subset_buffers_are_sized_for_their_layers(monkeypatch):
+    import transcoders.data as data
+
+    model = random_model(tiny_config("llama"), dtype=torch.float32)
+    D = model.cfg.d_model
+    assert data.buffer_bytes(model, 100) == 2 * 100 * 3 * D * 2
+    assert data.buffer_bytes(model, 100, layers=(1,)) == 2 * 100 * 1 * D * 2
+    budget = 2 * (2 * 1024 * 3 * D * 2)  # two buffers of 1,024 tokens of every layer (one kept + one shuffled)
+    monkeypatch.setattr(data, "available_bytes", lambda: budget / 0.4)
+    assert data.fit_buffer_tokens(model, 4096, 64) == 1024
+    assert data.fit_buffer_tokens(model, 4096, 64, layers=(1,)) == 2048  # 3x fewer bytes: the next power of two
