@@ -43,7 +43,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(opt, dest=name, default=None, metavar="SPEC", help=field.description)
         elif name == "buffer_tokens":  # None: the default, halved until it fits in memory (run_train)
             p.add_argument(opt, dest=name, type=int, default=None, help=f"{field.description} (default "
-                           f"{field.default}, or less to fit in 40% of the available memory)")  # fmt: skip
+                           f"{field.default}, or less to fit in 40%% of the available memory)")  # fmt: skip
         else:
             p.add_argument(opt, dest=name, type=ann, default=field.default,  # type: ignore[arg-type]
                            help=f"{field.description} (default {field.default})")  # fmt: skip

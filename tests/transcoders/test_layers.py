@@ -152,3 +152,11 @@ def test_subset_buffers_are_sized_for_their_layers(monkeypatch):
     monkeypatch.setattr(data, "available_bytes", lambda: budget / 0.4)
     assert data.fit_buffer_tokens(model, 4096, 64) == 1024
     assert data.fit_buffer_tokens(model, 4096, 64, layers=(1,)) == 2048  # 3x fewer bytes: the next power of two
+
+
+@pytest.mark.parametrize("cmd", ["train", "eval"])
+def test_help_documents_layers(cmd, capsys):
+    with pytest.raises(SystemExit) as e:  # argparse formats every help text: a stray % used to crash train --help
+        main(["transcoders", cmd, "--help"])
+    assert e.value.code == 0
+    assert "--layers SPEC" in capsys.readouterr().out
