@@ -101,6 +101,8 @@ def test_train_and_eval_one_layer(model_dir, capsys):  # noqa: F811
         assert err.startswith("error: ") and why in err and "\n" not in err
     assert _train(d, d / "bad", "--layers", "1-x") == 2
     assert "expected layers" in capsys.readouterr().err and not (d / "bad" / "config.json").exists()
+    assert _train(d, d / "tc", "--layers", "0-1") == 2  # its checkpoint was made for layer 1 only
+    assert "other settings (layers)" in capsys.readouterr().err and load_transcoders(d / "tc").cfg.layers == (1,)
 
 
 def test_all_layers_subset_is_the_default_run(model_dir):  # noqa: F811
