@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kernels import plan_edges
-from tracer.backward import Injections
+from tracer.backward import Grads, Injections
 from tracer.csr import CsrAdjacency, RowStore
 from tracer.errors import ConfigError
 from tracer.fast import ROW_DTYPES, row_backward
@@ -85,7 +85,8 @@ class RowBuilder:
     def __init__(self, model: Transformer, tc: Transcoder, rec: Record, layout: NodeLayout, cfg: TraceConfig):
         fast = ROW_DTYPES[cfg.row_dtype]
         self.backward = row_backward(model, tc, rec, fast)
-        rdt = fast or rec.mlp_out.dtype  # the rows' dtype; they are stored in the record's
+        rdt = rec.mlp_out.dtype  # the edge kernel's: the fast path's gradients are widened to it per batch (the
+        # kernel's many small matmuls of differing shapes run slower in bf16 than in fp32 on CPU)
         self.layout, self.cfg = layout, cfg
         feats = rec.features
         dec = torch.zeros(len(feats), model.cfg.n_layers, model.cfg.d_model, dtype=rdt)
@@ -109,6 +110,8 @@ class RowBuilder:
 
     def add(self, inj: Injections, target_rows: torch.Tensor) -> None:
         g = self.backward.run(inj)
+        if g.embed_BPD.dtype != self.errors_PLD.dtype:  # the bf16 fast path
+            g = Grads(g.mlp_out_BPLD.to(self.errors_PLD.dtype), g.embed_BPD.to(self.errors_PLD.dtype))
         P, Lp = g.mlp_out_BPLD.shape[1], g.mlp_out_BPLD.shape[2]
         feat = self.plan.attribute(g.mlp_out_BPLD.transpose(1, 2))
         err = torch.einsum("bpld,pld->blp", g.mlp_out_BPLD, self.errors_PLD[:P, :Lp])
