@@ -4,10 +4,11 @@ CPUs with AVX512-BF16 or AMX multiply bf16 matrices several times faster than fp
 product in fp32 and rounds the result to bf16). The fast path runs the rows' linear maps in bf16:
 1. shadow: a copy of the model's attention and norms in bf16 (embeddings, unembedding and MLPs are shared, not
    copied: the backward never reads them) and the recorded patterns and norm scales in bf16;
-2. rows: tracer.backward.ReplacementBackward on the shadow in bf16; the edge kernel's decoder rows, the error
-   vectors and token embeddings in bf16 (tracer.attribute.RowBuilder);
-3. everything else stays fp32: the recorded forward pass, the stored edges (each bf16 row is widened to fp32
-   as it is stored), assembly, pruning and the replacement check. fp32 stays the default and exact.
+2. rows: tracer.backward.ReplacementBackward on the shadow in bf16 (most of the row phase's work); its gradients
+   are widened to fp32 per batch for the edge kernel, errors and tokens (tracer.attribute.RowBuilder): the
+   kernel's many small matmuls of differing shapes run slower in bf16 than in fp32 on CPU;
+3. everything else stays fp32: the recorded forward pass, the stored edges, assembly, pruning and the replacement
+   check. fp32 stays the default and exact.
 """
 
 from __future__ import annotations
