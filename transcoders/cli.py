@@ -5,6 +5,10 @@
 2. eval: load model and transcoders, run `metrics.evaluate`, print a table (or one JSON object with --json),
    save the NMSE/L0 plot.
 3. convert: load in either format, save in the other (or the same).
+
+Start-up: each subcommand's options are added on its first parse (`_LazyParser`), and torch-dependent modules are
+imported inside the run functions: TrainConfig, the default paths and the format enum all import torch, and
+`tracer --help` must not.
 """
 
 from __future__ import annotations
@@ -12,23 +16,43 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from tracer.errors import ConfigError
-from tracer.models import DEFAULT_MODEL, load_model
 from tracer.precision import add_precision_args, resolve_precision
-from transcoders.config import INPUT_HOOKS
-from transcoders.data import DEFAULT_CORPUS, tokenize_corpus
-from transcoders.formats import DEFAULT_TRANSCODERS, TranscoderFormat, load_transcoders, save_transcoders
-from transcoders.train import TrainConfig
 
 RENAMED = {"n_features": "features"}  # TrainConfig field -> option name, where the issue names it differently
 
 
+class _LazyParser(argparse.ArgumentParser):
+    """A subcommand parser that adds its options (`add_options`) the first time it parses or prints its help."""
+
+    def __init__(self, *args: Any, add_options: Callable[[argparse.ArgumentParser], None] | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(*args, **kwargs)
+        self._add_options = add_options
+
+    def _ensure_options(self) -> None:
+        if self._add_options is not None:
+            add, self._add_options = self._add_options, None
+            add(self)
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> tuple[Any, list[str]]:
+        self._ensure_options()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._ensure_options()
+        return super().format_help()
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from transcoders.config import INPUT_HOOKS
+    from transcoders.train import TrainConfig
+
     for name, field in TrainConfig.model_fields.items():
         opt = "--" + RENAMED.get(name, name).replace("_", "-")
         ann = field.annotation
@@ -51,9 +75,19 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 def add_parser(subparsers) -> None:
     top = subparsers.add_parser("transcoders", help="train, evaluate and convert transcoders")
-    sub = top.add_subparsers(dest="transcoders_command", required=True)
+    sub = top.add_subparsers(dest="transcoders_command", required=True, parser_class=_LazyParser)
+    sub.add_parser("train", help="train a CLT or PLT on the model's activations",
+                   add_options=_train_parser).set_defaults(func=run_train)  # fmt: skip
+    sub.add_parser("eval", help="per-layer NMSE/L0/dead/dense and the spliced replacement model's CE",
+                   add_options=_eval_parser).set_defaults(func=run_eval)  # fmt: skip
+    sub.add_parser("convert", help="convert between our format and circuit-tracer's",
+                   add_options=_convert_parser).set_defaults(func=run_convert)  # fmt: skip
 
-    tr = sub.add_parser("train", help="train a CLT or PLT on the model's activations")
+
+def _train_parser(tr: argparse.ArgumentParser) -> None:
+    from tracer.models import DEFAULT_MODEL
+    from transcoders.data import DEFAULT_CORPUS
+
     tr.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model directory or .gguf (default: bundled)")
     tr.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="text file or folder (default: bundled)")
     tr.add_argument("--out", type=Path, required=True, help="output directory (also holds the checkpoint)")
@@ -65,9 +99,13 @@ def add_parser(subparsers) -> None:
     tr.add_argument("--shard-features", action="store_true", help="under torchrun: each rank owns a slice of every "
                     "layer's features (default: data parallel, each rank its own token shard)")  # fmt: skip
     _add_train_options(tr)
-    tr.set_defaults(func=run_train)
 
-    ev = sub.add_parser("eval", help="per-layer NMSE/L0/dead/dense and the spliced replacement model's CE")
+
+def _eval_parser(ev: argparse.ArgumentParser) -> None:
+    from tracer.models import DEFAULT_MODEL
+    from transcoders.data import DEFAULT_CORPUS
+    from transcoders.formats import DEFAULT_TRANSCODERS
+
     ev.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model directory or .gguf (default: bundled)")
     ev.add_argument("--transcoders", type=Path, default=DEFAULT_TRANSCODERS, help="transcoder directory")
     ev.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="text file or folder (default: bundled)")
@@ -81,16 +119,19 @@ def add_parser(subparsers) -> None:
                     "splice replaces (and the zero-ablation zeroes) only their MLPs; a CLT's features of every "
                     "layer still write into them")  # fmt: skip
     ev.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    ev.set_defaults(func=run_eval)
 
-    cv = sub.add_parser("convert", help="convert between our format and circuit-tracer's")
+
+def _convert_parser(cv: argparse.ArgumentParser) -> None:
+    from transcoders.formats import TranscoderFormat
+
     cv.add_argument("src", type=Path, help="transcoder directory (either format)")
     cv.add_argument("dst", type=Path, help="output directory")
     cv.add_argument("--to", required=True, choices=[f.value for f in TranscoderFormat], help="output format")
-    cv.set_defaults(func=run_convert)
 
 
 def _threads(n: int) -> None:
+    import torch
+
     if n > 0:
         torch.set_num_threads(n)
 
@@ -106,7 +147,9 @@ def _world(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from transcoders.train import train
+    from tracer.models import load_model
+    from transcoders.data import tokenize_corpus
+    from transcoders.train import TrainConfig, train
 
     _threads(args.threads)
     world = _world(args)  # before any long work: --shard-features without torchrun is refused here
@@ -157,6 +200,7 @@ def _buffer_tokens(args: argparse.Namespace, model, layers: tuple[int, ...] | No
     """--buffer-tokens, or the default halved until one buffer in fp16 (x2 while shuffled, x unique buffers kept
     in memory without --cache-dir) fits in 40% of the available memory; a buffer holds `layers` only (None: all)."""
     from transcoders.data import available_bytes, buffer_bytes, fit_buffer_tokens
+    from transcoders.train import TrainConfig
 
     default = TrainConfig.model_fields["buffer_tokens"].default
     kept = 1
@@ -194,6 +238,11 @@ def _warn_short_corpus(have: int, want: int, corpus: Path, option: str) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from tracer.models import load_model
+    from transcoders.data import tokenize_corpus
+    from transcoders.formats import load_transcoders
     from transcoders.metrics import evaluate, plot, table
 
     _threads(args.threads)
@@ -233,6 +282,8 @@ def _eval_layers(spec: str | None, cfg) -> tuple[int, ...] | None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from transcoders.formats import TranscoderFormat, load_transcoders, save_transcoders
+
     tc = load_transcoders(args.src)
     save_transcoders(tc, args.dst, TranscoderFormat(args.to))
     print(f"wrote {args.dst} ({args.to})")
