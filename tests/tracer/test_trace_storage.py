@@ -47,9 +47,7 @@ def test_bf16_rows_and_timings_cover_the_process(subject, tmp_path, capsys):  # 
     assert load_graph(tmp_path / "g.json").metadata.settings["row_dtype"] == "bf16"
 
 
-# transcoders.cli is the exception: importing any transcoders.* module runs transcoders/__init__, which imports torch
-# (and its options come from TrainConfig in transcoders/train.py). Moving those out is left to its owners.
-LAZY = [m for m in SUBCOMMAND_MODULES if m != "transcoders.cli"]
+LAZY = list(SUBCOMMAND_MODULES)
 
 
 def test_subcommand_parsers_import_no_torch():
