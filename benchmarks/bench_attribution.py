@@ -21,13 +21,15 @@ Usage: python benchmarks/bench_attribution.py --whole [--tokens 16 64 128 256] [
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
+gc.disable()  # as `tracer trace` imports torch (tracer.trace_cli.quiet_imports); back on in main / run_whole
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -110,16 +112,17 @@ def run_case(subject: str, n_tokens: int, max_feature_nodes: int | None, batch: 
 
 def run_whole(subject: str, n_tokens: int, row_dtype: str, work: Path, compare: Path | None) -> dict:
     """One whole-pipeline case (module docstring, steps 5-6), in this fresh process."""
-    from tracer.trace_cli import process_seconds
+    from tracer.trace_cli import process_seconds, quiet_imports
 
     t = {"imports": process_seconds()}
     t0 = time.perf_counter()
-    from tracer.attribute import TraceConfig, attribute, phase
-    from tracer.graphfile import build_graph_file, load_attribution, save_graph, sidecar_path
-    from tracer.models import load_model
-    from tracer.prune import prune
-    from tracer.schema import Identity
-    from transcoders import load_transcoders
+    with quiet_imports():
+        from tracer.attribute import TraceConfig, attribute, phase
+        from tracer.graphfile import build_graph_file, load_attribution, save_graph, sidecar_path
+        from tracer.models import load_model
+        from tracer.prune import prune
+        from tracer.schema import Identity
+        from transcoders import load_transcoders
 
     t["imports"] += time.perf_counter() - t0
     with phase("load", t):  # from disk, as `tracer trace` loads
@@ -235,6 +238,8 @@ def main() -> None:
     ap.add_argument("--whole-case", nargs=4, help=argparse.SUPPRESS)  # child: subject n_tokens row_dtype workdir
     ap.add_argument("--compare", type=Path, help=argparse.SUPPRESS)  # child: the fp32 graph to compare with
     a = ap.parse_args()
+    if not a.whole_case:  # a whole case turns it back on after its imports, as `tracer trace` does
+        gc.enable()
     if a.whole:
         return whole_main(a)
     torch.set_num_threads(a.threads)

@@ -178,7 +178,8 @@ def save_graph(path: str | Path, graph: GraphFile, attribution: Attribution | No
     path = Path(path)
     check_output(path, "graph file")
     recover_pair(path)  # 1.
-    graph = graph.model_copy(deep=True)
+    # only the metadata is changed below: copy it, share the nodes and edges (a deep copy: ~0.1 s at 64 tokens)
+    graph = graph.model_copy(update={"metadata": graph.metadata.model_copy()})
     if attribution is None:
         atomic_write_text(path, graph.model_dump_json())
         return path

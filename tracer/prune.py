@@ -21,9 +21,8 @@ circuit-tracer writes to JSON `influence`.
 from __future__ import annotations
 
 import time
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import networkx as nx
 import torch
 
 from tracer.csr import ROW_SUM_MIN, CsrAdjacency, influence
@@ -31,6 +30,9 @@ from tracer.errors import ConfigError, GraphFileError
 from tracer.layout import NodeKind, NodeLayout
 from tracer.result import Attribution
 from tracer.schema import node_id
+
+if TYPE_CHECKING:  # networkx (~60 ms to import) only for to_networkx, which `tracer trace` never calls
+    import networkx as nx
 
 
 class Edges(NamedTuple):
@@ -263,6 +265,8 @@ def to_networkx(attribution: Attribution, result: PruneResult) -> nx.DiGraph:
     """The pruned graph: nodes keyed by schema.node_id with attributes kind, layer, pos, index, influence,
     cumulative_influence, activation (features, errors), token (embeddings, logits), probability (logits);
     edges source -> target with attribute weight (A[target, source])."""
+    import networkx as nx
+
     lay = attribution.layout
     vals = RowValues.of(attribution)
     g = nx.DiGraph()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from tracer.errors import ModelLoadError
 from tracer.finite import check_finite
@@ -57,9 +58,23 @@ def _check_layer_count(cfg: ModelConfig, hf_state: dict[str, torch.Tensor], path
         raise ModelLoadError(f"{path / 'config.json'} says {cfg.n_layers} layers, the weights have {len(found)}")
 
 
+class _SkipNormalInit(TorchFunctionMode):
+    """Inside `torch.device("meta")`: `normal_` (nn.Embedding's init) on a meta tensor is a no-op; torch would
+    route it through its reference decomposition, whose first call imports torch._dynamo (~1 s, for nothing)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.nn.init.normal_, torch.Tensor.normal_):
+            tensor = args[0] if args else kwargs["tensor"]
+            if tensor.is_meta:
+                return tensor
+        return func(*args, **kwargs)
+
+
 def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> Transformer:
     check_finite(state, "model weights", ModelLoadError)  # a NaN weight makes every feature active
-    with torch.device("meta"):  # no random init of weights that are replaced at once (seconds and GBs at 2B)
+    # no random init of weights that are replaced at once (seconds and GBs at 2B)
+    with torch.device("meta"), _SkipNormalInit():
         model = Transformer(cfg)
     for k in list(state):  # one tensor at a time, so the checkpoint's dtype and ours are never both whole
         state[k] = state[k].to(dtype)
