@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import logging
 import re
-import struct
 from enum import StrEnum
 from pathlib import Path
 
 import torch
 import yaml
 from pydantic import ValidationError
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from tracer.errors import TranscoderLoadError
@@ -35,9 +32,9 @@ from tracer.finite import check_finite
 from tracer.hub import cached_path, resolve_transcoders
 from tracer.io import atomic_save_safetensors, atomic_write_text
 from tracer.models import HookPoint, ModelConfig
-from transcoders.clt import LazyRows, Transcoder
+from transcoders.clt import Transcoder
 from transcoders.config import ActivationKind, DType, TranscoderConfig, TranscoderKind
-from transcoders.formats_release import read_layer_file
+from transcoders.formats_release import first_line, lazy_rows, read_layer_file, read_safetensors
 
 log = logging.getLogger(__name__)
 DEFAULT_TRANSCODERS = Path(__file__).resolve().parent.parent / "tracer" / "assets" / "default_clt"
@@ -60,28 +57,6 @@ CT_HOOKS = {"hook_resid_mid": HookPoint.RESID_MID, "mlp.hook_in": HookPoint.MLP_
             "mlp.hook_out": HookPoint.MLP_OUT}  # fmt: skip
 CT_HOOK_NAMES = {HookPoint.RESID_MID: "hook_resid_mid", HookPoint.MLP_IN: "mlp.hook_in",
                  HookPoint.LN2_NORMALIZED: "ln2.hook_normalized", HookPoint.MLP_OUT: "hook_mlp_out"}  # fmt: skip
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
-def _read(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise TranscoderLoadError(f"missing transcoder file {path}") from None
-    except (SafetensorError, OSError, ValueError) as e:
-        raise TranscoderLoadError(f"corrupt transcoder file {path}: {_first_line(e)}") from None
-
-
-def _lazy(path: Path, name: str) -> LazyRows:
-    try:
-        return LazyRows(path, name)
-    except FileNotFoundError:
-        raise TranscoderLoadError(f"missing transcoder file {path}") from None
-    except (OSError, ValueError, KeyError, struct.error) as e:
-        raise TranscoderLoadError(f"corrupt transcoder file {path}: {_first_line(e)}") from None
 
 
 def _get(tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], where: Path) -> torch.Tensor:
@@ -135,10 +110,10 @@ def _load_ours(path: Path, lazy: bool) -> tuple[TranscoderConfig, dict[str, torc
     try:
         cfg = TranscoderConfig.model_validate_json((path / "config.json").read_text())
     except (ValidationError, ValueError) as e:
-        msg = e.errors()[0]["msg"] if isinstance(e, ValidationError) else _first_line(e)
+        msg = e.errors()[0]["msg"] if isinstance(e, ValidationError) else first_line(e)
         raise TranscoderLoadError(f"invalid {path / 'config.json'}: {msg}") from None
     L, F, D = cfg.n_layers, cfg.n_features, cfg.d_model
-    raw = _read(path / "encoder.safetensors")
+    raw = read_safetensors(path / "encoder.safetensors")
     shapes = {"W_enc": (L, F, D), "b_enc": (L, F), "b_dec": (L, D)}
     if cfg.activation == ActivationKind.JUMPRELU:
         shapes["threshold"] = (L, F)
@@ -149,14 +124,14 @@ def _load_ours(path: Path, lazy: bool) -> tuple[TranscoderConfig, dict[str, torc
     }
     dec_path = path / "decoder.safetensors"
     if lazy:
-        decs = [_lazy(dec_path, f"W_dec_{s}") for s in range(L)]
+        decs = [lazy_rows(dec_path, f"W_dec_{s}") for s in range(L)]
         for s, lz in enumerate(decs):
             if lz.shape != (F, cfg.n_out(s), D):
                 raise TranscoderLoadError(
                     f"{dec_path}: W_dec_{s} has shape {lz.shape}, expected {(F, cfg.n_out(s), D)}"
                 )
         return cfg, enc, decs
-    raw = _read(dec_path)
+    raw = read_safetensors(dec_path)
     return cfg, enc, [_get(raw, f"W_dec_{s}", (F, cfg.n_out(s), D), dec_path) for s in range(L)]
 
 
@@ -197,7 +172,7 @@ def _load_ct(path: Path, lazy: bool) -> tuple[TranscoderConfig, dict[str, torch.
     try:
         meta = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise TranscoderLoadError(f"invalid {path / 'config.yaml'}: {_first_line(e)}") from None
+        raise TranscoderLoadError(f"invalid {path / 'config.yaml'}: {first_line(e)}") from None
     if not isinstance(meta, dict):
         raise TranscoderLoadError(f"invalid {path / 'config.yaml'}: not a mapping")
     try:
@@ -227,7 +202,7 @@ def _load_ct(path: Path, lazy: bool) -> tuple[TranscoderConfig, dict[str, torch.
             layers=extra.get("layers"),
         )  # fmt: skip
     except (ValidationError, ValueError) as e:
-        raise TranscoderLoadError(f"unsupported transcoders in {path}: {_first_line(e)}") from None
+        raise TranscoderLoadError(f"unsupported transcoders in {path}: {first_line(e)}") from None
     return cfg, enc, decs
 
 
@@ -277,7 +252,7 @@ def _read_ct_clt(path: Path, lazy: bool):
     files = [path / f"W_enc_{i}.safetensors" for i in range(L)]
     enc: dict[str, torch.Tensor] = {}
     for i, f in enumerate(files):  # one file at a time into stacked tensors: the encoders are in memory once
-        r = _read(f)
+        r = read_safetensors(f)
         if i == 0:
             if "W_enc_0" not in r:
                 raise TranscoderLoadError(f"{f} lacks the tensor W_enc_0")
@@ -295,12 +270,12 @@ def _read_ct_clt(path: Path, lazy: bool):
         del r, per
     dfiles = [path / f"W_dec_{i}.safetensors" for i in range(L)]
     if lazy:
-        decs: list = [_lazy(f, f"W_dec_{i}") for i, f in enumerate(dfiles)]
+        decs: list = [lazy_rows(f, f"W_dec_{i}") for i, f in enumerate(dfiles)]
         for i, d in enumerate(decs):
             if d.shape != (F, L - i, D):
                 raise TranscoderLoadError(f"{dfiles[i]}: W_dec_{i} has shape {d.shape}, expected {(F, L - i, D)}")
     else:
-        decs = [_get(_read(f), f"W_dec_{i}", (F, L - i, D), f) for i, f in enumerate(dfiles)]
+        decs = [_get(read_safetensors(f), f"W_dec_{i}", (F, L - i, D), f) for i, f in enumerate(dfiles)]
     return enc, decs, (L, F, D)
 
 

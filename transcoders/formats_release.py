@@ -32,7 +32,8 @@ class LayerFile(NamedTuple):
     dec: torch.Tensor | LazyRows  # [F, D]
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none), for one-line errors."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
@@ -80,30 +81,34 @@ def read_gemma_scope_npz(path: Path, lazy: bool) -> LayerFile:
         if "allow_pickle" in str(e) or "pickle" in str(e).lower():
             raise TranscoderLoadError(f"{path} holds pickled objects; refusing to load it (allow_pickle=False)") \
                 from None
-        raise TranscoderLoadError(f"corrupt transcoder file {path}: {_first_line(e)}") from None
+        raise TranscoderLoadError(f"corrupt transcoder file {path}: {first_line(e)}") from None
     except FileNotFoundError:
         raise TranscoderLoadError(f"missing transcoder file {path}") from None
     except (OSError, zipfile.BadZipFile, KeyError, EOFError) as e:
-        raise TranscoderLoadError(f"corrupt transcoder file {path}: {_first_line(e)}") from None
+        raise TranscoderLoadError(f"corrupt transcoder file {path}: {first_line(e)}") from None
     return LayerFile(enc, dec)
 
 
-def _safetensors(path: Path, skip: set[str]) -> dict[str, torch.Tensor]:
-    """Every tensor of a safetensors file except the names in `skip` (those are not read)."""
+def read_safetensors(path: Path, skip: frozenset[str] | set[str] = frozenset()) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file except the names in `skip` (those are not read); a missing or corrupt
+    file -> TranscoderLoadError naming it."""
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys() if k not in skip}  # noqa: SIM118  (safe_open has no iter)
     except FileNotFoundError:
         raise TranscoderLoadError(f"missing transcoder file {path}") from None
     except (SafetensorError, OSError, ValueError) as e:
-        raise TranscoderLoadError(f"corrupt transcoder file {path}: {_first_line(e)}") from None
+        raise TranscoderLoadError(f"corrupt transcoder file {path}: {first_line(e)}") from None
 
 
-def _lazy(path: Path, name: str) -> LazyRows:
+def lazy_rows(path: Path, name: str) -> LazyRows:
+    """Row-sliceable view of tensor `name` in a safetensors file (read on demand); errors name the file."""
     try:
         return LazyRows(path, name)
+    except FileNotFoundError:
+        raise TranscoderLoadError(f"missing transcoder file {path}") from None
     except (OSError, ValueError, KeyError, struct.error) as e:
-        raise TranscoderLoadError(f"corrupt transcoder file {path}: {_first_line(e)}") from None
+        raise TranscoderLoadError(f"corrupt transcoder file {path}: {first_line(e)}") from None
 
 
 def _need(raw: dict[str, torch.Tensor], names: tuple[str, ...], path: Path) -> None:
@@ -116,7 +121,7 @@ def read_safetensors_layer(path: Path, lazy: bool) -> LayerFile:
     """A Gemma Scope 2 (lower-case w_enc) or circuit-tracer per-layer safetensors file (steps 2-3)."""
     gs2 = _header_has(path, "w_enc")
     dec_name = "w_dec" if gs2 else "W_dec"
-    raw = _safetensors(path, {dec_name} if lazy else set())
+    raw = read_safetensors(path, {dec_name} if lazy else set())
     if gs2:
         _need(raw, ("w_enc", "b_enc", "b_dec", "threshold"), path)
         enc = {"W_enc": raw["w_enc"].T.contiguous(), "b_enc": raw["b_enc"], "b_dec": raw["b_dec"],
@@ -131,7 +136,7 @@ def read_safetensors_layer(path: Path, lazy: bool) -> LayerFile:
         if "W_skip" in raw:
             enc["W_skip"] = raw["W_skip"]
     if lazy:
-        return LayerFile(enc, _lazy(path, dec_name))
+        return LayerFile(enc, lazy_rows(path, dec_name))
     _need(raw, (dec_name,), path)
     return LayerFile(enc, raw[dec_name])
 
@@ -143,7 +148,7 @@ def _header_has(path: Path, name: str) -> bool:
     except FileNotFoundError:
         raise TranscoderLoadError(f"missing transcoder file {path}") from None
     except (SafetensorError, OSError, ValueError) as e:
-        raise TranscoderLoadError(f"corrupt transcoder file {path}: {_first_line(e)}") from None
+        raise TranscoderLoadError(f"corrupt transcoder file {path}: {first_line(e)}") from None
 
 
 def read_layer_file(path: Path, lazy: bool) -> LayerFile:
