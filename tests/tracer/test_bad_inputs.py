@@ -12,40 +12,23 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from tokenizers import Tokenizer as HFTok
-from tokenizers import models, pre_tokenizers, trainers
 
-from tests.conftest import random_model, tiny_config
 from tests.tracer.bad_inputs import CASES, Case, Ctx, table
-from tests.tracer.test_attribution import random_transcoder
+from tests.tracer.cli_subject import write_subject
 from tracer.cli import main
 from tracer.graphfile import sidecar_path
-from tracer.models import HookPoint, save_hf
-from transcoders import TranscoderKind, save_transcoders
+from transcoders import save_transcoders
 from transcoders.formats import TranscoderFormat
 
 ROOT = Path(__file__).resolve().parents[2]
-TEXT = ["the cat sat on the mat", "the dog ate the bone", "a cat and a dog", "on the mat sat a dog"] * 20
 MEMORY_LIMIT = 3 << 30  # address space of a subprocess case (torch alone maps ~0.7 GB)
 
 
 @pytest.fixture(scope="module")
 def subject(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("subject")
-    tok = HFTok(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # type: ignore[assignment]
-    tok.train_from_iterator(TEXT, trainers.BpeTrainer(vocab_size=60, special_tokens=["<unk>", "<s>"]))
-    cfg = tiny_config("llama", vocab_size=tok.get_vocab_size(), bos_token_id=1, eos_token_id=1)
-    model = random_model(cfg, dtype=torch.float32)
-    save_hf(cfg, model.state_dict(), root / "model")
-    tok.save(str(root / "model" / "tokenizer.json"))
-    tc = random_transcoder(model, TranscoderKind.CLT, HookPoint.MLP_IN, False).float()
-    save_transcoders(tc, root / "clt")
+    tc = write_subject(root)
     save_transcoders(tc, root / "ct", TranscoderFormat.CIRCUIT_TRACER)
-    wrong = random_transcoder(random_model(tiny_config("llama", d_model=8, n_heads=2, n_kv_heads=1)),
-                              TranscoderKind.CLT, HookPoint.MLP_IN, False).float()  # fmt: skip
-    save_transcoders(wrong, root / "wrong")
     graph = root / "graphs" / "g.json"
     argv = ["trace", "the cat sat on", "--model", str(root / "model"), "--transcoders", str(root / "clt"), "--json"]
     assert main([*argv, "-o", str(graph)]) == 0

@@ -29,22 +29,15 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from tokenizers import Tokenizer as HFTok
-from tokenizers import models, pre_tokenizers, trainers
 
-from tests.conftest import random_model, tiny_config
-from tests.tracer.test_attribution import random_transcoder
+from tests.tracer.cli_subject import write_subject
 from tracer.errors import GraphFileError
 from tracer.graphfile import load_attribution, load_graph, recover_pair, sidecar_path
-from tracer.models import HookPoint, save_hf
-from transcoders import TranscoderKind, save_transcoders
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIALS = 10
 PAUSE = 0.01  # seconds before each write step of a killed trace (4 steps)
 OLD, NEW = "the cat", "the dog ate the bone on the mat"  # different lengths: a mixed pair cannot pass as one
-TEXT = ["the cat sat on the mat", "the dog ate the bone", "a cat and a dog", "on the mat sat a dog"] * 20
 
 # stdin: one JSON request a line; stdout: one JSON reply a line. {"argv", "here": true} runs main in this process
 # (-> {"rc", "stdout"}); {"argv", "pause"} forks a child running main (-> {"pid"}, then {"rc"} once it is gone).
@@ -90,14 +83,7 @@ for line in sys.stdin:
 @pytest.fixture(scope="module")
 def subject(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("subject")
-    tok = HFTok(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # type: ignore[assignment]
-    tok.train_from_iterator(TEXT, trainers.BpeTrainer(vocab_size=60, special_tokens=["<unk>", "<s>"]))
-    cfg = tiny_config("llama", vocab_size=tok.get_vocab_size(), bos_token_id=1, eos_token_id=1)
-    model = random_model(cfg, dtype=torch.float32)
-    save_hf(cfg, model.state_dict(), root / "model")
-    tok.save(str(root / "model" / "tokenizer.json"))
-    save_transcoders(random_transcoder(model, TranscoderKind.CLT, HookPoint.MLP_IN, False).float(), root / "clt")
+    write_subject(root)
     return root
 
 
