@@ -57,14 +57,30 @@ def norm_transpose(norm: Norm, scale: torch.Tensor, g: torch.Tensor) -> torch.Te
 class ReplacementBackward:
     """Holds the frozen linear maps of one recorded prompt."""
 
-    def __init__(self, model: Transformer, tc: Transcoder, rec: Record, dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        model: Transformer,
+        tc: Transcoder,
+        rec: Record,
+        dtype: torch.dtype | None = None,
+        out_dtype: torch.dtype | None = None,
+        reuse_out: bool = False,
+    ) -> None:
         """dtype: compute in this dtype (the bf16 fast path passes bf16 copies of the model and record); default
-        fp32 at least: a half-precision model's weights are cast as they are used (accumulation in fp32)."""
+        fp32 at least: a half-precision model's weights are cast as they are used (accumulation in fp32).
+        out_dtype: dtype of the returned gradients (default `dtype`); the fast path widens them to fp32 as each
+        layer's gradient is stored, in the copy it makes anyway, instead of in a second pass over the buffer.
+        reuse_out: every `run` returns its gradients in one buffer that the next `run` overwrites (the row phase
+        consumes each batch first): a fresh [B, P', L', D] buffer per batch costs as much as the copies into it
+        (the allocator returns it to the OS, and each page faults again)."""
         self.model, self.tc, self.rec = model, tc, rec
         self.cfg = model.cfg
         self.input_hook = tc.cfg.input_hook
         self.dtype = dtype or torch.promote_types(rec.mlp_out.dtype, torch.float32)
+        self.out_dtype = out_dtype or self.dtype
+        self.reuse_out = reuse_out
         self.device = rec.mlp_out.device
+        self._out_buf = torch.empty(0, dtype=self.out_dtype, device=self.device)
         self.flops = 0  # matmul work done so far (2 x multiply-adds), for benchmarks
 
     def _read_transpose(self, layer: int, pos: slice | torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -98,7 +114,9 @@ class ReplacementBackward:
         u = (g.reshape(B * P, -1) @ self._w(blk.attn.o.weight)).view(B, P, H, dh)
         u = u.permute(2, 1, 0, 3).reshape(H, P, B * dh)
         v = torch.bmm(self._w(self.rec.patterns[layer][:, :P, :P]).transpose(1, 2), u)  # grads of each head's values
-        v = v.view(KV, H // KV, P, B, dh).sum(1)  # GQA: heads of a group share values
+        if KV != H:  # GQA: heads of a group share values (a sum over one head would only copy)
+            v = v.view(KV, H // KV, P, B, dh).sum(1)
+        v = v.view(KV, P, B, dh)
         xn = (v.permute(2, 1, 0, 3).reshape(B * P, KV * dh) @ self._w(blk.attn.v.weight)).view(B, P, -1)
         return norm_transpose(blk.ln1, self.rec.ln1_scale[layer, :P], xn)
 
@@ -122,12 +140,20 @@ class ReplacementBackward:
             return torch.zeros_like(g)
         return self._read_transpose(layer, slice(0, g.shape[1]), g @ self.tc.W_skip[layer].to(g.dtype))
 
+    def _out_buffer(self, shape: tuple[int, int, int, int]) -> torch.Tensor:
+        n = shape[0] * shape[1] * shape[2] * shape[3]
+        if not self.reuse_out:
+            return torch.empty(shape, dtype=self.out_dtype, device=self.device)
+        if self._out_buf.numel() < n:
+            self._out_buf = torch.empty(n, dtype=self.out_dtype, device=self.device)
+        return self._out_buf[:n].view(shape)
+
     def run(self, inj: Injections) -> Grads:
         """One batch of targets -> gradients at every MLP output and token embedding (see module docstring)."""
         L, D = self.cfg.n_layers, self.cfg.d_model
         B, P = int(inj.layer.numel()), int(inj.pos.max()) + 1
         top = min(int(inj.layer.max()), L - 1)  # layers above the highest target carry no gradient
-        out = torch.zeros(B, P, top + 1, D, dtype=self.dtype, device=self.device)
+        out = self._out_buffer((B, P, top + 1, D))  # not zeroed: every layer is written
         g = torch.zeros(B, P, D, dtype=self.dtype, device=self.device)
         # 1. Inject logit targets through the final norm
         is_logit = inj.layer >= L
@@ -139,7 +165,8 @@ class ReplacementBackward:
         single = bool((inj.layer == top).all()) and top < L
         for layer in range(top, -1, -1):
             out[:, :, layer] = g
-            g = g + self._skip_transpose(layer, g)  # the skip path is linear, so gradient crosses it
+            if self.tc.W_skip is not None:  # the skip path is linear, so gradient crosses it
+                g = g + self._skip_transpose(layer, g)
             here = (inj.layer == layer).nonzero()[:, 0]
             if here.numel():
                 g[here, inj.pos[here]] += self._read_transpose(layer, inj.pos[here], inj.vectors[here].to(self.dtype))
@@ -148,4 +175,4 @@ class ReplacementBackward:
             else:
                 g = g + self._attn_transpose(layer, g)
         # 3. What is left reaches the token embeddings
-        return Grads(out, g)
+        return Grads(out, g.to(self.out_dtype))
