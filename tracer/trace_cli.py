@@ -13,6 +13,7 @@ import gc
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,12 +95,15 @@ def process_seconds() -> float:
 def quiet_imports() -> Iterator[None]:
     """The imports phase without cyclic garbage collection: torch and pydantic create ~10⁵ long-lived objects that
     every full collection would scan again (~0.1-0.2 s here); afterwards they are frozen out of later collections
-    (gc.freeze) and collection is on."""
+    (gc.freeze) and collection is on. Only in a fresh process (torch not yet imported): a caller that runs the CLI
+    in-process (tests, notebooks) keeps its own objects collectable."""
+    fresh = "torch" not in sys.modules
     gc.disable()
     try:
         yield
     finally:
-        gc.freeze()
+        if fresh:
+            gc.freeze()
         gc.enable()
 
 
