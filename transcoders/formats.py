@@ -235,16 +235,22 @@ def _read_ct_plt(path: Path, lazy: bool, files: list[Path] | None = None):
         per = {"W_enc": _get(lf.enc, "W_enc", (F, D), f), "b_enc": _get(lf.enc, "b_enc", (F,), f),
                "b_dec": _get(lf.enc, "b_dec", (D,), f), **_optional(lf.enc, "theta", "theta", (F,), f),
                **_optional(lf.enc, "W_skip", "W_skip", (D, D), f)}  # fmt: skip
-        if i and set(per) != set(enc):
-            raise TranscoderLoadError(f"tensor {sorted(set(per) ^ set(enc))[0]} is present for some layers only")
-        for k, v in per.items():
-            if i == 0:
-                enc[k] = torch.empty((L, *v.shape), dtype=v.dtype)
-            enc[k][i] = v
+        _stack_layer(enc, per, i, L)
         if tuple(lf.dec.shape) != (F, D):
             raise TranscoderLoadError(f"{f}: the decoder has shape {tuple(lf.dec.shape)}, expected {(F, D)}")
         decs.append(lf.dec)
     return enc, decs, (L, F, D)
+
+
+def _stack_layer(enc: dict[str, torch.Tensor], per: dict[str, torch.Tensor], i: int, L: int) -> None:
+    """Write layer i's tensors into the stacked `enc` ([L, ...] each, allocated at layer 0): one file at a time, so
+    the encoders are in memory once; every layer must have the same tensors."""
+    if i and set(per) != set(enc):
+        raise TranscoderLoadError(f"tensor {sorted(set(per) ^ set(enc))[0]} is present for some layers only")
+    for k, v in per.items():
+        if i == 0:
+            enc[k] = torch.empty((L, *v.shape), dtype=v.dtype)
+        enc[k][i] = v
 
 
 def _read_ct_clt(path: Path, lazy: bool):
@@ -261,12 +267,7 @@ def _read_ct_clt(path: Path, lazy: bool):
                "b_dec": _get(r, f"b_dec_{i}", (D,), f),
                **({"theta": _get(r, f"threshold_{i}", (F,), f)} if f"threshold_{i}" in r else {}),
                **({"W_skip": _get(r, f"W_skip_{i}", (D, D), f)} if f"W_skip_{i}" in r else {})}  # fmt: skip
-        if i and set(per) != set(enc):
-            raise TranscoderLoadError(f"tensor {sorted(set(per) ^ set(enc))[0]} is present for some layers only")
-        for k, v in per.items():
-            if i == 0:
-                enc[k] = torch.empty((L, *v.shape), dtype=v.dtype)
-            enc[k][i] = v
+        _stack_layer(enc, per, i, L)
         del r, per
     dfiles = [path / f"W_dec_{i}.safetensors" for i in range(L)]
     if lazy:
