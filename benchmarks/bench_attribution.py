@@ -202,11 +202,16 @@ def whole_main(a: argparse.Namespace) -> None:
             cmd = [sys.executable, __file__, "--whole-case", a.subject, str(n), dt, work, "--threads", str(threads)]
             if dt == "bf16":
                 cmd += ["--compare", str(Path(work) / f"{a.subject}-{n}-fp32.json")]
-            r = json.loads(str(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout).splitlines()[-1])
-            results.append(r)
-            print(_whole_row(r), flush=True)
+            results.append(_case(cmd, _whole_row))
     if a.out:
         a.out.write_text(json.dumps(results, indent=2))
+
+
+def _case(cmd: list[str], row) -> dict:
+    """Run one case in a fresh process; its last stdout line is the result as JSON, printed with `row`."""
+    r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+    print(row(r), flush=True)
+    return r
 
 
 def _whole_row(r: dict) -> str:
@@ -262,9 +267,7 @@ def main() -> None:
             cmd += ["--max-feature-nodes", str(a.max_feature_nodes)]
         if a.edge_topk:
             cmd += ["--edge-topk", str(a.edge_topk)]
-        res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-        results.append(res)
-        print(_row(res), flush=True)
+        results.append(_case(cmd, _row))
     if a.out:
         a.out.write_text(json.dumps(results, indent=2))
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -190,13 +191,7 @@ def shard_state(full: State, cfg: TrainConfig, world: World) -> State:
         d = shard_dim(name)
         return t.clone() if d is None or t.dim() == 0 else t.narrow(d, lo, hi - lo).clone()
 
-    tc = _new_transcoder(full.tc.cfg.model_copy(update={"n_features": hi - lo}))
-    tc.load_state_dict({k: piece(k, v) for k, v in full.tc.state_dict().items()})
-    opt = torch.optim.Adam(tc.parameters(), lr=cfg.lr)
-    osd, names = full.opt.state_dict(), _names(full.tc)
-    opt.load_state_dict({"state": {i: {k: piece(names[i], v) for k, v in s.items()} for i, s in osd["state"].items()},
-                         "param_groups": osd["param_groups"]})  # fmt: skip
-    st = State(tc, opt, full.s_in, full.s_out)
+    st = _mapped(full, hi - lo, piece, cfg)
     st.step, st.since_fired = full.step, full.since_fired[:, lo:hi].clone()
     return st
 
@@ -212,15 +207,21 @@ def gather_state(st: State, cfg: TrainConfig, world: World) -> State:
         dist.all_gather(parts, t.detach().contiguous())
         return torch.cat(parts, d)
 
-    tc = _new_transcoder(st.tc.cfg.model_copy(update={"n_features": st.tc.cfg.n_features * world.size}))
-    tc.load_state_dict({k: whole(k, v) for k, v in st.tc.state_dict().items()})
-    opt = torch.optim.Adam(tc.parameters(), lr=cfg.lr)
-    osd, names = st.opt.state_dict(), _names(st.tc)
-    opt.load_state_dict({"state": {i: {k: whole(names[i], v) for k, v in s.items()} for i, s in osd["state"].items()},
-                         "param_groups": osd["param_groups"]})  # fmt: skip
-    full = State(tc, opt, st.s_in, st.s_out)
+    full = _mapped(st, st.tc.cfg.n_features * world.size, whole, cfg)
     full.step, full.since_fired = st.step, whole("b_enc", st.since_fired)
     return full
+
+
+def _mapped(src: State, n_features: int, fn: Callable[[str, torch.Tensor], torch.Tensor], cfg: TrainConfig) -> State:
+    """A State of `n_features` per layer whose parameters and Adam moments are `fn(parameter name, tensor)` of
+    `src`'s (a shard of them, or all shards gathered); step and fired counters are left to the caller."""
+    tc = _new_transcoder(src.tc.cfg.model_copy(update={"n_features": n_features}))
+    tc.load_state_dict({k: fn(k, v) for k, v in src.tc.state_dict().items()})
+    opt = torch.optim.Adam(tc.parameters(), lr=cfg.lr)
+    osd, names = src.opt.state_dict(), _names(src.tc)
+    opt.load_state_dict({"state": {i: {k: fn(names[i], v) for k, v in s.items()} for i, s in osd["state"].items()},
+                         "param_groups": osd["param_groups"]})  # fmt: skip
+    return State(tc, opt, src.s_in, src.s_out)
 
 
 # 3. init, and the loop
