@@ -19,23 +19,14 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field, ValidationError
 
 from tracer.errors import ConfigError, GraphFileError, TracerError
 from tracer.io import atomic_write_text
+from tracer.pipeline import Tracer
 from tracer.schema import GraphFile, Identity, Scores
-
-if TYPE_CHECKING:
-    import torch
-
-    from tracer.attribute import TraceConfig
-    from tracer.models import LoadedModel
-    from tracer.result import Attribution
-    from transcoders import Transcoder
 
 log = logging.getLogger("tracer.batch")
 INDEX_NAME = "index.json"
@@ -160,81 +151,6 @@ def existing(path: Path, prompt: str, model: Identity, tcs: Identity, settings: 
 # 3.-4. shard and trace
 
 
-@dataclass
-class Tracer:
-    """A loaded model and transcoder set with one run's settings: prompt -> (GraphFile, Attribution), the same
-    steps as `tracer trace`."""
-
-    lm: LoadedModel
-    tc: Transcoder
-    model_id: Identity
-    tc_id: Identity
-    cfg: TraceConfig
-    node_threshold: float
-    edge_threshold: float
-    tc_dir: Path
-    device: torch.device | None = None
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Tracer:
-        from tracer.attribute import TraceConfig
-        from tracer.errors import ModelLoadError
-        from tracer.hub import resolve_transcoders
-        from tracer.models import load_model
-        from tracer.models.loading import file_hash
-        from transcoders import DEFAULT_TRANSCODERS, load_transcoders
-
-        cfg = TraceConfig(
-            max_n_logits=args.max_n_logits, desired_logit_prob=args.desired_logit_prob, batch_size=args.batch_size,
-            max_feature_nodes=args.max_feature_nodes, edge_topk=args.edge_topk, target=tuple(args.target or ()),
-            minus=args.minus, kernel=args.kernel, progress=False,
-        )  # fmt: skip
-        device = None
-        if hasattr(args, "device"):  # --dtype/--device, when the trace parser has them (tracer.precision)
-            from tracer.precision import resolve_precision
-
-            prec = resolve_precision(args)
-            lm, device = load_model(args.model, dtype=prec.dtype), prec.device
-            lm.model.to(device)
-        else:
-            lm = load_model(args.model)
-        if lm.tokenizer is None:
-            raise ModelLoadError("the model has no tokenizer (tokenizer.json or vocab.json + merges.txt)")
-        tc_dir = Path(resolve_transcoders(args.transcoders) or DEFAULT_TRANSCODERS)
-        tc = load_transcoders(tc_dir, lm.cfg, dtype=lm.model.embed.weight.dtype, lazy=True)
-        tc = tc.to(device) if device is not None else tc
-        tc_id = Identity(name=tc_dir.name, content_hash=file_hash(sorted(tc_dir.glob("*.safetensors"))),
-                         kind=str(tc.cfg.kind.value))  # fmt: skip
-        model_id = Identity(name=lm.name, content_hash=lm.content_hash, kind=lm.cfg.family)
-        return cls(lm, tc, model_id, tc_id, cfg, args.node_threshold, args.edge_threshold, tc_dir, device)
-
-    @property
-    def settings(self) -> dict:
-        s = {k: v for k, v in asdict(self.cfg).items() if k != "progress"}
-        return s | {"node_threshold": self.node_threshold, "edge_threshold": self.edge_threshold,
-                    "target": list(self.cfg.target)}  # fmt: skip
-
-    def trace(self, prompt: str) -> tuple[GraphFile, Attribution]:
-        """prompt -> (GraphFile, Attribution); PromptError for an empty or over-long prompt."""
-        import torch
-
-        from tracer.attribute import attribute
-        from tracer.features.graph_labels import label_graph
-        from tracer.graphfile import build_graph_file
-        from tracer.prune import prune
-
-        lm = self.lm
-        assert lm.tokenizer is not None  # checked in from_args
-        tokens = torch.tensor(lm.tokenizer.encode_prompt(prompt, lm.cfg.n_ctx, lm.cfg.bos_token_id), device=self.device)
-        with torch.inference_mode(False):
-            attr = attribute(lm.model, self.tc, tokens, lm.tokenizer, self.cfg)
-        pruned = prune(attr, node_threshold=self.node_threshold, edge_threshold=self.edge_threshold)
-        graph = build_graph_file(attr, pruned, prompt=prompt, model=self.model_id, transcoders=self.tc_id,
-                                 settings=self.settings, labels=None)  # fmt: skip
-        label_graph(graph, self.tc_dir)  # the feature store's labels, as `tracer trace` adds them
-        return graph, attr
-
-
 def run_batch(args: argparse.Namespace) -> int:
     """`tracer trace --prompts FILE -o DIR` (see the module docstring)."""
     import torch
@@ -284,8 +200,6 @@ def run_batch(args: argparse.Namespace) -> int:
 
 def _one(tracer: Tracer, pl: PromptLine, out_dir: Path) -> Entry:
     """4. Trace one prompt (or skip it, or record its failure)."""
-    from tracer.graphfile import save_graph
-
     path = out_dir / f"{pl.name}.json"
     old = existing(path, pl.prompt, tracer.model_id, tracer.tc_id, tracer.settings)
     if old is not None:
@@ -295,7 +209,7 @@ def _one(tracer: Tracer, pl: PromptLine, out_dir: Path) -> Entry:
         graph, attr = tracer.trace(pl.prompt)
     except TracerError as e:
         return Entry(line=pl.line, prompt=pl.prompt, status="failed", error=str(e))
-    save_graph(path, graph, attr)
+    tracer.save(path, graph, attr)
     return entry_of(graph, pl.line, path.name, "traced", time.perf_counter() - t0)
 
 

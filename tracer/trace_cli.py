@@ -113,18 +113,10 @@ def run(args: argparse.Namespace) -> int:
     with quiet_imports():
         import torch
 
-        from tracer.attribute import TraceConfig, attribute, phase
+        from tracer.attribute import phase
         from tracer.checks import check_graph_output, check_threads, check_thresholds
-        from tracer.errors import ModelLoadError
-        from tracer.features.graph_labels import label_graph
-        from tracer.graphfile import build_graph_file, recover_pair, save_graph
-        from tracer.hub import resolve_transcoders
-        from tracer.models import load_model
-        from tracer.models.loading import file_hash
-        from tracer.precision import resolve_precision
-        from tracer.prune import prune
-        from tracer.schema import Identity
-        from transcoders import DEFAULT_TRANSCODERS, load_transcoders
+        from tracer.graphfile import recover_pair
+        from tracer.pipeline import Tracer
 
     t["imports"] += time.perf_counter() - t0
     if args.prompts is not None or args.prompt is None:
@@ -137,51 +129,17 @@ def run(args: argparse.Namespace) -> int:
     check_threads(args.threads)
     check_graph_output(out)
     recover_pair(out)  # leftovers of a killed run to the same output
-    cfg = TraceConfig(
-        max_n_logits=args.max_n_logits, desired_logit_prob=args.desired_logit_prob, batch_size=args.batch_size,
-        max_feature_nodes=args.max_feature_nodes, edge_topk=args.edge_topk, target=tuple(args.target or ()),
-        minus=args.minus, kernel=args.kernel, progress=not args.json,
-        row_dtype=args.row_dtype if args.row_dtype != "auto" else ("bf16" if args.model_dtype == "bf16" else "fp32"),
-    )  # fmt: skip
-    prec = resolve_precision(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    with phase("model_load", t):
-        lm = load_model(args.model, dtype=prec.dtype)
-        lm.model.to(prec.device)
-    with phase("transcoder_load", t):
-        # in the model's dtype: fp16 storage would otherwise round the replacement model away from exactness
-        tc_dir = resolve_transcoders(args.transcoders) or DEFAULT_TRANSCODERS
-        tc = load_transcoders(tc_dir, lm.cfg, dtype=lm.model.embed.weight.dtype, lazy=True).to(prec.device)
-    if lm.tokenizer is None:
-        raise ModelLoadError("the model has no tokenizer (tokenizer.json or vocab.json + merges.txt)")
-    with phase("tokenize", t):
-        tokens = torch.tensor(lm.tokenizer.encode_prompt(args.prompt, lm.cfg.n_ctx, lm.cfg.bos_token_id),
-                              device=prec.device)  # fmt: skip
-    with torch.inference_mode(False):
-        attr = attribute(lm.model, tc, tokens, lm.tokenizer, cfg)
-    t |= attr.timings
-    with phase("prune", t):
-        pruned = prune(attr, node_threshold=args.node_threshold, edge_threshold=args.edge_threshold)
-    settings = {k: v for k, v in asdict(cfg).items() if k != "progress"}
-    settings |= {"node_threshold": args.node_threshold, "edge_threshold": args.edge_threshold,
-                 "target": list(cfg.target)}  # fmt: skip
-    model_id = Identity(name=lm.name, content_hash=lm.content_hash, kind=lm.cfg.family)
-    with phase("graph_file", t):
-        graph = build_graph_file(
-            attr, pruned, prompt=args.prompt, model=model_id,
-            transcoders=Identity(name=tc_dir.name, content_hash=file_hash(sorted(tc_dir.glob("*.safetensors"))),
-                                 kind=str(tc.cfg.kind.value)),
-            settings=settings, labels=None,
-        )  # fmt: skip
-        label_graph(graph, tc_dir)  # automatic labels from the feature store beside the transcoders, if any
+    pipe = Tracer.from_args(args, progress=not args.json)
+    t |= pipe.timings
+    graph, attr = pipe.trace(args.prompt, t)
     with phase("write", t):
-        sidecar_dtype = torch.float16 if args.sidecar_dtype == "fp16" else torch.float32
-        save_graph(out, graph, None if args.no_sidecar else attr, values_dtype=sidecar_dtype)
+        pipe.save(out, graph, attr)
     graph.metadata.timings = t
-    summary = _summary(args.prompt, out, attr, graph, pruned, t)
+    summary = _summary(args.prompt, out, attr, graph, t)
     with phase("free", t):  # the unpruned graph's memory goes back before the summary is printed
-        del attr, pruned, lm, tc
+        del attr, pipe
     summary.timings["free"] = round(t["free"], 4)
     summary.timings["total"] = round(process_seconds() or sum(t.values()), 4)
     print(json.dumps(asdict(summary)) if args.json else _format(summary))
@@ -192,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(prompt, out, attr, graph, pruned, t) -> TraceSummary:
+def _summary(prompt, out, attr, graph, t) -> TraceSummary:
     from tracer.features.graph_labels import top_features
 
     pairs = zip(attr.logit_strs, attr.logit_probs, strict=True)

@@ -1,0 +1,123 @@
+"""One trace pipeline for `tracer trace` and batch tracing: load once, then prompt -> graph file + sidecar.
+
+1. load (`Tracer.from_args`): model (dtype/device from tracer.precision), transcoders (the model's dtype, decoders
+   lazy), their identities; the trace settings, as one TraceConfig.
+2. trace (`Tracer.trace`): tokenize, attribute, prune, build the graph file, add the feature store's labels.
+3. save (`Tracer.save`): graph + sidecar as one unit (tracer.graphfile.save_graph), sidecar as the options ask.
+Each step's phases are added to the `timings` dict it is given (seconds, the names `tracer trace` prints).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tracer.schema import GraphFile, Identity
+
+if TYPE_CHECKING:
+    import torch
+
+    from tracer.attribute import TraceConfig
+    from tracer.models import LoadedModel
+    from tracer.result import Attribution
+    from transcoders import Transcoder
+
+
+def trace_config(args: argparse.Namespace, progress: bool) -> TraceConfig:
+    """The TraceConfig of `tracer trace`'s options (`--row-dtype auto`: bf16 rows for a bf16 model)."""
+    from tracer.attribute import TraceConfig
+
+    row_dtype = args.row_dtype if args.row_dtype != "auto" else ("bf16" if args.model_dtype == "bf16" else "fp32")
+    return TraceConfig(
+        max_n_logits=args.max_n_logits, desired_logit_prob=args.desired_logit_prob, batch_size=args.batch_size,
+        max_feature_nodes=args.max_feature_nodes, edge_topk=args.edge_topk, target=tuple(args.target or ()),
+        minus=args.minus, kernel=args.kernel, progress=progress, row_dtype=row_dtype,
+    )  # fmt: skip
+
+
+@dataclass
+class Tracer:
+    """A loaded model and transcoder set with one run's settings."""
+
+    lm: LoadedModel
+    tc: Transcoder
+    model_id: Identity
+    tc_id: Identity
+    cfg: TraceConfig
+    node_threshold: float
+    edge_threshold: float
+    tc_dir: Path
+    device: torch.device | None = None
+    sidecar: bool = True
+    sidecar_fp16: bool = False
+    timings: dict[str, float] = field(default_factory=dict)  # load phases; trace phases go to trace()'s dict
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, progress: bool = False) -> Tracer:
+        """1. load (phases model_load, transcoder_load)."""
+        from tracer.attribute import phase
+        from tracer.errors import ModelLoadError
+        from tracer.hub import resolve_transcoders
+        from tracer.models import load_model
+        from tracer.models.loading import file_hash
+        from tracer.precision import resolve_precision
+        from transcoders import DEFAULT_TRANSCODERS, load_transcoders
+
+        cfg, prec, t = trace_config(args, progress), resolve_precision(args), {}
+        with phase("model_load", t):
+            lm = load_model(args.model, dtype=prec.dtype)
+            lm.model.to(prec.device)
+        with phase("transcoder_load", t):
+            # in the model's dtype: fp16 storage would otherwise round the replacement model away from exactness
+            tc_dir = Path(resolve_transcoders(args.transcoders) or DEFAULT_TRANSCODERS)
+            tc = load_transcoders(tc_dir, lm.cfg, dtype=lm.model.embed.weight.dtype, lazy=True).to(prec.device)
+            tc_id = Identity(name=tc_dir.name, content_hash=file_hash(sorted(tc_dir.glob("*.safetensors"))),
+                             kind=str(tc.cfg.kind.value))  # fmt: skip
+        if lm.tokenizer is None:
+            raise ModelLoadError("the model has no tokenizer (tokenizer.json or vocab.json + merges.txt)")
+        model_id = Identity(name=lm.name, content_hash=lm.content_hash, kind=lm.cfg.family)
+        return cls(lm, tc, model_id, tc_id, cfg, args.node_threshold, args.edge_threshold, tc_dir, prec.device,
+                   sidecar=not args.no_sidecar, sidecar_fp16=args.sidecar_dtype == "fp16", timings=t)  # fmt: skip
+
+    @property
+    def settings(self) -> dict:
+        s = {k: v for k, v in asdict(self.cfg).items() if k != "progress"}
+        return s | {"node_threshold": self.node_threshold, "edge_threshold": self.edge_threshold,
+                    "target": list(self.cfg.target)}  # fmt: skip
+
+    def trace(self, prompt: str, timings: dict[str, float] | None = None) -> tuple[GraphFile, Attribution]:
+        """2. prompt -> (GraphFile, Attribution); PromptError for an empty or over-long prompt."""
+        import torch
+
+        from tracer.attribute import attribute, phase
+        from tracer.features.graph_labels import label_graph
+        from tracer.graphfile import build_graph_file
+        from tracer.prune import prune
+
+        t = {} if timings is None else timings
+        lm = self.lm
+        assert lm.tokenizer is not None  # checked in from_args
+        with phase("tokenize", t):
+            tokens = torch.tensor(lm.tokenizer.encode_prompt(prompt, lm.cfg.n_ctx, lm.cfg.bos_token_id),
+                                  device=self.device)  # fmt: skip
+        with torch.inference_mode(False):
+            attr = attribute(lm.model, self.tc, tokens, lm.tokenizer, self.cfg)
+        t |= attr.timings
+        with phase("prune", t):
+            pruned = prune(attr, node_threshold=self.node_threshold, edge_threshold=self.edge_threshold)
+        with phase("graph_file", t):
+            graph = build_graph_file(attr, pruned, prompt=prompt, model=self.model_id, transcoders=self.tc_id,
+                                     settings=self.settings, labels=None)  # fmt: skip
+            label_graph(graph, self.tc_dir)  # automatic labels from the feature store beside the transcoders, if any
+        return graph, attr
+
+    def save(self, path: Path, graph: GraphFile, attr: Attribution) -> None:
+        """3. graph + sidecar (or the graph alone with --no-sidecar)."""
+        import torch
+
+        from tracer.graphfile import save_graph
+
+        dtype = torch.float16 if self.sidecar_fp16 else torch.float32
+        save_graph(path, graph, attr if self.sidecar else None, values_dtype=dtype)
