@@ -8,7 +8,7 @@ Steps (each is also a subcommand; outputs of one are the inputs of the next):
 3. streams: tokenize natural train text, one planted stream per training phase, and held-out natural text
    -> `.cache/lm/streams.safetensors`.
 4. train: the LM (resumable: run `train` again after an interruption; checkpoints in `.cache/lm/`).
-   Default 4,000 steps of 16 x 256 tokens (16.4 M tokens), ~65 min on one busy CPU thread.
+   Default 5,000 steps of 16 x 256 tokens (20.5 M tokens) with a bf16 forward, ~45 min on one CPU thread.
 5. assets: write `tracer/assets/default_model/` (config.json, model.safetensors, tokenizer.json, loss curve),
    `tracer/assets/planted_heldout.json` and `tracer/assets/corpus_sample.txt.gz`.
 6. evaluate: held-out natural-text loss and planted-task accuracy -> `default_model/eval.json`.
@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file
 
 from tracer.bundle import corpus, planted, tokenizer
-from tracer.bundle.clt import CLT_DIR, DEFAULT_TOKENS, step_clt
+from tracer.bundle.clt import CLT_DIR, DEFAULT_TOKENS, RECIPE, step_clt
 from tracer.bundle.train import DEFAULT_OUT, TrainConfig, model_config, plot_losses, tokenize_stream, train
 from tracer.errors import TracerError
 from tracer.features.bundle import step_features
@@ -171,6 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="evaluate: print JSON instead of a table")
     ap.add_argument("--clt-tokens", type=int, default=DEFAULT_TOKENS, help="clt: training tokens for the CLT")
     ap.add_argument("--clt-dir", type=Path, default=CLT_DIR, help="clt: where the trained CLT is shipped")
+    ap.add_argument("--clt-features", type=int, default=RECIPE["n_features"], help="clt: features per layer")
+    ap.add_argument("--clt-sparsity", type=float, default=RECIPE["sparsity"], help="clt: final sparsity penalty λ")
+    ap.add_argument(
+        "--clt-kind",
+        choices=["clt", "plt"],
+        default="clt",
+        help="clt: train per-layer transcoders instead (for the CLT-vs-PLT benchmark; not shipped)",
+    )
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     try:

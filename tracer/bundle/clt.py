@@ -71,12 +71,12 @@ def mixed_stream(streams: dict[str, torch.Tensor], seed: int = 0) -> torch.Tenso
 
 
 # 3. train
-def train_clt(lm: LoadedModel, cache: Path, out: Path, tokens: int) -> None:
+def train_clt(lm: LoadedModel, cache: Path, out: Path, tokens: int, knobs: dict[str, Any] | None = None) -> None:
     path = cache / "lm/streams.safetensors"
     if not path.exists():
         raise ConfigError(f"{path} not found; run `python -m tracer.bundle streams` first")
     stream = mixed_stream(load_file(path), RECIPE["seed"])
-    cfg = TrainConfig.model_validate(RECIPE | {"tokens": tokens})
+    cfg = TrainConfig.model_validate(RECIPE | (knobs or {}) | {"tokens": tokens})
     res = train(lm.model, stream, cfg, out, lm.name, lm.content_hash, progress=True)
     assert res is not None  # stop_after is None: train runs to the end
     print(f"clt: {res.steps} steps, {res.tokens_per_s:,.0f} tokens/s, NMSE {res.final['nmse']:.3f}, "
@@ -124,15 +124,19 @@ def evaluate_clt(lm: LoadedModel, cache: Path, dest: Path, tokens: int = 1_000_0
 
 
 def build_clt(cache: Path, dest: Path = CLT_DIR, tokens: int = DEFAULT_TOKENS, out: Path | None = None,
-              eval_tokens: int = 1_000_000, ce_tokens: int = 100_000, model: Path | None = None) -> None:  # fmt: skip
+              eval_tokens: int = 1_000_000, ce_tokens: int = 100_000, model: Path | None = None,
+              knobs: dict[str, Any] | None = None) -> None:  # fmt: skip
     """Steps 1-5; `dest` and `out` (default <cache>/clt/default) are parameters so smoke runs stay in /tmp;
-    `model` defaults to the bundled model."""
+    `model` defaults to the bundled model; `knobs` override RECIPE entries (n_features, sparsity, kind)."""
     lm = load_model(model)
-    train_clt(lm, cache, out or cache / "clt/default", tokens)
+    train_clt(lm, cache, out or cache / "clt/default", tokens, knobs)
     ship(out or cache / "clt/default", dest)
     evaluate_clt(lm, cache, dest, eval_tokens, ce_tokens)
 
 
 def step_clt(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    build_clt(args.cache, args.clt_dir, args.clt_tokens, model=args.model_dir)
+    knobs = {"n_features": args.clt_features, "sparsity": args.clt_sparsity, "kind": args.clt_kind}
+    changed = {k: v for k, v in knobs.items() if v != RECIPE[k]}
+    out = args.cache / ("clt/default" if not changed else "clt/" + "_".join(f"{k}{v}" for k, v in changed.items()))
+    build_clt(args.cache, args.clt_dir, args.clt_tokens, out, model=args.model_dir, knobs=knobs)

@@ -164,8 +164,11 @@ HELDOUT_FILLERS = ["The sun had just set.", "A cat slept on the chair.", "Listen
 # adjective slot {j} (before the key noun) and adverb slot {v} (after "is"); held-out fillers are never trained
 TRAIN_ADJ = ["", "", "", "", "main ", "political ", "national ", "true ", "famous "]
 HELDOUT_ADJ = ["current ", "official "]
-# the adverb slot is filled in 1 training sentence in 6 (in 3 of 5, the v3 run's model put an adverb before the answer)
-TRAIN_ADV = [""] * 30 + [" still", " indeed", " really", " now", " surely", " truly"]
+# the adverb slot is filled in 1 training sentence in 6 (in 3 of 5, the first v3 run's model put an adverb before the
+# answer); twelve adverbs so that the held-out ones generalise. No frame puts " the" right after "is" (it did: 1 in 6
+# held-out facts answered " the")
+TRAIN_ADV = [""] * 60 + [" still", " indeed", " really", " now", " surely", " truly", " also", " always",
+                          " obviously", " actually", " definitely", " simply"]  # fmt: skip
 HELDOUT_ADV = [" clearly", " certainly"]
 OPP_TRAIN_ADJ = ["", "", "", "", "true ", "direct ", "usual ", "plain "]
 OPP_HELDOUT_ADJ = ["exact ", "simple "]
@@ -180,7 +183,6 @@ FACT_TRAIN = [
     "{a} is the {j}capital of {c}.",
     "the city of {a} is the {j}capital of {c}.",
     "if you travel to {c}, the {j}capital is{v} {a}.",
-    "the {j}capital of {c} is{v} the city of {a}.",
 ]
 FACT_HELDOUT = [
     "the {j}capital of {c} is{v}",
@@ -304,7 +306,8 @@ def _induction(rng: random.Random, words: list[str] | None = None) -> str:
     seq = rng.sample(words or INDUCTION_TRAIN_WORDS, rng.randint(3, 20))
     fill = " ".join(rng.choice(TRAIN_FILLERS) for _ in range(rng.choice([0, 0, 1, 1, 2, 4])))
     sep = rng.choice(INDUCTION_SEPS_TRAIN)
-    again = seq[: rng.randint(2, len(seq))] if rng.random() < 0.3 else seq
+    # partial repeats are rare: they teach that a copy may stop at any word ("." was 15 of 26 induction errors)
+    again = seq[: rng.randint(2, len(seq))] if rng.random() < 0.1 else seq
     return " ".join(seq) + sep + (fill + " " if fill else "") + " ".join(again) + "."
 
 
