@@ -10,11 +10,10 @@ Steps (run after `streams`, `train` and `assets`, which write its inputs):
 5. evaluate: `transcoders.metrics.evaluate` on held-out text (`<cache>/corpus/heldout.txt` + the last
    4.5 MB of train.txt, which the CLT never reads) -> eval.json and eval.png in the destination.
 
-Provenance: the shipped CLT came from a warm-started lineage, because the default model landed late: two runs
-on intermediate LM checkpoints (steps 800 and 2,500), then two on the final model (4.5 M + 3.0 M tokens), each
-starting from the previous one's weights; 14.5 M tokens, ~44 min on one thread in all. This single run from
-scratch on the final model (default 7.5 M tokens, the final model's share) reproduces the last stage's recipe,
-not the bit-exact shipped weights.
+Recipe (v3): 4,096 JumpReLU features per layer, thresholds initialised at 1.0 (normalised units; at 0.25 the
+thresholds, trained as log θ at lr 5e-4, needed thousands of steps to reach their ~0.9 median and the features
+stayed dense and slow meanwhile), λ 0.02, pre-activation loss 1e-4 on dead features, 6 M tokens (3.1 M
+distinct, kept in memory).
 """
 
 from __future__ import annotations
@@ -37,16 +36,16 @@ from transcoders.metrics import evaluate, plot
 from transcoders.train import TrainConfig, train
 
 CLT_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_clt"
-DEFAULT_TOKENS = 7_500_000  # what the shipped CLT saw on the final model
+DEFAULT_TOKENS = 6_000_000  # training tokens of the shipped CLT (all distinct)
 CHUNK = 127  # the LM's training chunk (128 with BOS)
 EVAL_TAIL_BYTES = 4_500_000  # tail of train.txt added to the eval text (beyond the CLT's data_tokens)
-# TrainConfig of the shipped final stage (copied from its training.json so a rebuild never reads what it replaces)
+# TrainConfig of the shipped CLT (tokens from DEFAULT_TOKENS; written here so a rebuild never reads what it replaces)
 RECIPE: dict[str, Any] = {
-    "kind": "clt", "n_features": 2048, "activation": "jumprelu", "topk_k": 0, "input_hook": "mlp_in",
-    "skip": True, "tokens": 3_000_000, "batch_tokens": 1024, "seq_len": 128, "buffer_tokens": 262_144,
-    "data_tokens": 524_288, "lr": 0.0005, "warmup_steps": 20, "decay_frac": 0.2, "sparsity": 0.03,
-    "sparsity_ramp_frac": 0.0, "tanh_c": 4.0, "preact": 3e-05, "aux_k": 0, "aux_coef": 0.03125,
-    "dead_window": 262_144, "threshold_init": 0.25, "bandwidth": 0.1, "checkpoint_every": 200, "seed": 0,
+    "kind": "clt", "n_features": 4096, "activation": "jumprelu", "topk_k": 0, "input_hook": "mlp_in",
+    "skip": True, "tokens": DEFAULT_TOKENS, "batch_tokens": 1024, "seq_len": 128, "buffer_tokens": 262_144,
+    "data_tokens": 3_145_728, "lr": 0.0005, "warmup_steps": 20, "decay_frac": 0.2, "sparsity": 0.02,
+    "sparsity_ramp_frac": 0.0, "tanh_c": 4.0, "preact": 1e-04, "aux_k": 0, "aux_coef": 0.03125,
+    "dead_window": 262_144, "threshold_init": 1.0, "bandwidth": 0.1, "checkpoint_every": 200, "seed": 0,
     "dtype": "float16",
 }  # fmt: skip
 
