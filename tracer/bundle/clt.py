@@ -136,6 +136,6 @@ def build_clt(cache: Path, dest: Path = CLT_DIR, tokens: int = DEFAULT_TOKENS, o
 def step_clt(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     knobs = {"n_features": args.clt_features, "sparsity": args.clt_sparsity, "kind": args.clt_kind}
-    changed = {k: v for k, v in knobs.items() if v != RECIPE[k]}
+    changed = {k: v for k, v in (knobs | {"tokens": args.clt_tokens}).items() if v != RECIPE[k]}  # own checkpoint dir
     out = args.cache / ("clt/default" if not changed else "clt/" + "_".join(f"{k}{v}" for k, v in changed.items()))
     build_clt(args.cache, args.clt_dir, args.clt_tokens, out, model=args.model_dir, knobs=knobs)
