@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None, help="model directory (default: the bundled model)")
     ap.add_argument("--heldout", type=Path, default=None, help="held-out prompts (default: the bundled file)")
     ap.add_argument("--per-task", type=int, default=10, help="correctly answered prompts per task")
-    ap.add_argument("--completeness", type=float, default=0.7, help="completeness the size comparison asks for")
+    ap.add_argument("--completeness", type=float, default=0.9, help="completeness the size comparison asks for")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args(argv)

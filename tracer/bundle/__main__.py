@@ -8,12 +8,12 @@ Steps (each is also a subcommand; outputs of one are the inputs of the next):
 3. streams: tokenize natural train text, one planted stream per training phase, and held-out natural text
    -> `.cache/lm/streams.safetensors`.
 4. train: the LM (resumable: run `train` again after an interruption; checkpoints in `.cache/lm/`).
-   Default 5,000 steps of 16 x 256 tokens (20.5 M tokens) with a bf16 forward, ~45 min on one CPU thread.
+   Default 5,000 steps of 16 x 256 tokens (20.5 M tokens) with a bf16 forward: 48 min on one CPU thread here.
 5. assets: write `tracer/assets/default_model/` (config.json, model.safetensors, tokenizer.json, loss curve),
    `tracer/assets/planted_heldout.json` and `tracer/assets/corpus_sample.txt.gz`.
 6. evaluate: held-out natural-text loss and planted-task accuracy -> `default_model/eval.json`.
 7. clt: train the default cross-layer transcoder on the model's own training mix and ship it (float16) with its
-   evaluation -> `tracer/assets/default_clt/` (see tracer/bundle/clt.py; ~45 min on one thread for 7.5 M tokens).
+   evaluation -> `tracer/assets/default_clt/` (see tracer/bundle/clt.py; 6 M tokens, 27 min on one thread here).
 8. features: the default CLT's feature store, rebuilt on the model's own text mix ->
    `tracer/assets/default_clt/features.sqlite` (see tracer/features/bundle.py; a few minutes on one thread).
 """
