@@ -26,6 +26,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -34,8 +35,18 @@ from tracer.bundle.planted import Task
 TASKS = (Task.FACTS, Task.TWO_HOP, Task.IOI, Task.OPPOSITES)
 
 
-def path_lengths(attr) -> tuple[float, float]:
-    """Step 3: (mean path length over all mass, over the mass that ends on token embeddings)."""
+class PathLengths(NamedTuple):
+    all: float  # mean edges travelled by all influence mass from the target to a source
+    tokens: float  # the same for the mass that ends on token embeddings
+
+
+class Size(NamedTuple):
+    features: int  # fewest features (by influence) reaching the completeness asked for (all when never)
+    reached: bool
+
+
+def path_lengths(attr) -> PathLengths:
+    """Step 3: mean path length over all mass and over the mass that ends on token embeddings."""
     from tracer.layout import NodeKind
 
     lay = attr.layout
@@ -57,10 +68,10 @@ def path_lengths(attr) -> tuple[float, float]:
         v = v * ~source
         if float(v.sum()) < 1e-9:
             break
-    return total_k / max(total, 1e-30), tok_k / max(tok, 1e-30)
+    return PathLengths(total_k / max(total, 1e-30), tok_k / max(tok, 1e-30))
 
 
-def size_at(attr, target: float) -> tuple[int, bool]:
+def size_at(attr, target: float) -> Size:
     """Step 3: fewest features (by influence) whose folded graph reaches completeness `target` (binary search)."""
     from tracer.csr import influence
     from tracer.layout import NodeKind
@@ -81,11 +92,11 @@ def size_at(attr, target: float) -> tuple[int, bool]:
 
     lo, hi = 0, len(order)
     if complete(hi) < target:
-        return hi, False
+        return Size(hi, False)
     while lo < hi:
         mid = (lo + hi) // 2
         lo, hi = (mid + 1, hi) if complete(mid) < target else (lo, mid)
-    return lo, True
+    return Size(lo, True)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -103,24 +114,22 @@ def run(args: argparse.Namespace) -> dict:
     sets = {"clt": args.clt or DEFAULT_TRANSCODERS, "plt": args.plt}
     tcs = {k: load_transcoders(p, lm.cfg, dtype=torch.float32) for k, p in sets.items()}
     items = json.loads((args.heldout or DEFAULT_MODEL.parent / "planted_heldout.json").read_text())
-    prompts = []
+    prompts = []  # (task, prompt, answer token id)
     for task in TASKS:
-        pool = [it for it in items if it["task"] == task.value]
-        ok = top1(lm, [it["prompt"] for it in pool])
-        good = [it for it, p in zip(pool, ok, strict=True) if p == tok.encode(it["answer"])[0]]
-        prompts += [(task, it) for it in good[: args.per_task]]
+        pool = [(it["prompt"], tok.encode(it["answer"])[0]) for it in items if it["task"] == task.value]
+        ok = top1(lm, [p for p, _ in pool])
+        prompts += [(task, p, a) for (p, a), got in zip(pool, ok, strict=True) if got == a][: args.per_task]
     rows: dict[str, list[dict]] = {k: [] for k in tcs}
-    for task, it in prompts:
-        tokens = torch.tensor(tok.encode_prompt(it["prompt"], lm.cfg.n_ctx, lm.cfg.bos_token_id))
+    for task, prompt, answer in prompts:
+        tokens = torch.tensor(tok.encode_prompt(prompt, lm.cfg.n_ctx, lm.cfg.bos_token_id))
+        cfg = TraceConfig(target=(tok.token_str(answer),))
         for name, tc in tcs.items():
-            cfg = TraceConfig(target=(tok.token_str(tok.encode(it["answer"])[0]),))
             attr = attribute(lm.model, tc, tokens, tok, cfg)
             s = graph_scores(attr.adjacency, attr.layout, attr.logit_probs)
-            mean_len, tok_len = path_lengths(attr)
-            n, reached = size_at(attr, args.completeness)
+            lengths, size = path_lengths(attr), size_at(attr, args.completeness)
             rows[name].append({"task": task.value, "replacement": s.replacement, "completeness": s.completeness,
-                               "path_len": mean_len, "token_path_len": tok_len, "features": n, "reached": reached,
-                               "active": attr.layout.count(NodeKind.FEATURE)})  # fmt: skip
+                               "path_len": lengths.all, "token_path_len": lengths.tokens, "features": size.features,
+                               "reached": size.reached, "active": attr.layout.count(NodeKind.FEATURE)})  # fmt: skip
     return {name: _means(r) | {"graphs": len(r)} for name, r in rows.items()} | {
         "completeness_target": args.completeness, "prompts": len(prompts)}  # fmt: skip
 

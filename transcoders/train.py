@@ -185,15 +185,23 @@ def _aux_k_loss(cfg: TrainConfig, st: State, pre: torch.Tensor, resid: torch.Ten
     return (resid - rec).pow(2).sum() / resid.pow(2).sum().clamp_min(1e-12)
 
 
-def _candidates(cfg: TrainConfig, tc: Transcoder, x: torch.Tensor):
-    """Entries (t, l, f) that can be active or carry a threshold gradient (pre > θ - ε/2), from a gradient-free
-    dense encoder pass in layer-major layout, with that pass ([L, T, F] pre-activation minus b_enc); None when they
-    are too many for the sparse path."""
+class Candidates(NamedTuple):
+    """Entries (token, layer, feature) of the sparse path, and the dense pass they were read from."""
+
+    t: torch.Tensor  # [n]
+    ly: torch.Tensor  # [n]
+    f: torch.Tensor  # [n]
+    raw_LTF: torch.Tensor  # [L, T, F] pre-activation minus b_enc (no grad)
+
+
+def _candidates(cfg: TrainConfig, tc: Transcoder, x: torch.Tensor) -> Candidates | None:
+    """Entries that can be active or carry a threshold gradient (pre > θ - ε/2), from a gradient-free dense encoder
+    pass in layer-major layout; None when they are too many for the sparse path."""
     with torch.no_grad():
         raw = torch.bmm(x.transpose(0, 1), tc.W_enc.transpose(1, 2))  # [L, T, F], pre-activation minus b_enc
         lim = -tc.b_enc if tc.theta is None else tc.theta - cfg.bandwidth / 2 - tc.b_enc
         ly, t, f = (raw > lim[:, None]).nonzero(as_tuple=True)
-        return None if len(t) * SPARSE_RATIO >= raw.numel() else (t, ly, f, raw)
+        return None if len(t) * SPARSE_RATIO >= raw.numel() else Candidates(t, ly, f, raw)
 
 
 class _EntryPre(torch.autograd.Function):

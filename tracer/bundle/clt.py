@@ -36,7 +36,7 @@ from transcoders.metrics import evaluate, plot
 from transcoders.train import TrainConfig, train
 
 CLT_DIR = Path(__file__).resolve().parent.parent / "assets" / "default_clt"
-DEFAULT_TOKENS = 6_000_000  # training tokens of the shipped CLT (all distinct)
+DEFAULT_TOKENS = 6_000_000  # training tokens of the shipped CLT (RECIPE's data_tokens of them distinct)
 CHUNK = 127  # the LM's training chunk (128 with BOS)
 EVAL_TAIL_BYTES = 4_500_000  # tail of train.txt added to the eval text (beyond the CLT's data_tokens)
 # TrainConfig of the shipped CLT (tokens from DEFAULT_TOKENS; written here so a rebuild never reads what it replaces)
