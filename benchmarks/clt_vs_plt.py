@@ -162,8 +162,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args(argv)
+    if not 0 < args.completeness <= 1 or args.per_task < 1:
+        ap.error("--completeness must be in (0, 1] and --per-task >= 1")
+    from tracer.errors import TracerError
+
     t0 = time.time()
-    res = run(args)
+    try:
+        res = run(args)
+    except TracerError as e:  # a missing or mismatched model/transcoder directory
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # it writes nothing but its final report
+        print("error: interrupted", file=sys.stderr)
+        return 2
     print(json.dumps(res) if args.json else table(res, time.time() - t0))
     return 0
 

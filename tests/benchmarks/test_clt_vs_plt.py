@@ -42,3 +42,14 @@ def test_size_search_matches_completeness():
     assert size_at(attr, c0) == (0, True)
     assert size_at(attr, (c0 + c1) / 2) == (1, True)
     assert size_at(attr, min(1.0, c1 + 1e-3)) == (1, False)
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    from benchmarks.clt_vs_plt import main
+
+    assert main(["--plt", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "missing" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit) as e:
+        main(["--plt", str(tmp_path), "--completeness", "2"])
+    assert e.value.code == 2

@@ -196,3 +196,20 @@ def test_training_resumes_exactly(tmp_path: Path):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
     log = json.loads((tmp_path / "b" / "ckpt.json").read_text())["log"]
     assert [r["step"] for r in log if "val" in r] == [3, 6]
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--clt-features", "0"], "n_features"),
+    (["--clt-sparsity", "-1"], "sparsity"),
+    (["--clt-dir", "FILE/x"], "is a file, not a folder"),
+])  # fmt: skip
+def test_clt_step_refuses_bad_settings_before_loading(tmp_path, capsys, argv, says):
+    """A bad knob or an unusable destination is one line and exit 2 before the model or data load (no cache here)."""
+    from tracer.bundle.__main__ import main
+
+    (tmp_path / "FILE").write_text("")
+    argv = [a.replace("FILE", str(tmp_path / "FILE")) for a in argv]
+    assert main(["clt", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "lm"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and says in err and err.count("\n") == 1
+    assert not (tmp_path / "cache").exists()

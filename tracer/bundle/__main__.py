@@ -186,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
             STEPS[name](args)
     except TracerError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
+    except KeyboardInterrupt:  # checkpoints and assets are written atomically: nothing is half-written
+        print("error: interrupted; run the same command again (train and clt resume from their last checkpoint)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     return 0
 
 

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from tracer.errors import ConfigError
-from tracer.io import atomic_write_bytes, atomic_write_text
+from tracer.io import atomic_write_bytes, atomic_write_text, check_output_dir
 from tracer.models import LoadedModel, load_model
 from transcoders.data import tokenize_corpus
 from transcoders.formats import load_transcoders, save_transcoders
@@ -70,12 +71,20 @@ def mixed_stream(streams: dict[str, torch.Tensor], seed: int = 0) -> torch.Tenso
 
 
 # 3. train
-def train_clt(lm: LoadedModel, cache: Path, out: Path, tokens: int, knobs: dict[str, Any] | None = None) -> None:
+def clt_config(tokens: int, knobs: dict[str, Any] | None = None) -> TrainConfig:
+    """RECIPE with `knobs` (n_features, sparsity, kind) and `tokens`; a bad value is one ConfigError line."""
+    try:
+        return TrainConfig.model_validate(RECIPE | (knobs or {}) | {"tokens": tokens})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(f"clt: {'.'.join(map(str, err['loc']))} {err['msg'].lower()}") from None
+
+
+def train_clt(lm: LoadedModel, cache: Path, out: Path, cfg: TrainConfig) -> None:
     path = cache / "lm/streams.safetensors"
     if not path.exists():
         raise ConfigError(f"{path} not found; run `python -m tracer.bundle streams` first")
     stream = mixed_stream(load_file(path), RECIPE["seed"])
-    cfg = TrainConfig.model_validate(RECIPE | (knobs or {}) | {"tokens": tokens})
     res = train(lm.model, stream, cfg, out, lm.name, lm.content_hash, progress=True)
     assert res is not None  # stop_after is None: train runs to the end
     print(f"clt: {res.steps} steps, {res.tokens_per_s:,.0f} tokens/s, NMSE {res.final['nmse']:.3f}, "
@@ -126,9 +135,13 @@ def build_clt(cache: Path, dest: Path = CLT_DIR, tokens: int = DEFAULT_TOKENS, o
               eval_tokens: int = 1_000_000, ce_tokens: int = 100_000, model: Path | None = None,
               knobs: dict[str, Any] | None = None) -> None:  # fmt: skip
     """Steps 1-5; `dest` and `out` (default <cache>/clt/default) are parameters so smoke runs stay in /tmp;
-    `model` defaults to the bundled model; `knobs` override RECIPE entries (n_features, sparsity, kind)."""
+    `model` defaults to the bundled model; `knobs` override RECIPE entries (n_features, sparsity, kind).
+    Settings and the destination are checked before anything loads (training takes half an hour)."""
+    cfg = clt_config(tokens, knobs)
+    check_output_dir(dest.parent, "--clt-dir's folder")  # ship() swaps dest in from a sibling temp dir
+    check_output_dir(dest, "--clt-dir")
     lm = load_model(model)
-    train_clt(lm, cache, out or cache / "clt/default", tokens, knobs)
+    train_clt(lm, cache, out or cache / "clt/default", cfg)
     ship(out or cache / "clt/default", dest)
     evaluate_clt(lm, cache, dest, eval_tokens, ce_tokens)
 
