@@ -148,14 +148,15 @@ def shoot_panel(d, url: str, out: Path) -> None:
     lifted and the window made tall enough (an element screenshot is cut at the window's edge)."""
     from selenium.webdriver.common.by import By
 
+    from tracer.errors import ConfigError
     from viewer.feature_panel import BAND_TITLES
 
     d.get(url)
     wait_for(d, "const p = document.querySelector('#detail'), h = p && p.querySelector('.feature-histogram');"
                 "return !!(p && p.querySelector('h3') && (!h || h.querySelector('.main-svg')));")  # fmt: skip
     if not d.find_elements(By.CSS_SELECTOR, "#detail .example"):
-        raise SystemExit("error: the viewer found no feature store for the default CLT "
-                         "(rebuild it: python -m tracer.bundle features)")  # fmt: skip
+        raise ConfigError("the viewer found no feature store for the default CLT "
+                          "(rebuild it: python -m tracer.bundle features)")  # fmt: skip
     d.execute_script("document.querySelector('.side').style.maxHeight = 'none';")
     panel = d.find_element(By.CSS_SELECTOR, "#detail")
     bottom = d.execute_script("return arguments[0].getBoundingClientRect().bottom;", panel)
@@ -170,6 +171,7 @@ def sha256(path: Path) -> str:
 
 def write_provenance(out: Path) -> Path:
     """4. out/provenance.json for the pictures in `out` (all of PICTURES must be there)."""
+    from tracer.errors import ConfigError
     from tracer.features.cli import transcoders_hash
     from tracer.io import atomic_write_text
     from tracer.models import load_model
@@ -177,7 +179,7 @@ def write_provenance(out: Path) -> Path:
 
     missing = [name for name in PICTURES if not (out / name).is_file()]
     if missing:
-        raise SystemExit(f"error: {out} lacks {', '.join(missing)} (run docs/screenshots.py without --provenance-only)")
+        raise ConfigError(f"{out} lacks {', '.join(missing)} (run docs/screenshots.py without --provenance-only)")
     record = {"model_hash": load_model().content_hash, "transcoders_hash": transcoders_hash(DEFAULT_TRANSCODERS),
               "files": {name: sha256(out / name) for name in PICTURES}}  # fmt: skip
     return atomic_write_text(out / PROVENANCE, json.dumps(record, indent=2) + "\n")
@@ -214,11 +216,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--provenance-only", action="store_true",
                         help="only (re)write provenance.json for the pictures already in --out")  # fmt: skip
     args = parser.parse_args(argv)
-    out: Path = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    if not args.provenance_only and build(out) != 0:
-        return 1
-    path = write_provenance(out)  # 4.
+    from tracer.errors import TracerError
+    from tracer.io import check_output_dir
+
+    try:
+        out: Path = check_output_dir(args.out, "--out").resolve()
+        if not args.provenance_only:
+            out.mkdir(parents=True, exist_ok=True)
+        if not args.provenance_only and build(out) != 0:
+            return 2  # the trace or figure command printed its error
+        path = write_provenance(out)  # 4.
+    except TracerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     written = [] if args.provenance_only else [out / name for name in PICTURES]
     print("wrote", ", ".join(str(p) for p in [*written, path]))
     return 0
