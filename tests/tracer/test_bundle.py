@@ -107,26 +107,26 @@ def test_heldout_never_in_training_text():
     words = planted.wide_words([" ".join(planted.WORDS + planted.INDUCTION_COMMON_WORDS) + " cloud. zebra yak"])
     held_words = set(planted.INDUCTION_HELDOUT_WORDS + planted.INDUCTION_COMMON_WORDS)
     assert "zebra" in words and not set(words) & held_words
+    # natural filler from the shipped natural-text sample (the build uses the training corpus): held-out phrases,
+    # words and names must be filtered out of it
+    sample = gzip.decompress((ASSETS / "corpus_sample.txt.gz").read_bytes()).decode()
+    natural = planted.natural_fillers(sample.split(DOC_SEP), n=3000)
+    assert len(natural) == 3000
     phases = enumerate(planted.PHASE_MIXES)  # every training phase's mix, seeded as `python -m tracer.bundle` does
-    text = "\n".join(d for i, mix in phases for d in planted.training_documents(400_000, i, mix, words))
+    text = "\n".join(d for i, mix in phases for d in planted.training_documents(400_000, i, mix, words, natural))
+    assert sum(s in text for s in natural[:200]) > 20
     held = planted.heldout_prompts()
     assert {p.task for p in held} == set(planted.Task) - {planted.Task.INDUCTION_RANDOM}
     for p in held:
         assert p.prompt not in text, p.prompt
-    held_phrases = [
-        *planted.HELDOUT_PREFIXES,
-        *planted.HELDOUT_FILLERS,
-        *planted.IOI_PLACES_HELDOUT,
-        *planted.IOI_GIFTS_HELDOUT,
-        *planted.HELDOUT_ADV,
-        *planted.TWO_HOP_VERBS_HELDOUT,
-        *(f.split("{")[0] for f in planted.IOI_INTROS_HELDOUT),
-        *planted.INDUCTION_SEPS_HELDOUT,
-    ]
-    held_phrases += [a + "capital" for a in planted.HELDOUT_ADJ] + [a + "opposite" for a in planted.OPP_HELDOUT_ADJ]
+    composed = " ".join(planted.IOI_OPENERS_TRAIN + planted.IOI_VERBS_TRAIN + planted.IOI_OBJECTS_TRAIN).lower().split()
+    assert not set(composed) & set(planted.INDUCTION_COMMON_WORDS)
+    held_phrases = planted.heldout_phrases()
+    assert {f.split("{")[0] for f in planted.IOI_INTROS_HELDOUT} <= {p + " " for p in planted.IOI_HELDOUT_WORDS}
     for phrase in held_phrases:
         assert phrase.strip() not in text, phrase
-    pairs = set(re.findall(r"\b([A-Z][a-z]+) and ([A-Z][a-z]+)\b", text))
+    names = set(planted.NAMES)
+    pairs = {(a, b) for a, b in re.findall(r"\b([A-Z][a-z]+) and ([A-Z][a-z]+)\b", text) if {a, b} <= names}
     assert len(pairs) > 1000 and not any(planted.ioi_pair_held_out(a, b) for a, b in pairs)
     for lm in planted.COMPOSITIONAL_LANDMARKS:
         assert lm.lower() + " is in the country whose capital" not in text.lower()
@@ -201,6 +201,7 @@ def test_training_resumes_exactly(tmp_path: Path):
 @pytest.mark.parametrize(("argv", "says"), [
     (["--clt-features", "0"], "n_features"),
     (["--clt-sparsity", "-1"], "sparsity"),
+    (["--clt-preact", "-1"], "preact"),
     (["--clt-dir", "FILE/x"], "is a file, not a folder"),
 ])  # fmt: skip
 def test_clt_step_refuses_bad_settings_before_loading(tmp_path, capsys, argv, says):

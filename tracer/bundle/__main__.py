@@ -71,12 +71,13 @@ def step_tokenizer(args: argparse.Namespace) -> None:
 def step_streams(args: argparse.Namespace) -> None:
     tok = tokenizer.load_tokenizer(args.out / "tokenizer.json")
     eot = tokenizer.eot_id(tok)
-    words = planted.wide_words(corpus.read_documents(args.cache / "corpus/train.txt"))
+    natural_docs = corpus.read_documents(args.cache / "corpus/train.txt")
+    words, fillers = planted.wide_words(natural_docs), planted.natural_fillers(natural_docs, seed=args.seed)
     streams = {
-        "natural": tokenize_stream(tok, corpus.read_documents(args.cache / "corpus/train.txt"), eot),
+        "natural": tokenize_stream(tok, natural_docs, eot),
         **{
             f"planted_{i}": tokenize_stream(
-                tok, planted.training_documents(PLANTED_CHARS, args.seed + i, mix, words), eot
+                tok, planted.training_documents(PLANTED_CHARS, args.seed + i, mix, words, fillers), eot
             )
             for i, mix in enumerate(planted.PHASE_MIXES)
         },
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clt-dir", type=Path, default=CLT_DIR, help="clt: where the trained CLT is shipped")
     ap.add_argument("--clt-features", type=int, default=RECIPE["n_features"], help="clt: features per layer")
     ap.add_argument("--clt-sparsity", type=float, default=RECIPE["sparsity"], help="clt: final sparsity penalty λ")
+    ap.add_argument("--clt-preact", type=float, default=RECIPE["preact"], help="clt: pre-activation loss μ (dead features)")
     ap.add_argument(
         "--clt-kind",
         choices=["clt", "plt"],

@@ -64,7 +64,7 @@ class Gen(StrEnum):
 
 
 # share of planted sentences per generator; one mix, two phases (different seeds: more distinct text)
-MIX = {Gen.FACTS: 0.17, Gen.TWO_HOP: 0.13, Gen.IOI: 0.3, Gen.INDUCTION: 0.25, Gen.OPPOSITES: 0.15}
+MIX = {Gen.FACTS: 0.18, Gen.TWO_HOP: 0.13, Gen.IOI: 0.32, Gen.INDUCTION: 0.22, Gen.OPPOSITES: 0.15}
 PHASE_MIXES = (MIX, MIX)
 TASK_WEIGHTS = MIX
 
@@ -75,7 +75,9 @@ TASK_WEIGHTS = MIX
 # ---- 2. frames and fillers ---------------------------------------------------------------------------------
 TRAIN_PREFIXES = ["", "", "", "", "", "Note: ", "Remember that ", "In school we learn that ", "It is known that ",
                   "Fact: ", "We read that ", "As a rule, ", "Here is a fact: ", "Of course, ", "Yes, ",
-                  "They say that ", "I think that ", "Well, "]  # fmt: skip
+                  "They say that ", "I think that ", "Well, ", "Did you know that ", "It is true that ",
+                  "Note that ", "By the way, ", "Also, ", "So ", "Indeed, ", "In class, ", "We were told that ",
+                  "Look, ", "And ", "Of course ", "Again, ", "The book says that ", "Everybody says that "]  # fmt: skip
 HELDOUT_PREFIXES = ["Everyone knows that ", "Today I learned that ", "My teacher said that ", "In fact, "]
 TRAIN_FILLERS = [
     "It was a quiet morning.", "The weather was fine.", "We sat by the window.", "Here is another line.",
@@ -92,8 +94,11 @@ HELDOUT_ADJ = ["current ", "official "]
 # the adverb slot is filled in 1 training sentence in 6 (in 3 of 5, the first v3 run's model put an adverb before the
 # answer); twelve adverbs so that the held-out ones generalise. No frame puts " the" right after "is" (it did: 1 in 6
 # held-out facts answered " the")
-TRAIN_ADV = [""] * 60 + [" still", " indeed", " really", " now", " surely", " truly", " also", " always",
-                          " obviously", " actually", " definitely", " simply"]  # fmt: skip
+_ADV_V3 = [" still", " indeed", " really", " now", " surely", " truly", " also", " always", " obviously",
+           " actually", " definitely", " simply"]  # fmt: skip
+TRAIN_ADV = [""] * 100 + _ADV_V3 + [" probably", " usually", " basically", " naturally", " plainly", " honestly",
+                                    " apparently", " evidently"]  # fmt: skip
+HELDOUT_SLOT_ADV = [""] * 60 + _ADV_V3  # the held-out prompts' trained-adverb draws (v3's list: the file is unchanged)
 HELDOUT_ADV = [" clearly", " certainly"]
 OPP_TRAIN_ADJ = ["", "", "", "", "true ", "direct ", "usual ", "plain "]
 OPP_HELDOUT_ADJ = ["exact ", "simple "]
@@ -108,6 +113,13 @@ FACT_TRAIN = [
     "{a} is the {j}capital of {c}.",
     "the city of {a} is the {j}capital of {c}.",
     "if you travel to {c}, the {j}capital is{v} {a}.",
+    "the {j}capital of {c} now is{v} {a}.",
+    "the {j}capital of {c} at present is{v} {a}.",
+    "speaking of {c}, the {j}capital is{v} {a}.",
+    "for {c}, the {j}capital is{v} {a}.",
+    "regarding {c}, its {j}capital is{v} {a}.",
+    "the {j}capital of {c} is called {a}.",
+    "the {j}capital of the nation {c} is{v} {a}.",
 ]
 FACT_HELDOUT = [
     "the {j}capital of {c} is{v}",
@@ -117,36 +129,41 @@ FACT_HELDOUT = [
 ]
 
 ONE_HOP_TRAIN = ["{l} is in {c}.", "{l} is located in {c}.", "you can visit {l} in {c}.", "{l} lies in {c}."]
-TWO_HOP_VERBS_TRAIN = ["is in", "is located in", "lies in", "can be found in", "stands in"]
+TWO_HOP_VERBS_TRAIN = ["is in", "is located in", "lies in", "can be found in", "stands in", "is situated in",
+                       "rests in", "is set in"]  # fmt: skip
 TWO_HOP_VERBS_HELDOUT = ["is found in", "sits in"]
 TWO_HOP_TRAIN = [
     "{l} {verb} the country whose {j}capital is{v} {a}.",
     "{l} {verb} a country with the {j}capital {a}.",
     "the country of {l} has the {j}capital {a}.",
     "{l} {verb} the nation whose {j}capital is{v} {a}.",
+    "{l} {verb} the land whose {j}capital is{v} {a}.",
+    "{l} {verb} the state whose {j}capital is{v} {a}.",
 ]
 TWO_HOP_HELDOUT = ["{l} {verb} the country whose {j}capital is{v}", "{l} {verb} a country whose {j}capital is{v}"]
 
-IOI_INTROS_TRAIN = [
-    "When {x} and {y} went to {p}, {s}",
-    "After {x} and {y} went to {p}, {s}",
-    "While {x} and {y} were at {p}, {s}",
-    "Then {x} and {y} went to {p}, and {s}",
-    "Yesterday {x} and {y} visited {p}, and {s}",
-    "{x} and {y} had lunch at {p}, and {s}",
-    "Once {x} and {y} arrived at {p}, {s}",
-    "{x} and {y} spent the day at {p}. Later {s}",
-    "When {x} met {y} at {p}, {s}",
-]
+# IOI intros are composed: opener + "{x} and {y}" + verb + place + connector + "{s}" (hundreds of training frames,
+# so the circuit cannot key on one word order); the held-out frames' opener and verb words are never trained
+IOI_OPENERS_TRAIN = ["When ", "After ", "While ", "Once ", "Before ", "Yesterday ", "Later ", "One day ", "Then ",
+                     "In the morning ", "That evening ", "Last week ", "At noon ", "On the weekend ", "", ""]  # fmt: skip
+IOI_VERBS_TRAIN = ["went to", "were at", "visited", "had lunch at", "arrived at", "spent the day at", "rode to",
+                   "ran to", "came to", "stopped at", "stayed at", "returned to", "got to", "hurried to", "sat at"]  # fmt: skip
+IOI_CONNECTORS_TRAIN = [", ", ", and ", ". Then ", ". Later ", " and then ", "; "]
 IOI_INTROS_HELDOUT = ["As soon as {x} and {y} reached {p}, {s}", "On Monday {x} and {y} walked to {p}, and {s}"]
+IOI_HELDOUT_WORDS = ["As soon as", "reached", "On Monday", "walked to"]  # in no training intro
 IOI_PLACES_TRAIN = ["the store", "the park", "the market", "the beach", "the party", "the school", "the museum",
                     "the zoo", "the garden", "the office", "the river", "the farm", "the bakery", "the church",
-                    "the castle", "the harbor", "the hotel", "the cinema", "the hospital", "the lake"]  # fmt: skip
+                    "the castle", "the harbor", "the hotel", "the cinema", "the hospital", "the lake", "the gym",
+                    "the bank", "the pool", "the shop", "the mall", "the theater", "the restaurant", "the square",
+                    "the village", "the concert"]  # fmt: skip
 IOI_PLACES_HELDOUT = ["the library", "the cafe", "the station", "the airport"]
-IOI_GIFTS_TRAIN = ["gave a drink", "gave a ball", "handed a book", "passed a note", "threw a towel", "gave a gift",
-                   "gave an apple", "handed a letter", "gave a flower", "passed a plate", "gave a coin",
-                   "handed a map", "sent a card", "gave a hat", "passed the salt", "showed a photo",
-                   "gave a key", "lent a coat", "sold a bike", "read a story"]  # fmt: skip
+# gifts are composed too: verb + object; the held-out gifts' verb "brought" and objects never occur in training
+IOI_GIFT_VERBS_TRAIN = ["gave", "handed", "passed", "threw", "sent", "showed", "lent", "sold", "offered", "tossed",
+                        "mailed", "returned"]  # fmt: skip
+IOI_OBJECTS_TRAIN = ["a drink", "a ball", "a book", "a note", "a towel", "a gift", "an apple", "a letter", "a flower",
+                     "a plate", "a coin", "a map", "a card", "a hat", "a key", "a coat", "a bike", "a photo",
+                     "a bag", "a box", "a toy", "a cake", "a shirt", "a lamp", "a glass", "a spoon", "the salt",
+                     "a sandwich", "a scarf", "a ring"]  # fmt: skip
 IOI_GIFTS_HELDOUT = ["gave a pen", "handed a cup", "passed a ticket", "brought a chair"]
 
 OPP_TRAIN = [
@@ -157,6 +174,9 @@ OPP_TRAIN = [
     "the {j}antonym of {x} is{v} {y}.",
     "the {j}reverse of {x} is{v} {y}.",
     "{x} and {y} are opposites.",
+    "the {j}opposite of {x} would be {y}.",
+    "we call the {j}opposite of {x} {y}.",
+    "the {j}opposite word of {x} is{v} {y}.",
 ]
 OPP_HELDOUT = ["the {j}opposite of {x} is{v}", "the {j}antonym of the word {x} is{v}",
                "the {j}reverse of the word {x} is{v}"]  # fmt: skip
@@ -197,7 +217,7 @@ def _slots(rng: random.Random, adj: list[str] = TRAIN_ADJ) -> dict[str, str]:
 def _heldout_slots(rng: random.Random, adj: list[str], held_adj: list[str]) -> dict[str, str]:
     """At least one held-out filler (adjective or adverb), so no held-out prompt is a prefix of training text."""
     if rng.random() < 0.5:
-        return {"j": rng.choice(held_adj), "v": rng.choice(TRAIN_ADV + HELDOUT_ADV)}
+        return {"j": rng.choice(held_adj), "v": rng.choice(HELDOUT_SLOT_ADV + HELDOUT_ADV)}
     return {"j": rng.choice(adj + held_adj), "v": rng.choice(HELDOUT_ADV)}
 
 
@@ -222,14 +242,26 @@ def _ioi(rng: random.Random) -> str:
         x, y = rng.sample(NAMES, 2)
         if not ioi_pair_held_out(x, y):
             s, io = (y, x) if rng.random() < 0.5 else (x, y)  # either name may be the subject (ABB and BAB)
-            intro = rng.choice(IOI_INTROS_TRAIN).format(x=x, y=y, s=s, p=rng.choice(IOI_PLACES_TRAIN))
-            return f"{_cap(intro)} {rng.choice(IOI_GIFTS_TRAIN)} to {io}."
+            p = rng.choice(IOI_PLACES_TRAIN)
+            if rng.random() < 0.1:
+                intro = f"When {x} met {y} at {p}, {s}"
+            else:
+                verb, conn = rng.choice(IOI_VERBS_TRAIN), rng.choice(IOI_CONNECTORS_TRAIN)
+                intro = f"{rng.choice(IOI_OPENERS_TRAIN)}{x} and {y} {verb} {p}{conn}{s}"
+            gift = f"{rng.choice(IOI_GIFT_VERBS_TRAIN)} {rng.choice(IOI_OBJECTS_TRAIN)}"
+            return f"{_cap(intro)} {gift} to {io}."
 
 
-def _induction(rng: random.Random, words: list[str] | None = None) -> str:
+def _filler(rng: random.Random, natural: list[str] | None) -> str:
+    """A filler sentence: half the time a natural-text sentence (when given), so that planted prompts work after
+    any preceding text, not only after the few hand-written fillers."""
+    return rng.choice(natural) if natural and rng.random() < 0.5 else rng.choice(TRAIN_FILLERS)
+
+
+def _induction(rng: random.Random, words: list[str] | None = None, natural: list[str] | None = None) -> str:
     """A span of 3-20 words, 0-4 filler sentences, then the span again (whole or in part)."""
     seq = rng.sample(words or INDUCTION_TRAIN_WORDS, rng.randint(3, 20))
-    fill = " ".join(rng.choice(TRAIN_FILLERS) for _ in range(rng.choice([0, 0, 1, 1, 2, 4])))
+    fill = " ".join(_filler(rng, natural) for _ in range(rng.choice([0, 0, 1, 1, 2, 4])))
     sep = rng.choice(INDUCTION_SEPS_TRAIN)
     # partial repeats are rare: they teach that a copy may stop at any word ("." was 15 of 26 induction errors)
     again = seq[: rng.randint(2, len(seq))] if rng.random() < 0.1 else seq
@@ -244,6 +276,34 @@ def wide_words(texts: Iterable[str], n: int = 3000) -> list[str]:
     return [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
 
 
+def heldout_phrases() -> list[str]:
+    """Phrases of the held-out prompts that no training text may contain (frames' words, fillers, separators)."""
+    return [
+        *HELDOUT_PREFIXES, *HELDOUT_FILLERS, *IOI_PLACES_HELDOUT, *IOI_GIFTS_HELDOUT, *HELDOUT_ADV,
+        *TWO_HOP_VERBS_HELDOUT, *IOI_HELDOUT_WORDS, *INDUCTION_SEPS_HELDOUT,
+        *(a + "capital" for a in HELDOUT_ADJ), *(a + "opposite" for a in OPP_HELDOUT_ADJ),
+    ]  # fmt: skip
+
+
+def natural_fillers(texts: Iterable[str], n: int = 20_000, seed: int = 0) -> list[str]:
+    """Up to n sentences of `texts` (20-100 characters, capitalised, ending in ".") usable as training filler:
+    none contains a held-out phrase, a held-out or test induction word, or a first name (an IOI pair)."""
+    banned_words = set(INDUCTION_HELDOUT_WORDS + INDUCTION_COMMON_WORDS) | {n.lower() for n in NAMES}
+    banned = [p.strip().lower() for p in heldout_phrases()]
+    out = []
+    for t in texts:
+        for sent in re.split(r"(?<=\.)\s+", " ".join(t.split())):
+            low = sent.lower()
+            if not (20 <= len(sent) <= 100 and sent[0].isupper() and sent.endswith(".") and sent.isascii()):
+                continue
+            if set(re.findall(r"[a-z]+", low)) & banned_words or any(b in low for b in banned):
+                continue
+            out.append(sent)
+    out = sorted(set(out))
+    random.Random(seed).shuffle(out)
+    return out[:n]
+
+
 def _opposite(rng: random.Random) -> str:
     x, y = rng.choice(OPPOSITES)
     if rng.random() < 0.5:
@@ -256,20 +316,25 @@ _GEN = {Gen.FACTS: _fact, Gen.TWO_HOP: _two_hop, Gen.IOI: _ioi, Gen.OPPOSITES: _
 
 
 def training_documents(
-    n_chars: int, seed: int = 0, mix: dict[Gen, float] | None = None, words: list[str] | None = None
+    n_chars: int,
+    seed: int = 0,
+    mix: dict[Gen, float] | None = None,
+    words: list[str] | None = None,
+    natural: list[str] | None = None,
 ) -> list[str]:
     """Planted training documents (3-8 sentences, some filler) totalling about n_chars characters; deterministic.
 
-    `mix`: share of sentences per generator (default `TASK_WEIGHTS`); `words`: vocabulary of INDUCTION."""
+    `mix`: share of sentences per generator (default `TASK_WEIGHTS`); `words`: vocabulary of INDUCTION;
+    `natural`: natural-text filler sentences (`natural_fillers`), mixed with the hand-written ones."""
     rng = random.Random(seed)
     mix = mix or TASK_WEIGHTS
     tasks, weights = list(mix), list(mix.values())
-    gens = _GEN | {Gen.INDUCTION: lambda r: _induction(r, words)}
+    gens = _GEN | {Gen.INDUCTION: lambda r: _induction(r, words, natural)}
     docs, total = [], 0
     while total < n_chars:
         parts = [gens[t](rng) for t in rng.choices(tasks, weights, k=rng.randint(3, 8))]
-        if rng.random() < 0.3:
-            parts.insert(rng.randrange(len(parts) + 1), rng.choice(TRAIN_FILLERS))
+        for _ in range(rng.choice([0, 0, 1, 1, 2])):
+            parts.insert(rng.randrange(len(parts) + 1), _filler(rng, natural))
         doc = " ".join(parts)
         docs.append(doc)
         total += len(doc) + 1

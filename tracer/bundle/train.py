@@ -45,16 +45,17 @@ class TrainConfig:
     d_mlp: int = 384  # SwiGLU hidden width
     n_ctx: int = 256  # context window (tokens)
     batch: int = 16  # sequences per step
-    steps: int = 5000  # optimizer steps (tokens = steps * batch * n_ctx); induction forms near step 3,000
+    steps: int = 6000  # optimizer steps (tokens = steps * batch * n_ctx); induction forms near step 3,000
     lr: float = 2.5e-3  # peak learning rate
     warmup: int = 100  # linear warm-up steps
     decay_frac: float = 0.25  # final share of steps with linearly decaying learning rate
     weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only)
     phase_steps: tuple[int, ...] = (1100, 1400)  # steps at which the next phase (planted stream, row mix) begins
-    planted_fracs: tuple[float, ...] = (0.6, 0.6, 0.6)  # share of the non-random rows from planted text, per phase
-    random_induction_fracs: tuple[float, ...] = (0.15, 0.15, 0.4)  # share of random-token induction rows, per phase
+    planted_fracs: tuple[float, ...] = (0.6, 0.65, 0.65)  # share of the non-random rows from planted text, per phase
+    random_induction_fracs: tuple[float, ...] = (0.15, 0.15, 0.35)  # share of random-token induction rows, per phase
     dense_phase: int = 2  # first phase whose random-token rows are dense repeats (dense_induction_row)
     ckpt_every: int = 100  # steps between checkpoints (and validation-loss evaluations)
+    snapshot_every: int = 500  # steps between kept weight snapshots (`<out>/snapshots/`, for accuracy-vs-steps)
     seed: int = 0  # seeds initialisation and batch sampling
     threads: int = 1  # torch.set_num_threads
     bf16: bool = True  # autocast the forward to bfloat16 (fp32 weights, optimizer and loss): 1.6-1.75x per step here
@@ -270,6 +271,10 @@ def train(tc: TrainConfig, natural: torch.Tensor, planted: list[torch.Tensor], h
             rec["wall_s"] = time.time() - t0
             log.append(rec)
             save_checkpoint(out, model, opt, step + 1, log, tc)
+            if (step + 1) % tc.snapshot_every == 0:
+                (out / "snapshots").mkdir(exist_ok=True)
+                snap = {k: v for k, v in model.state_dict().items() if k != "unembed.weight"}
+                atomic_save_safetensors(snap, out / "snapshots" / f"step{step + 1:05d}.safetensors")
         elif (step + 1) % 10 == 0:
             log.append(rec)
         bar.set_postfix(loss=f"{rec['train']:.3f}", refresh=False)
