@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tracer.bundle import planted
 from tracer.bundle.corpus import DOC_SEP, osis_to_text, read_ztext
@@ -188,7 +189,8 @@ def test_training_resumes_exactly(tmp_path: Path):
     stream = torch.randint(1, 50, (2000,), generator=g, dtype=torch.int32)
     stream[::31] = 0
     tc = TrainConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32, n_ctx=16, batch=4, steps=6, warmup=2,
-                     ckpt_every=3, threads=1, phase_steps=(2,), planted_fracs=(0.5, 0.7))  # fmt: skip
+                     ckpt_every=3, snapshot_every=6, threads=1, phase_steps=(2,),
+                     planted_fracs=(0.5, 0.7))  # fmt: skip
     straight = train(tc, natural, [stream, stream.flip(0)], natural, 50, 0, tmp_path / "a")
     train(tc, natural, [stream, stream.flip(0)], natural, 50, 0, tmp_path / "b", stop_at=3)
     resumed = train(tc, natural, [stream, stream.flip(0)], natural, 50, 0, tmp_path / "b")
@@ -196,6 +198,20 @@ def test_training_resumes_exactly(tmp_path: Path):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
     log = json.loads((tmp_path / "b" / "ckpt.json").read_text())["log"]
     assert [r["step"] for r in log if "val" in r] == [3, 6]
+    snaps = sorted(p.name for p in (tmp_path / "b" / "snapshots").iterdir())
+    assert snaps == ["step00006.safetensors"]  # kept every snapshot_every steps, not at every checkpoint
+    snap = load_file(tmp_path / "b" / "snapshots" / snaps[0])
+    for name, p in resumed.state_dict().items():
+        if name != "unembed.weight":  # tied to the embedding
+            torch.testing.assert_close(snap[name], p, rtol=0, atol=0, msg=name)
+
+
+def test_snapshots_step_without_snapshots_is_one_line(tmp_path, capsys):
+    from tracer.bundle.__main__ import main
+
+    assert main(["snapshots", "--out", str(tmp_path / "lm")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no snapshots in ") and err.count("\n") == 1
 
 
 @pytest.mark.parametrize(("argv", "says"), [

@@ -8,7 +8,7 @@ from tests.transcoders.conftest import random_transcoder
 from tracer.models import HookPoint
 from tracer.models.transformer import Block
 from transcoders import ActivationKind, TranscoderKind
-from transcoders.metrics import _Acc, evaluate, plot, splice, table
+from transcoders.metrics import CLEAR_MARGIN, _Acc, evaluate, plot, splice, table
 
 
 def test_accumulator_hand_case():
@@ -60,6 +60,11 @@ def test_splice_matches_manual_forward():
     assert math.isclose(s.ce_replaced, ce(ref), rel_tol=1e-9)
     assert math.isclose(s.kl, (lc.exp() * (lc - lr)).sum(-1).mean().item(), rel_tol=1e-9)
     assert math.isclose(s.top1_agreement, (lc.argmax(-1) == lr.argmax(-1)).double().mean().item())
+    p = lc.exp().sort(-1, descending=True).values
+    clear = p[..., 0] - p[..., 1] >= CLEAR_MARGIN
+    assert 0 < clear.sum() < clear.numel()  # both kinds of position occur, so the restriction is tested
+    assert math.isclose(s.clear_share, clear.double().mean().item())
+    assert math.isclose(s.top1_agreement_clear, (lc.argmax(-1) == lr.argmax(-1))[clear].double().mean().item())
     z = s.ce_zero_ablated
     assert math.isclose(s.ce_recovered, (z - s.ce_replaced) / (z - s.ce_clean))
     assert math.isclose(z, ce(zeroed), rel_tol=1e-9)

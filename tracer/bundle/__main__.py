@@ -16,6 +16,7 @@ Steps (each is also a subcommand; outputs of one are the inputs of the next):
    evaluation -> `tracer/assets/default_clt/` (see tracer/bundle/clt.py; 6 M tokens, 27 min on one thread here).
 8. features: the default CLT's feature store, rebuilt on the model's own text mix ->
    `tracer/assets/default_clt/features.sqlite` (see tracer/features/bundle.py; a few minutes on one thread).
+`snapshots` (not part of build): held-out accuracy of the weight snapshots `train` keeps every 500 steps.
 """
 
 from __future__ import annotations
@@ -111,17 +112,23 @@ def write_data_assets(args: argparse.Namespace) -> None:
     atomic_write_bytes(assets / "corpus_sample.txt.gz", gzip.compress(text, 9, mtime=0))
 
 
-def export_model(args: argparse.Namespace) -> None:
-    """The latest checkpoint as an HF Llama directory (fp16 weights) with tokenizer and loss curve."""
-    tok = tokenizer.load_tokenizer(args.out / "tokenizer.json")
-    tc = TrainConfig.from_json((args.out / "train_config.json").read_text())
+def export_weights(out: Path, weights: dict[str, torch.Tensor], dest: Path) -> TrainConfig:
+    """Model weights (state-dict keys, untied unembedding omitted) as an HF Llama directory (fp16) + tokenizer."""
+    tok = tokenizer.load_tokenizer(out / "tokenizer.json")
+    tc = TrainConfig.from_json((out / "train_config.json").read_text())
     cfg = model_config(tc, tok.get_vocab_size(), tokenizer.eot_id(tok))
     model = Transformer(cfg)
-    ckpt = load_file(args.out / "ckpt.safetensors")
-    model.load_state_dict({k[6:]: v for k, v in ckpt.items() if k.startswith("model.")}, strict=False)
-    dest: Path = args.model_dir
+    model.load_state_dict(weights, strict=False)
     save_hf(cfg, model.state_dict(), dest, dtype=torch.float16)
-    shutil.copyfile(args.out / "tokenizer.json", dest / "tokenizer.json")
+    shutil.copyfile(out / "tokenizer.json", dest / "tokenizer.json")
+    return tc
+
+
+def export_model(args: argparse.Namespace) -> None:
+    """The latest checkpoint as an HF Llama directory (fp16 weights) with tokenizer and loss curve."""
+    ckpt = load_file(args.out / "ckpt.safetensors")
+    dest: Path = args.model_dir
+    tc = export_weights(args.out, {k[6:]: v for k, v in ckpt.items() if k.startswith("model.")}, dest)
     meta = json.loads((args.out / "ckpt.json").read_text())
     plot_losses(meta["log"], dest / "loss_curve.png", tc)
     info = {"train_config": dataclasses.asdict(tc), "step": meta["step"], "log": meta["log"]}
@@ -148,6 +155,25 @@ def step_evaluate(args: argparse.Namespace) -> None:
     (args.model_dir / "eval.json").chmod(0o644)
 
 
+def step_snapshots(args: argparse.Namespace) -> None:
+    """Held-out planted accuracy of every kept snapshot (`<out>/snapshots/`): accuracy over training steps."""
+    import tempfile
+
+    from tracer.bundle.evaluate import load_heldout, planted_scores
+    from tracer.models import load_model
+
+    snaps = sorted((args.out / "snapshots").glob("step*.safetensors"))
+    if not snaps:
+        raise TracerError(f"no snapshots in {args.out / 'snapshots'}; `train` keeps one every 500 steps")
+    items = load_heldout(Path(args.model_dir).parent / "planted_heldout.json")
+    print("step   " + " ".join(f"{t.value:>11.11}" for t in planted.Task))
+    for snap in snaps:
+        with tempfile.TemporaryDirectory() as d:
+            export_weights(args.out, load_file(snap), Path(d))
+            scores = {s.task: s.accuracy for s in planted_scores(load_model(Path(d)), items)}
+        print(f"{int(snap.stem[4:]):>5}  " + " ".join(f"{scores[t.value]:>11.1%}" for t in planted.Task))
+
+
 STEPS = {"corpus": step_corpus, "tokenizer": step_tokenizer, "streams": step_streams, "train": step_train,
          "assets": step_assets, "evaluate": step_evaluate, "clt": step_clt,
          "features": step_features}  # fmt: skip
@@ -155,7 +181,8 @@ STEPS = {"corpus": step_corpus, "tokenizer": step_tokenizer, "streams": step_str
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tracer.bundle", description="Rebuild the bundled default model.")
-    ap.add_argument("step", choices=["build", *STEPS], help="build = every step in order")
+    ap.add_argument("step", choices=["build", *STEPS, "snapshots"],
+                    help="build = every step in order; snapshots = held-out accuracy of each kept snapshot")
     ap.add_argument("--cache", type=Path, default=Path(".cache"), help="download/extract cache directory")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="tokenizer, streams and checkpoint directory")
     ap.add_argument(
@@ -174,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clt-dir", type=Path, default=CLT_DIR, help="clt: where the trained CLT is shipped")
     ap.add_argument("--clt-features", type=int, default=RECIPE["n_features"], help="clt: features per layer")
     ap.add_argument("--clt-sparsity", type=float, default=RECIPE["sparsity"], help="clt: final sparsity penalty λ")
-    ap.add_argument("--clt-preact", type=float, default=RECIPE["preact"], help="clt: pre-activation loss μ (dead features)")
+    ap.add_argument(
+        "--clt-preact", type=float, default=RECIPE["preact"], help="clt: pre-activation loss μ on dead features"
+    )
     ap.add_argument(
         "--clt-kind",
         choices=["clt", "plt"],
@@ -185,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         for name in STEPS if args.step == "build" else [args.step]:
-            STEPS[name](args)
+            (step_snapshots if name == "snapshots" else STEPS[name])(args)
     except TracerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -145,9 +145,11 @@ TWO_HOP_HELDOUT = ["{l} {verb} the country whose {j}capital is{v}", "{l} {verb} 
 # IOI intros are composed: opener + "{x} and {y}" + verb + place + connector + "{s}" (hundreds of training frames,
 # so the circuit cannot key on one word order); the held-out frames' opener and verb words are never trained
 IOI_OPENERS_TRAIN = ["When ", "After ", "While ", "Once ", "Before ", "Yesterday ", "Later ", "One day ", "Then ",
-                     "In the morning ", "That evening ", "Last week ", "At noon ", "On the weekend ", "", ""]  # fmt: skip
+                     "In the morning ", "That evening ", "Last week ", "At noon ", "On the weekend ", "",
+                     ""]  # fmt: skip
 IOI_VERBS_TRAIN = ["went to", "were at", "visited", "had lunch at", "arrived at", "spent the day at", "rode to",
-                   "ran to", "came to", "stopped at", "stayed at", "returned to", "got to", "hurried to", "sat at"]  # fmt: skip
+                   "ran to", "came to", "stopped at", "stayed at", "returned to", "got to", "hurried to",
+                   "sat at"]  # fmt: skip
 IOI_CONNECTORS_TRAIN = [", ", ", and ", ". Then ", ". Later ", " and then ", "; "]
 IOI_INTROS_HELDOUT = ["As soon as {x} and {y} reached {p}, {s}", "On Monday {x} and {y} walked to {p}, and {s}"]
 IOI_HELDOUT_WORDS = ["As soon as", "reached", "On Monday", "walked to"]  # in no training intro
