@@ -28,6 +28,7 @@ from transcoders.data import harvest, sequences
 from transcoders.layers import present
 
 DENSE_FREQ = 0.1  # a feature firing on more than this fraction of tokens counts as dense
+CLEAR_MARGIN = 0.1  # top-1 minus top-2 probability of the clean model for a position to count as clear
 
 
 class LayerStats(BaseModel):
@@ -46,6 +47,10 @@ class SpliceStats(BaseModel):
     ce_recovered: float
     top1_agreement: float
     kl: float
+    # positions where the clean model's top-1 probability leads its runner-up by ≥ CLEAR_MARGIN: their share and the
+    # agreement there (near-ties flip under any small perturbation and dominate top-1 misses on natural text)
+    clear_share: float | None = None
+    top1_agreement_clear: float | None = None
 
 
 class EvalReport(BaseModel):
@@ -179,7 +184,7 @@ def splice(model: Transformer, tc: Transcoder, tokens: torch.Tensor, batch_seqs:
     L = model.cfg.n_layers
     zero = {Site(HookPoint.MLP_OUT, layer): (lambda o: torch.cat([o[:, :1], torch.zeros_like(o[:, 1:])], 1))
             for layer in (range(L) if layers is None else layers)}  # fmt: skip
-    tot = torch.zeros(5, dtype=torch.float64)  # ce clean, zero, replaced, agree, kl
+    tot = torch.zeros(7, dtype=torch.float64)  # ce clean, zero, replaced, agree, kl, clear, agree on clear
     n = 0
     for i in _batches(len(tokens), batch_seqs, tokens.shape[1], "eval: spliced model", progress):
         t = tokens[i : i + batch_seqs]
@@ -189,14 +194,18 @@ def splice(model: Transformer, tc: Transcoder, tokens: torch.Tensor, batch_seqs:
         with model.hooks.attached(splice_hooks(tc, layers)):
             repl = model(t)
         lp_c, lp_r = clean[:, 1:-1].double().log_softmax(-1), repl[:, 1:-1].double().log_softmax(-1)
-        tot += torch.stack([_ce(clean, t), _ce(zeroed, t), _ce(repl, t),
-                            (lp_c.argmax(-1) == lp_r.argmax(-1)).double().sum(),
-                            (lp_c.exp() * (lp_c - lp_r)).sum()])  # fmt: skip
+        agree = lp_c.argmax(-1) == lp_r.argmax(-1)
+        top2 = lp_c.topk(2, -1).values.exp()
+        clear = top2[..., 0] - top2[..., 1] >= CLEAR_MARGIN
+        tot += torch.stack([_ce(clean, t), _ce(zeroed, t), _ce(repl, t), agree.double().sum(),
+                            (lp_c.exp() * (lp_c - lp_r)).sum(), clear.double().sum(),
+                            (agree & clear).double().sum()])  # fmt: skip
         n += t[:, 2:].numel()
-    c, z, r, agree, kl = (tot / n).tolist()
+    c, z, r, agree, kl, clear, agree_clear = (tot / n).tolist()
     rec = (z - r) / (z - c) if z != c else float("nan")
     return SpliceStats(tokens=n, ce_clean=c, ce_zero_ablated=z, ce_replaced=r, ce_recovered=rec,
-                       top1_agreement=agree, kl=kl)  # fmt: skip
+                       top1_agreement=agree, kl=kl, clear_share=clear,
+                       top1_agreement_clear=agree_clear / clear if clear else None)  # fmt: skip
 
 
 # 3. Report
@@ -227,7 +236,9 @@ def table(r: EvalReport) -> str:
     s = r.splice
     rows.append(f"tokens {r.tokens:,}; spliced model over {s.tokens:,} tokens: CE clean {s.ce_clean:.4f}, "
                 f"zero-ablated {s.ce_zero_ablated:.4f}, replaced {s.ce_replaced:.4f}, recovered {s.ce_recovered:.4f}, "
-                f"top-1 agreement {s.top1_agreement:.4f}, KL {s.kl:.4f}")  # fmt: skip
+                f"top-1 agreement {s.top1_agreement:.4f}, KL {s.kl:.4f}"
+                + (f"; top-1 agreement {s.top1_agreement_clear:.4f} where the model's top-1 leads by ≥ {CLEAR_MARGIN} "
+                   f"({s.clear_share:.1%} of positions)" if s.top1_agreement_clear is not None else ""))  # fmt: skip
     return "\n".join(rows)
 
 
