@@ -118,14 +118,23 @@ def eval_corpus(cache: Path) -> Path:
     return path
 
 
+def _shown(path: Path) -> Path:
+    """path relative to the working directory when inside it, else as given."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
 def evaluate_clt(lm: LoadedModel, cache: Path, dest: Path, tokens: int = 1_000_000, ce_tokens: int = 100_000) -> None:
     assert lm.tokenizer is not None  # the bundled model ships its tokenizer
     seq_len = RECIPE["seq_len"]
     stream = tokenize_corpus(lm.tokenizer, eval_corpus(cache), tokens + ce_tokens + 2 * seq_len * 64)
     tc = load_transcoders(dest, lm.cfg, dtype=torch.float32)
-    r = evaluate(lm.model, tc, stream, tokens, ce_tokens, seq_len, lm.name, str(dest))
+    shown = _shown(dest)  # the shipped eval.json names no machine-specific folder
+    r = evaluate(lm.model, tc, stream, tokens, ce_tokens, seq_len, lm.name, str(shown))
     plot(r, dest / "eval.png")
-    atomic_write_text(dest / "eval.json", json.dumps(r.model_dump() | {"plot": str(dest / "eval.png")}) + "\n")
+    atomic_write_text(dest / "eval.json", json.dumps(r.model_dump() | {"plot": str(shown / "eval.png")}) + "\n")
     for f in ("eval.png", "eval.json"):
         (dest / f).chmod(0o644)
     print(f"clt eval: NMSE {r.mean_nmse:.4f}, L0 {r.total_l0:.1f}, dead {r.dead_pct:.1f} %, "
