@@ -136,6 +136,21 @@ def test_heldout_never_in_training_text():
     assert induction_lines and all(not set(s.split()) & set(planted.INDUCTION_HELDOUT_WORDS) for s in induction_lines)
 
 
+def test_natural_fillers_drop_held_out_phrases_words_and_names():
+    keep = "The old mill stood by the water for many years."
+    texts = [
+        f"{keep} The sun had just set over the hills. Then Mary left the room quietly. Listen carefully to me.",
+        "It is found in the northern forests of Europe. The report was excessively long and dull.",
+        "too short. This sentence has no final full stop but is long enough",
+        "lowercase start is not a sentence we keep here at all.",
+    ]
+    # held-out fillers (also without their full stop), a name, a held-out two-hop verb, a test induction word
+    assert planted.natural_fillers(texts) == [keep]
+    many = [f"Sentence number {i} is plain enough to keep." for i in range(50)]
+    a, b = planted.natural_fillers(many, n=10, seed=1), planted.natural_fillers(many, n=10, seed=1)
+    assert a == b and len(set(a)) == 10 and a != planted.natural_fillers(many, n=10, seed=2)
+
+
 def test_heldout_answers_are_correct_by_construction():
     held = planted.heldout_prompts()
     ioi = [p for p in held if p.task == planted.Task.IOI]

@@ -216,7 +216,7 @@ def natural_fillers(texts: Iterable[str], n: int = 20_000, seed: int = 0) -> lis
     """Up to n sentences of `texts` (20-100 characters, capitalised, ending in ".") usable as training filler:
     none contains a held-out phrase, a held-out or test induction word, or a first name (an IOI pair)."""
     banned_words = set(INDUCTION_HELDOUT_WORDS + INDUCTION_COMMON_WORDS) | {n.lower() for n in NAMES}
-    banned = [p.strip().lower() for p in heldout_phrases()]
+    banned = [p.strip().rstrip(".").lower() for p in heldout_phrases()]  # "Listen carefully" of "Listen carefully."
     out = []
     for t in texts:
         for sent in re.split(r"(?<=\.)\s+", " ".join(t.split())):
