@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import re
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -221,12 +223,26 @@ def test_training_resumes_exactly(tmp_path: Path):
             torch.testing.assert_close(snap[name], p, rtol=0, atol=0, msg=name)
 
 
-def test_snapshots_step_without_snapshots_is_one_line(tmp_path, capsys):
+def test_snapshots_step_bad_input_is_one_line(tmp_path, capsys):
+    """No snapshots, a missing held-out file or a corrupt snapshot: one line, exit 2, before any scoring."""
     from tracer.bundle.__main__ import main
 
-    assert main(["snapshots", "--out", str(tmp_path / "lm")]) == 2
+    out, model_dir = tmp_path / "lm", tmp_path / "assets" / "model"
+    argv = ["snapshots", "--out", str(out), "--model-dir", str(model_dir)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith("error: no snapshots in ")
+    (out / "snapshots").mkdir(parents=True)
+    (out / "snapshots" / "step00100.safetensors").write_bytes(b"garbage")
+    assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: no snapshots in ") and err.count("\n") == 1
+    assert "planted_heldout.json not found" in err and err.count("\n") == 1
+    model_dir.parent.mkdir()
+    (model_dir.parent / "planted_heldout.json").write_text("[]")
+    shutil.copyfile(ASSETS / "default_model" / "tokenizer.json", out / "tokenizer.json")
+    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(TrainConfig())))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "step00100.safetensors: unreadable snapshot" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize(("argv", "says"), [

@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from tracer.bundle import corpus, planted, tokenizer
@@ -165,11 +166,19 @@ def step_snapshots(args: argparse.Namespace) -> None:
     snaps = sorted((args.out / "snapshots").glob("step*.safetensors"))
     if not snaps:
         raise TracerError(f"no snapshots in {args.out / 'snapshots'}; `train` keeps one every 500 steps")
-    items = load_heldout(Path(args.model_dir).parent / "planted_heldout.json")
+    held = Path(args.model_dir).parent / "planted_heldout.json"
+    for need in (held, args.out / "tokenizer.json", args.out / "train_config.json"):
+        if not need.is_file():
+            raise TracerError(f"{need} not found (written by `python -m tracer.bundle assets` / `train`)")
+    items = load_heldout(held)
     print("step   " + " ".join(f"{t.value:>11.11}" for t in planted.Task))
     for snap in snaps:
+        try:
+            weights = load_file(snap)
+        except (SafetensorError, OSError) as e:
+            raise TracerError(f"{snap}: unreadable snapshot ({e})") from None
         with tempfile.TemporaryDirectory() as d:
-            export_weights(args.out, load_file(snap), Path(d))
+            export_weights(args.out, weights, Path(d))
             scores = {s.task: s.accuracy for s in planted_scores(load_model(Path(d)), items)}
         print(f"{int(snap.stem[4:]):>5}  " + " ".join(f"{scores[t.value]:>11.1%}" for t in planted.Task))
 
