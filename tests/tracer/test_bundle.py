@@ -261,3 +261,12 @@ def test_clt_step_refuses_bad_settings_before_loading(tmp_path, capsys, argv, sa
     err = capsys.readouterr().err
     assert err.startswith("error: ") and says in err and err.count("\n") == 1
     assert not (tmp_path / "cache").exists()
+
+
+def test_clt_eval_names_paths_relative_to_the_working_directory(tmp_path, monkeypatch):
+    """The shipped eval.json must not record the builder's machine-specific folder."""
+    from tracer.bundle.clt import _shown
+
+    monkeypatch.chdir(tmp_path)
+    assert _shown(tmp_path / "tracer" / "assets" / "default_clt") == Path("tracer/assets/default_clt")
+    assert _shown(Path("/elsewhere/clt")) == Path("/elsewhere/clt")
