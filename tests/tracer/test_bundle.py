@@ -250,6 +250,7 @@ def test_snapshots_step_bad_input_is_one_line(tmp_path, capsys):
     (["--clt-sparsity", "-1"], "sparsity"),
     (["--clt-preact", "-1"], "preact"),
     (["--clt-dir", "FILE/x"], "is a file, not a folder"),
+    (["--out", "FILE"], "--out"),
 ])  # fmt: skip
 def test_clt_step_refuses_bad_settings_before_loading(tmp_path, capsys, argv, says):
     """A bad knob or an unusable destination is one line and exit 2 before the model or data load (no cache here)."""

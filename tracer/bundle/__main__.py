@@ -38,7 +38,7 @@ from tracer.bundle.clt import CLT_DIR, DEFAULT_TOKENS, RECIPE, step_clt
 from tracer.bundle.train import DEFAULT_OUT, TrainConfig, model_config, plot_losses, tokenize_stream, train
 from tracer.errors import TracerError
 from tracer.features.bundle import step_features
-from tracer.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_text
+from tracer.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_text, check_output_dir
 from tracer.models import Transformer, save_hf
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -186,11 +186,12 @@ def step_snapshots(args: argparse.Namespace) -> None:
 STEPS = {"corpus": step_corpus, "tokenizer": step_tokenizer, "streams": step_streams, "train": step_train,
          "assets": step_assets, "evaluate": step_evaluate, "clt": step_clt,
          "features": step_features}  # fmt: skip
+COMMANDS = STEPS | {"snapshots": step_snapshots}  # `build` runs STEPS in order; the others run alone
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tracer.bundle", description="Rebuild the bundled default model.")
-    ap.add_argument("step", choices=["build", *STEPS, "snapshots"],
+    ap.add_argument("step", choices=["build", *COMMANDS],
                     help="build = every step in order; snapshots = held-out accuracy of each kept snapshot")
     ap.add_argument("--cache", type=Path, default=Path(".cache"), help="download/extract cache directory")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="tokenizer, streams and checkpoint directory")
@@ -220,10 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         help="clt: train per-layer transcoders instead (for the CLT-vs-PLT benchmark; not shipped)",
     )
     args = ap.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
     try:
+        check_output_dir(args.out, "--out").mkdir(parents=True, exist_ok=True)
         for name in STEPS if args.step == "build" else [args.step]:
-            (step_snapshots if name == "snapshots" else STEPS[name])(args)
+            COMMANDS[name](args)
     except TracerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -215,7 +215,7 @@ def heldout_phrases() -> list[str]:
 def natural_fillers(texts: Iterable[str], n: int = 20_000, seed: int = 0) -> list[str]:
     """Up to n sentences of `texts` (20-100 characters, capitalised, ending in ".") usable as training filler:
     none contains a held-out phrase, a held-out or test induction word, or a first name (an IOI pair)."""
-    banned_words = set(INDUCTION_HELDOUT_WORDS + INDUCTION_COMMON_WORDS) | {n.lower() for n in NAMES}
+    banned_words = set(INDUCTION_HELDOUT_WORDS + INDUCTION_COMMON_WORDS) | {name.lower() for name in NAMES}
     banned = [p.strip().rstrip(".").lower() for p in heldout_phrases()]  # "Listen carefully" of "Listen carefully."
     out = []
     for t in texts:
