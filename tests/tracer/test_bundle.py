@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import random
 import re
 import shutil
 import struct
@@ -87,6 +88,20 @@ def test_planted_generators_are_deterministic():
     assert planted.training_documents(20_000, seed=3) == planted.training_documents(20_000, seed=3)
     assert planted.training_documents(20_000, seed=3) != planted.training_documents(20_000, seed=4)
     assert planted.heldout_prompts() == planted.heldout_prompts()
+
+
+def test_ioi_sentences_are_led_by_natural_words_at_the_set_rate():
+    """With natural fillers, IOI_LEAD_P of the IOI sentences start with 1-4 leading words of one of them (then the
+    capitalised intro); without, none does."""
+    natural = ["alpha beta gamma delta epsilon.", "zeta eta theta iota kappa."]
+    leads = {" ".join(s.split()[:k]) for s in natural for k in range(1, 5)}
+    rng = random.Random(0)
+    sents = [planted._ioi(rng, natural) for _ in range(4000)]
+    led = [s for s in sents if s[0].islower()]
+    assert all(any(s.startswith(lead + " ") and s[len(lead) + 1].isupper() for lead in leads) for s in led)
+    assert {len(s.split(" and ")[0].split()) for s in led} >= {2, 3, 4, 5}  # 1-4 lead words (+ the first name)
+    assert abs(len(led) / len(sents) - planted.IOI_LEAD_P) < 0.03, (len(led), len(sents))
+    assert all(planted._ioi(rng)[0].isupper() for _ in range(200))
 
 
 def test_shipped_heldout_file_matches_generator(lm):

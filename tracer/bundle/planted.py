@@ -1,4 +1,4 @@
-"""Planted tasks (v4): generated text whose answers are known, with held-out frames and entities never trained on.
+"""Planted tasks (v5): generated text whose answers are known, with held-out frames and entities never trained on.
 
 Algorithm:
 1. Tables: countries and capitals, landmarks (-> country), first names, opposite pairs, induction words.
@@ -13,7 +13,8 @@ Algorithm:
 3. Training text: documents of 3-8 planted sentences, generators drawn with the mix of the training phase
    (`PHASE_MIXES`); induction repeats word spans of 3-20 words after 0-4 filler sentences, sometimes only in
    part. Filler sentences are hand-written or (half the time, when given) natural-text sentences (`natural_fillers`);
-   IOI intros and gifts are composed from parts (opener, verb, place, connector; verb, object). Random-token
+   IOI intros and gifts are composed from parts (opener, verb, place, connector; verb, object), half of them after
+   1-4 words of a natural-text sentence. Random-token
    induction (spans of any vocabulary tokens, repeated at any distance) is generated on the fly by the trainer
    (tracer/bundle/train.py), not here. Seeded -> identical text for identical arguments.
 4. Held-out prompts: every task's held-out frames x its items, each with the single expected answer (leading
@@ -103,6 +104,7 @@ class Gen(StrEnum):
 # share of planted sentences per generator; one mix, two phases (different seeds: more distinct text)
 MIX = {Gen.FACTS: 0.18, Gen.TWO_HOP: 0.13, Gen.IOI: 0.32, Gen.INDUCTION: 0.22, Gen.OPPOSITES: 0.15}
 PHASE_MIXES = (MIX, MIX)
+IOI_LEAD_P = 0.5  # share of IOI sentences led by natural-text words (given natural fillers)
 TASK_WEIGHTS = MIX
 
 
@@ -164,7 +166,13 @@ def _two_hop(rng: random.Random) -> str:
     return _say(rng.choice(TRAIN_PREFIXES), s)
 
 
-def _ioi(rng: random.Random) -> str:
+def _ioi(rng: random.Random, natural: list[str] | None = None) -> str:
+    """An IOI sentence; `IOI_LEAD_P` of the time (given `natural`) after 1-4 words of a natural-text sentence, so
+    that the names are found after any preceding words, not only at a sentence start (v4: an unseen opener such as
+    "On Monday" broke IOI for one name order)."""
+    lead = ""
+    if natural and rng.random() < IOI_LEAD_P:
+        lead = " ".join(rng.choice(natural).split()[: rng.randint(1, 4)]) + " "
     while True:
         x, y = rng.sample(NAMES, 2)
         if not ioi_pair_held_out(x, y):
@@ -176,7 +184,7 @@ def _ioi(rng: random.Random) -> str:
                 verb, conn = rng.choice(IOI_VERBS_TRAIN), rng.choice(IOI_CONNECTORS_TRAIN)
                 intro = f"{rng.choice(IOI_OPENERS_TRAIN)}{x} and {y} {verb} {p}{conn}{s}"
             gift = f"{rng.choice(IOI_GIFT_VERBS_TRAIN)} {rng.choice(IOI_OBJECTS_TRAIN)}"
-            return f"{_cap(intro)} {gift} to {io}."
+            return f"{lead}{_cap(intro)} {gift} to {io}."
 
 
 def _filler(rng: random.Random, natural: list[str] | None) -> str:
@@ -256,7 +264,7 @@ def training_documents(
     rng = random.Random(seed)
     mix = mix or TASK_WEIGHTS
     tasks, weights = list(mix), list(mix.values())
-    gens = _GEN | {Gen.INDUCTION: lambda r: _induction(r, words, natural)}
+    gens = _GEN | {Gen.INDUCTION: lambda r: _induction(r, words, natural), Gen.IOI: lambda r: _ioi(r, natural)}
     docs, total = [], 0
     while total < n_chars:
         parts = [gens[t](rng) for t in rng.choices(tasks, weights, k=rng.randint(3, 8))]
