@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kernels import plan_edges
-from tracer.backward import Grads, Injections
+from tracer.backward import Injections
 from tracer.csr import CsrAdjacency, RowStore
 from tracer.errors import ConfigError
 from tracer.fast import ROW_DTYPES, row_backward
@@ -85,8 +85,7 @@ class RowBuilder:
     def __init__(self, model: Transformer, tc: Transcoder, rec: Record, layout: NodeLayout, cfg: TraceConfig):
         fast = ROW_DTYPES[cfg.row_dtype]
         self.backward = row_backward(model, tc, rec, fast)
-        rdt = rec.mlp_out.dtype  # the edge kernel's: the fast path's gradients are widened to it per batch (the
-        # kernel's many small matmuls of differing shapes run slower in bf16 than in fp32 on CPU)
+        rdt = fast or rec.mlp_out.dtype  # the gradients' dtype: the kernel, errors and embeddings match it
         self.layout, self.cfg = layout, cfg
         feats = rec.features
         dec = torch.zeros(len(feats), model.cfg.n_layers, model.cfg.d_model, dtype=rdt)
@@ -97,6 +96,8 @@ class RowBuilder:
         self.plan = plan_edges(dec, feats[:, 0], feats[:, 1], act, backend=cfg.kernel)
         self.errors_PLD = rec.errors.to(rdt, copy=True)
         self.errors_PLD[0] = 0  # BOS errors are constants, not nodes
+        self._error_norms = rec.errors.norm(dim=-1).T.clone()  # from the record's (exact) errors
+        self._error_norms[:, 0] = 0
         self.embed_PD = model.embed_tokens(rec.tokens).to(dec.dtype)  # scaled for Gemma
         room = layout.max_sources() if cfg.edge_topk is None else layout.max_sources().clamp_max(cfg.edge_topk)
         budget = None  # with fewer feature rows than features, slots go to rows as they come
@@ -110,20 +111,18 @@ class RowBuilder:
 
     def add(self, inj: Injections, target_rows: torch.Tensor) -> None:
         g = self.backward.run(inj)
-        if g.embed_BPD.dtype != self.errors_PLD.dtype:  # the bf16 fast path
-            g = Grads(g.mlp_out_BPLD.to(self.errors_PLD.dtype), g.embed_BPD.to(self.errors_PLD.dtype))
-        P, Lp = g.mlp_out_BPLD.shape[1], g.mlp_out_BPLD.shape[2]
+        B, P, Lp, D = g.mlp_out_BPLD.shape
         feat = self.plan.attribute(g.mlp_out_BPLD.transpose(1, 2))
-        err = torch.einsum("bpld,pld->blp", g.mlp_out_BPLD, self.errors_PLD[:P, :Lp])
+        err = error_edges(g.mlp_out_BPLD, self.errors_PLD[:P, :Lp])
         emb = torch.einsum("bpd,pd->bp", g.embed_BPD, self.embed_PD[:P])
-        B, D = g.embed_BPD.shape[0], g.embed_BPD.shape[2]
         reach = (Lp - self._layer_N[self._pos_N < P]).clamp_min(0).sum()
         self.flops += 2 * B * D * (int(reach) + P * Lp + P)  # kernel, error and token edges
         dense = self.layout.source_rows(feat, err, emb)
         if self.cfg.edge_topk is not None:
             top = dense.abs().topk(min(self.cfg.edge_topk, dense.shape[1]), dim=1)
-            total = dense.abs().sum(1).clamp_min(1e-30)
-            self.mass.append(top.values.sum(1) / total)
+            acc = torch.promote_types(dense.dtype, torch.float32)  # bf16 rows: sums in fp32
+            total = dense.abs().sum(1, dtype=acc).clamp_min(1e-30)
+            self.mass.append(top.values.sum(1, dtype=acc) / total)
             kept = torch.zeros_like(dense).scatter_(1, top.indices, dense.gather(1, top.indices))
             dense = kept
         self.store.put(target_rows, dense)
@@ -135,7 +134,7 @@ class RowBuilder:
 
     def error_norms(self) -> torch.Tensor:
         """[n_layers, n_pos] L2 norm of each error node's vector (0 at BOS), in the record's dtype."""
-        return self.errors_PLD.to(self.store.val.dtype).norm(dim=-1).T
+        return self._error_norms
 
     def row_mass(self) -> torch.Tensor | None:
         if not self.mass:
@@ -143,6 +142,16 @@ class RowBuilder:
         out = torch.ones(self.layout.n_nodes, dtype=torch.float64)
         out[torch.cat(self.target_rows)] = torch.cat(self.mass).double()
         return out
+
+
+def error_edges(grads_BPLD: torch.Tensor, errors_PLD: torch.Tensor) -> torch.Tensor:
+    """[B, L, P] dot products <grads[b, p, l], errors[p, l]>: per layer, one batched matrix-vector product over
+    positions that reads the gradients in place (an einsum copied them to a (p, l)-major layout first: 2x slower)."""
+    B, P, L, D = grads_BPLD.shape
+    out_LPB = grads_BPLD.new_empty(L, P, B, 1)
+    for layer in range(L):
+        torch.bmm(grads_BPLD[:, :, layer].transpose(0, 1), errors_PLD[:, layer, :, None], out=out_LPB[layer])
+    return out_LPB[..., 0].permute(2, 0, 1)
 
 
 def _feature_batches(order: torch.Tensor, feats: torch.Tensor, size: int) -> Iterator[torch.Tensor]:

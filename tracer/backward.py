@@ -72,7 +72,9 @@ class ReplacementBackward:
         layer's gradient is stored, in the copy it makes anyway, instead of in a second pass over the buffer.
         reuse_out: every `run` returns its gradients in one buffer that the next `run` overwrites (the row phase
         consumes each batch first): a fresh [B, P', L', D] buffer per batch costs as much as the copies into it
-        (the allocator returns it to the OS, and each page faults again)."""
+        (the allocator returns it to the OS, and each page faults again). The gradients are then a view
+        [:B, :P', :L'] of a [B_max, P, L, D] buffer, with the same strides in every batch: oneDNN's bf16 matmuls
+        JIT-compile a kernel per (shape, strides) and cache it, and per-batch strides cost a compile per call."""
         self.model, self.tc, self.rec = model, tc, rec
         self.cfg = model.cfg
         self.input_hook = tc.cfg.input_hook
@@ -80,7 +82,7 @@ class ReplacementBackward:
         self.out_dtype = out_dtype or self.dtype
         self.reuse_out = reuse_out
         self.device = rec.mlp_out.device
-        self._out_buf = torch.empty(0, dtype=self.out_dtype, device=self.device)
+        self._out_buf = torch.empty(0, 0, 0, 0, dtype=self.out_dtype, device=self.device)
         self.flops = 0  # matmul work done so far (2 x multiply-adds), for benchmarks
 
     def _read_transpose(self, layer: int, pos: slice | torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -141,12 +143,13 @@ class ReplacementBackward:
         return self._read_transpose(layer, slice(0, g.shape[1]), g @ self.tc.W_skip[layer].to(g.dtype))
 
     def _out_buffer(self, shape: tuple[int, int, int, int]) -> torch.Tensor:
-        n = shape[0] * shape[1] * shape[2] * shape[3]
         if not self.reuse_out:
             return torch.empty(shape, dtype=self.out_dtype, device=self.device)
-        if self._out_buf.numel() < n:
-            self._out_buf = torch.empty(n, dtype=self.out_dtype, device=self.device)
-        return self._out_buf[:n].view(shape)
+        B, P, Lp, D = shape
+        if self._out_buf.shape[0] < B:  # one allocation per prompt (at most per larger batch): fixed strides
+            full = (B, self.rec.mlp_out.shape[0], self.cfg.n_layers, D)
+            self._out_buf = torch.empty(full, dtype=self.out_dtype, device=self.device)
+        return self._out_buf[:B, :P, :Lp]
 
     def run(self, inj: Injections) -> Grads:
         """One batch of targets -> gradients at every MLP output and token embedding (see module docstring)."""

@@ -4,12 +4,11 @@ CPUs with AVX512-BF16 or AMX multiply bf16 matrices several times faster than fp
 product in fp32 and rounds the result to bf16). The fast path runs the rows' linear maps in bf16:
 1. shadow: a copy of the model's attention and norms in bf16 (embeddings, unembedding and MLPs are shared, not
    copied: the backward never reads them) and the recorded patterns and norm scales in bf16;
-2. rows: tracer.backward.ReplacementBackward on the shadow in bf16 (most of the row phase's work); it widens its
-   gradients to fp32 as it stores each layer's (out_dtype) for the edge kernel, errors and tokens
-   (tracer.attribute.RowBuilder): the kernel's many small matmuls of differing shapes run slower in bf16 than in
-   fp32 on CPU;
-3. everything else stays fp32: the recorded forward pass, the stored edges, assembly, pruning and the replacement
-   check. fp32 stays the default and exact.
+2. rows: tracer.backward.ReplacementBackward on the shadow in bf16 (most of the row phase's work); its gradients
+   stay bf16 for the edge kernel and the error and token dot products (tracer.attribute.RowBuilder, whose decoder
+   rows, errors and embeddings are bf16 copies): widening them to fp32 cost as much as the kernel itself;
+3. everything else stays fp32: the recorded forward pass, the stored edges (widened as each row is stored),
+   assembly, pruning and the replacement check. fp32 stays the default and exact.
 """
 
 from __future__ import annotations
@@ -58,6 +57,5 @@ def row_backward(model: Transformer, tc: Transcoder, rec: Record, dtype: torch.d
         tc,
         shadow_record(rec, dtype),
         dtype=dtype,
-        out_dtype=rec.mlp_out.dtype,
         reuse_out=True,
     )
