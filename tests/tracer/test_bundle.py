@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 from tracer.bundle import planted
 from tracer.bundle.corpus import DOC_SEP, osis_to_text, read_ztext
 from tracer.bundle.evaluate import TARGETS, planted_scores
-from tracer.bundle.train import TrainConfig, lr_at, train
+from tracer.bundle.train import Sampler, TrainConfig, lr_at, phase_at, train
+from tracer.errors import ConfigError
 from tracer.models import DEFAULT_MODEL, load_model
 
 ASSETS = DEFAULT_MODEL.parent
@@ -91,17 +92,23 @@ def test_planted_generators_are_deterministic():
 
 
 def test_ioi_sentences_are_led_by_natural_words_at_the_set_rate():
-    """With natural fillers, IOI_LEAD_P of the IOI sentences start with 1-4 leading words of one of them (then the
-    capitalised intro); without, none does."""
+    """With natural fillers and lead share p, a share p of the IOI sentences start with 1-4 leading words of one of
+    them (then the capitalised intro); without fillers or with p = 0, none does."""
     natural = ["alpha beta gamma delta epsilon.", "zeta eta theta iota kappa."]
     leads = {" ".join(s.split()[:k]) for s in natural for k in range(1, 5)}
     rng = random.Random(0)
-    sents = [planted._ioi(rng, natural) for _ in range(4000)]
+    sents = [planted._ioi(rng, natural, 0.5) for _ in range(4000)]
     led = [s for s in sents if s[0].islower()]
     assert all(any(s.startswith(lead + " ") and s[len(lead) + 1].isupper() for lead in leads) for s in led)
     assert {len(s.split(" and ")[0].split()) for s in led} >= {2, 3, 4, 5}  # 1-4 lead words (+ the first name)
-    assert abs(len(led) / len(sents) - planted.IOI_LEAD_P) < 0.03, (len(led), len(sents))
-    assert all(planted._ioi(rng)[0].isupper() for _ in range(200))
+    assert abs(len(led) / len(sents) - 0.5) < 0.03, (len(led), len(sents))
+    assert all(planted._ioi(rng, None, 0.5)[0].isupper() for _ in range(200))
+    assert all(planted._ioi(rng, natural)[0].isupper() for _ in range(200))
+    # only the polish phase's stream has led IOI sentences
+    docs = [planted.training_documents(20_000, 0, mix, None, natural, lead)
+            for mix, lead in zip(planted.PHASE_MIXES, planted.PHASE_IOI_LEAD, strict=True)]  # fmt: skip
+    led_ioi = re.compile(r"\b(alpha|zeta)(?: [a-z]+){0,3} [A-Z]")  # as filler sentences they end in "epsilon."
+    assert [any(led_ioi.search(d) for d in ds) for ds in docs] == [False, False, True]
 
 
 def test_shipped_heldout_file_matches_generator(lm):
@@ -207,10 +214,32 @@ def test_read_ztext_blocks(tmp_path: Path):
 
 # ---- training ----------------------------------------------------------------------------------------------
 def test_lr_schedule_is_warmup_stable_decay():
-    tc = TrainConfig(steps=100, warmup=10, decay_frac=0.2, lr=1.0)
+    tc = TrainConfig(steps=100, warmup=10, decay_frac=0.2, lr=1.0, polish_steps=0)
     assert lr_at(0, tc) == pytest.approx(0.1) and lr_at(9, tc) == 1.0
     assert lr_at(50, tc) == 1.0 and lr_at(79, tc) == 1.0
     assert lr_at(90, tc) == pytest.approx(1 - 0.9 * 10 / 20)
+    # a polish phase leaves the main schedule as it was and decays from polish_lr to 10 % of lr
+    polished = dataclasses.replace(tc, steps=140, polish_steps=40, polish_lr=0.5)
+    assert [lr_at(s, polished) for s in (0, 9, 50, 90)] == [lr_at(s, tc) for s in (0, 9, 50, 90)]
+    assert lr_at(100, polished) == 0.5 and lr_at(120, polished) == pytest.approx(0.3)
+    assert [phase_at(s, polished) for s in (0, 99, 100, 139)] == [0, 0, 1, 1]
+    assert [phase_at(s, tc) for s in (0, 99)] == [0, 0]
+    with pytest.raises(ConfigError, match="polish_steps"):
+        TrainConfig(steps=100, polish_steps=100)
+    with pytest.raises(ConfigError, match="one entry per phase"):
+        TrainConfig(phase_steps=(10, 20, 30))
+
+
+def test_sampler_reads_each_phases_planted_stream():
+    """Phase 0 and 1 read their own planted streams, phase 2 phase 1's, the polish phase the last one."""
+    streams = [torch.full((400,), v, dtype=torch.int32) for v in (5, 10, 11, 12)]  # natural, planted 0-2
+    for st in streams:
+        st[::40] = 0
+    tc = TrainConfig(n_ctx=16, batch=8, steps=40, polish_steps=10, phase_steps=(10, 20),
+                     planted_fracs=(1.0,) * 4, random_induction_fracs=(0.0,) * 4)  # fmt: skip
+    sampler = Sampler(streams, 0, tc, 50)
+    seen = [set(sampler.batch(step).unique().tolist()) - {0} for step in (0, 15, 25, 35)]
+    assert seen == [{10}, {11}, {11}, {12}]
 
 
 def test_training_resumes_exactly(tmp_path: Path):
@@ -221,11 +250,12 @@ def test_training_resumes_exactly(tmp_path: Path):
     stream = torch.randint(1, 50, (2000,), generator=g, dtype=torch.int32)
     stream[::31] = 0
     tc = TrainConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32, n_ctx=16, batch=4, steps=6, warmup=2,
-                     ckpt_every=3, snapshot_every=6, threads=1, phase_steps=(2,),
-                     planted_fracs=(0.5, 0.7))  # fmt: skip
-    straight = train(tc, natural, [stream, stream.flip(0)], natural, 50, 0, tmp_path / "a")
-    train(tc, natural, [stream, stream.flip(0)], natural, 50, 0, tmp_path / "b", stop_at=3)
-    resumed = train(tc, natural, [stream, stream.flip(0)], natural, 50, 0, tmp_path / "b")
+                     ckpt_every=3, snapshot_every=6, threads=1, phase_steps=(2,), polish_steps=2,
+                     planted_fracs=(0.5, 0.7, 0.6))  # fmt: skip
+    streams = [stream, stream.flip(0), stream.roll(7)]  # the last: the polish phase's (steps 4-5), resumed into
+    straight = train(tc, natural, streams, natural, 50, 0, tmp_path / "a")
+    train(tc, natural, streams, natural, 50, 0, tmp_path / "b", stop_at=3)
+    resumed = train(tc, natural, streams, natural, 50, 0, tmp_path / "b")
     for (name, p), q in zip(straight.named_parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
     log = json.loads((tmp_path / "b" / "ckpt.json").read_text())["log"]

@@ -79,9 +79,9 @@ def step_streams(args: argparse.Namespace) -> None:
         "natural": tokenize_stream(tok, natural_docs, eot),
         **{
             f"planted_{i}": tokenize_stream(
-                tok, planted.training_documents(PLANTED_CHARS, args.seed + i, mix, words, fillers), eot
+                tok, planted.training_documents(PLANTED_CHARS, args.seed + i, mix, words, fillers, lead), eot
             )
-            for i, mix in enumerate(planted.PHASE_MIXES)
+            for i, (mix, lead) in enumerate(zip(planted.PHASE_MIXES, planted.PHASE_IOI_LEAD, strict=True))
         },
         "heldout": tokenize_stream(tok, corpus.read_documents(args.cache / "corpus/heldout.txt"), eot),
     }
@@ -90,7 +90,7 @@ def step_streams(args: argparse.Namespace) -> None:
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(steps=args.steps, threads=args.threads, seed=args.seed)
+    return TrainConfig(steps=args.steps, polish_steps=args.polish_steps, threads=args.threads, seed=args.seed)
 
 
 def step_train(args: argparse.Namespace) -> None:
@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--vocab", type=int, default=4096, help="BPE vocabulary size")
     ap.add_argument("--steps", type=int, default=TrainConfig.steps, help="training steps of 16 x 256 tokens")
+    ap.add_argument("--polish-steps", type=int, default=TrainConfig.polish_steps,
+                    help="train: the last steps' polish phase (IOI after natural-text words), included in --steps")
     ap.add_argument("--retrain-tokenizer", action="store_true", help="tokenizer: train a new BPE, not keep the shipped")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for training")
     ap.add_argument("--seed", type=int, default=0, help="seed for corpus split, planted text and training")

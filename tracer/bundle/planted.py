@@ -13,8 +13,8 @@ Algorithm:
 3. Training text: documents of 3-8 planted sentences, generators drawn with the mix of the training phase
    (`PHASE_MIXES`); induction repeats word spans of 3-20 words after 0-4 filler sentences, sometimes only in
    part. Filler sentences are hand-written or (half the time, when given) natural-text sentences (`natural_fillers`);
-   IOI intros and gifts are composed from parts (opener, verb, place, connector; verb, object), half of them after
-   1-4 words of a natural-text sentence. Random-token
+   IOI intros and gifts are composed from parts (opener, verb, place, connector; verb, object); in the polish
+   phase's stream half of them follow 1-4 words of a natural-text sentence (`PHASE_IOI_LEAD`). Random-token
    induction (spans of any vocabulary tokens, repeated at any distance) is generated on the fly by the trainer
    (tracer/bundle/train.py), not here. Seeded -> identical text for identical arguments.
 4. Held-out prompts: every task's held-out frames x its items, each with the single expected answer (leading
@@ -103,8 +103,10 @@ class Gen(StrEnum):
 
 # share of planted sentences per generator; one mix, two phases (different seeds: more distinct text)
 MIX = {Gen.FACTS: 0.18, Gen.TWO_HOP: 0.13, Gen.IOI: 0.32, Gen.INDUCTION: 0.22, Gen.OPPOSITES: 0.15}
-PHASE_MIXES = (MIX, MIX)
-IOI_LEAD_P = 0.5  # share of IOI sentences led by natural-text words (given natural fillers)
+# planted streams: phase 0's, phase 1's (phase 2 reuses it) and the polish phase's (tracer/bundle/train.py), with
+# the share of IOI sentences led by natural-text words in each
+PHASE_MIXES = (MIX, MIX, MIX)
+PHASE_IOI_LEAD = (0.0, 0.0, 0.5)
 TASK_WEIGHTS = MIX
 
 
@@ -166,12 +168,12 @@ def _two_hop(rng: random.Random) -> str:
     return _say(rng.choice(TRAIN_PREFIXES), s)
 
 
-def _ioi(rng: random.Random, natural: list[str] | None = None) -> str:
-    """An IOI sentence; `IOI_LEAD_P` of the time (given `natural`) after 1-4 words of a natural-text sentence, so
+def _ioi(rng: random.Random, natural: list[str] | None = None, lead_p: float = 0.0) -> str:
+    """An IOI sentence; `lead_p` of the time (given `natural`) after 1-4 words of a natural-text sentence, so
     that the names are found after any preceding words, not only at a sentence start (v4: an unseen opener such as
     "On Monday" broke IOI for one name order)."""
     lead = ""
-    if natural and rng.random() < IOI_LEAD_P:
+    if natural and lead_p and rng.random() < lead_p:
         lead = " ".join(rng.choice(natural).split()[: rng.randint(1, 4)]) + " "
     while True:
         x, y = rng.sample(NAMES, 2)
@@ -256,15 +258,18 @@ def training_documents(
     mix: dict[Gen, float] | None = None,
     words: list[str] | None = None,
     natural: list[str] | None = None,
+    ioi_lead: float = 0.0,
 ) -> list[str]:
     """Planted training documents (3-8 sentences, some filler) totalling about n_chars characters; deterministic.
 
     `mix`: share of sentences per generator (default `TASK_WEIGHTS`); `words`: vocabulary of INDUCTION;
-    `natural`: natural-text filler sentences (`natural_fillers`), mixed with the hand-written ones."""
+    `natural`: natural-text filler sentences (`natural_fillers`), mixed with the hand-written ones; `ioi_lead`: share
+    of IOI sentences after 1-4 words of one of them (`PHASE_IOI_LEAD`)."""
     rng = random.Random(seed)
     mix = mix or TASK_WEIGHTS
     tasks, weights = list(mix), list(mix.values())
-    gens = _GEN | {Gen.INDUCTION: lambda r: _induction(r, words, natural), Gen.IOI: lambda r: _ioi(r, natural)}
+    gens = _GEN | {Gen.INDUCTION: lambda r: _induction(r, words, natural),
+                   Gen.IOI: lambda r: _ioi(r, natural, ioi_lead)}  # fmt: skip
     docs, total = [], 0
     while total < n_chars:
         parts = [gens[t](rng) for t in rng.choices(tasks, weights, k=rng.randint(3, 8))]

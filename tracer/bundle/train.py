@@ -9,9 +9,12 @@ Algorithm:
    of random tokens from the whole vocabulary, repeated at random distances, on random tokens or natural text;
    from phase `dense_phase` on `dense_induction_row`: one span repeated over the whole row, so most tokens are
    predictable by copying, which is what makes induction heads form); else from the current phase's planted
-   stream (the last one for later phases) with probability `planted_fracs[phase]`, else natural text; half the
+   stream (phase 2 reuses phase 1's; the polish phase has its own, the last) with probability
+   `planted_fracs[phase]`, else natural text; half the
    stream rows start at a document boundary (`<|endoftext|>` first, as the runtime prepends BOS), half anywhere.
-3. Step: AdamW; learning rate warm-up, constant, then linear decay to 10 % (WSD); gradient clipping at 1.
+3. Step: AdamW; learning rate warm-up, constant, then linear decay to 10 % (WSD) by step `steps - polish_steps`;
+   then the polish phase: `polish_steps` more steps on the last planted stream (IOI after natural-text words),
+   the learning rate decaying linearly from `polish_lr` to 10 % of `lr` again; gradient clipping at 1.
 4. Checkpoint every `ckpt_every` steps, atomically: weights + AdamW moments (safetensors) and step + loss log
    (JSON) in `<out>/`; `train` resumes from it when present. The loss curve is redrawn as a PNG.
 """
@@ -31,6 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from tracer.errors import ConfigError
 from tracer.io import atomic_save_safetensors, atomic_write_text
 from tracer.models import ModelConfig, Transformer
 
@@ -45,20 +49,29 @@ class TrainConfig:
     d_mlp: int = 384  # SwiGLU hidden width
     n_ctx: int = 256  # context window (tokens)
     batch: int = 16  # sequences per step
-    steps: int = 6000  # optimizer steps (tokens = steps * batch * n_ctx); induction forms near step 3,000
+    steps: int = 6400  # optimizer steps (tokens = steps * batch * n_ctx); induction forms near step 3,000
+    polish_steps: int = 400  # last steps: the polish phase (its own planted stream, learning rate from polish_lr)
+    polish_lr: float = 8e-4  # learning rate at the polish phase's start (where the main decay had reached 3.25e-4)
     lr: float = 2.5e-3  # peak learning rate
     warmup: int = 100  # linear warm-up steps
     decay_frac: float = 0.25  # final share of steps with linearly decaying learning rate
     weight_decay: float = 0.1  # AdamW decoupled weight decay (matrices only)
     phase_steps: tuple[int, ...] = (1100, 1400)  # steps at which the next phase (planted stream, row mix) begins
-    planted_fracs: tuple[float, ...] = (0.6, 0.65, 0.65)  # share of the non-random rows from planted text, per phase
-    random_induction_fracs: tuple[float, ...] = (0.15, 0.15, 0.35)  # share of random-token induction rows, per phase
+    planted_fracs: tuple[float, ...] = (0.6, 0.65, 0.65, 0.65)  # non-random rows' share of planted text, per phase
+    random_induction_fracs: tuple[float, ...] = (0.15, 0.15, 0.35, 0.35)  # random-token induction rows, per phase
     dense_phase: int = 2  # first phase whose random-token rows are dense repeats (dense_induction_row)
     ckpt_every: int = 100  # steps between checkpoints (and validation-loss evaluations)
     snapshot_every: int = 500  # steps between kept weight snapshots (`<out>/snapshots/`, for accuracy-vs-steps)
     seed: int = 0  # seeds initialisation and batch sampling
     threads: int = 1  # torch.set_num_threads
     bf16: bool = True  # autocast the forward to bfloat16 (fp32 weights, optimizer and loss): 1.6-1.75x per step here
+
+    def __post_init__(self) -> None:
+        n_phases = len(self.phase_steps) + 1 + (self.polish_steps > 0)
+        if not 0 <= self.polish_steps < self.steps:
+            raise ConfigError(f"polish_steps must be in [0, steps), got {self.polish_steps} of {self.steps}")
+        if min(len(self.planted_fracs), len(self.random_induction_fracs)) < n_phases:
+            raise ConfigError(f"planted_fracs and random_induction_fracs need one entry per phase ({n_phases})")
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
@@ -129,14 +142,15 @@ class Sampler:
         rng = np.random.default_rng([tc.seed, step])
         rows = []
         for _ in range(tc.batch):
-            phase = sum(step >= s for s in tc.phase_steps)
+            phase = phase_at(step, tc)
             if rng.random() < tc.random_induction_fracs[phase]:
                 if phase >= tc.dense_phase:
                     rows.append(dense_induction_row(rng, tc.n_ctx + 1, self.vocab_size, self.eot))
                 else:
                     rows.append(induction_row(rng, tc.n_ctx + 1, self.vocab_size, self.eot, self.streams[0]))
                 continue
-            planted = min(1 + phase, len(self.streams) - 1)
+            polish = phase > len(tc.phase_steps)
+            planted = len(self.streams) - 1 if polish else min(1 + phase, len(self.streams) - 2)
             which = planted if rng.random() < tc.planted_fracs[phase] else 0
             s, starts = self.streams[which], self.starts[which]
             if rng.random() < 0.5:
@@ -148,16 +162,25 @@ class Sampler:
 
 
 # ---- 3. step ----------------------------------------------------------------------------------------------
+def phase_at(step: int, tc: TrainConfig) -> int:
+    """Training phase of `step`: one per start in `phase_steps` passed, and the polish phase last."""
+    return sum(step >= s for s in tc.phase_steps) + (tc.polish_steps > 0 and step >= tc.steps - tc.polish_steps)
+
+
 def lr_at(step: int, tc: TrainConfig) -> float:
-    """Warm-up, then constant, then linear decay to 10 % over the last `decay_frac` of the steps (WSD).
+    """Warm-up, then constant, then linear decay to 10 % over the last `decay_frac` of the main steps (WSD); then
+    the polish phase's linear decay from `polish_lr` to 10 % of `lr`.
 
     Until the decay starts, `steps` may be changed between resumed runs without disturbing the schedule."""
-    decay_start = int(tc.steps * (1 - tc.decay_frac))
+    main = tc.steps - tc.polish_steps
+    if step >= main:
+        return tc.polish_lr + (0.1 * tc.lr - tc.polish_lr) * (step - main) / tc.polish_steps
+    decay_start = int(main * (1 - tc.decay_frac))
     if step < tc.warmup:
         return tc.lr * (step + 1) / tc.warmup
     if step < decay_start:
         return tc.lr
-    return tc.lr * (1 - 0.9 * (step - decay_start) / max(1, tc.steps - decay_start))
+    return tc.lr * (1 - 0.9 * (step - decay_start) / max(1, main - decay_start))
 
 
 def make_optimizer(model: Transformer, tc: TrainConfig) -> torch.optim.AdamW:
