@@ -8,7 +8,8 @@ Steps (each is also a subcommand; outputs of one are the inputs of the next):
 3. streams: tokenize natural train text, one planted stream per training phase, and held-out natural text
    -> `.cache/lm/streams.safetensors`.
 4. train: the LM (resumable: run `train` again after an interruption; checkpoints in `.cache/lm/`).
-   Default 6,000 steps of 16 x 256 tokens (24.6 M tokens) with a bf16 forward: 58 min on one CPU thread here.
+   Default 6,400 steps of 16 x 256 tokens (26.2 M tokens; the last 400 the polish phase) with a bf16 forward: about
+   62 min on one CPU thread here.
 5. assets: write `tracer/assets/default_model/` (config.json, model.safetensors, tokenizer.json, loss curve),
    `tracer/assets/planted_heldout.json` and `tracer/assets/corpus_sample.txt.gz`.
 6. evaluate: held-out natural-text loss and planted-task accuracy -> `default_model/eval.json`.
