@@ -44,3 +44,27 @@ def test_shadow_shares_big_parts_and_leaves_the_model_alone():
 def test_unknown_row_dtype():
     with pytest.raises(ConfigError, match="row dtype"):
         TraceConfig(row_dtype="fp8")
+
+
+def test_reused_gradient_buffer_keeps_its_strides_and_error_edges_match_einsum():
+    """Every batch's gradients are a view of one buffer with the same strides (oneDNN compiles a bf16 kernel per
+    strides), with the values of a fresh run; error_edges equals the einsum it replaced on such a strided view."""
+    from tracer.attribute import error_edges
+    from tracer.backward import Injections, ReplacementBackward
+    from tracer.record import record
+
+    model = random_model(tiny_config("gpt2")).float()
+    tc = random_transcoder(model, TranscoderKind.CLT, HookPoint.MLP_IN, True).float()
+    rec = record(model, tc, TOKENS).upcast()
+    reused, fresh = (ReplacementBackward(model, tc, rec, reuse_out=r) for r in (True, False))
+    g, d = torch.Generator().manual_seed(0), model.cfg.d_model
+    strides = set()
+    for layer, pos, n in ((2, 3, 4), (0, 5, 2), (1, 1, 3)):
+        inj = Injections(torch.full((n,), layer), torch.full((n,), pos), torch.randn(n, d, generator=g))
+        a, b = reused.run(inj).mlp_out_BPLD, fresh.run(inj).mlp_out_BPLD
+        assert a.shape == b.shape == (n, pos + 1, layer + 1, d) and torch.equal(a, b)
+        strides.add(a.stride())
+        err_PLD = torch.randn(pos + 1, layer + 1, d, generator=g, dtype=a.dtype)
+        want = torch.einsum("bpld,pld->blp", a, err_PLD)
+        torch.testing.assert_close(error_edges(a, err_PLD), want, rtol=1e-5, atol=1e-6)
+    assert len(strides) == 1
