@@ -65,6 +65,7 @@ def _steps_worker(rank: int, tmp: str) -> None:
     dt.sharded_step(CFG, local, b, 0.5)
     full = dt.gather_state(local, CFG, world)
     save_file(_params(full) | {"recon": recon}, f"{tmp}/sh{rank}.safetensors")
+    dist.barrier()  # no rank tears gloo down while the other still talks to it (SIGABRT at exit)
     dist.destroy_process_group()
 
 
@@ -121,6 +122,7 @@ def _train_worker(rank: int, tmp: str) -> None:
                                     progress=False) is None  # fmt: skip
     full = dt.train_distributed(model, stream, TRAIN, Path(tmp) / "shfull", world, shard_features=True, progress=False)
     assert full is not None and full.steps == 4
+    dist.barrier()  # no rank tears gloo down while the other still talks to it (SIGABRT at exit)
     dist.destroy_process_group()
 
 
