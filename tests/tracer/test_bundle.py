@@ -268,6 +268,23 @@ def test_training_resumes_exactly(tmp_path: Path):
             torch.testing.assert_close(snap[name], p, rtol=0, atol=0, msg=name)
 
 
+def test_train_step_stale_streams_is_one_line(tmp_path, capsys):
+    """No streams file, or one from before the polish phase (no planted_2): one line, exit 2, before training."""
+    from safetensors.torch import save_file
+
+    from tracer.bundle.__main__ import main
+
+    argv = ["train", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "streams.safetensors not found" in capsys.readouterr().err
+    old = {k: torch.zeros(4, dtype=torch.int32) for k in ("natural", "heldout", "planted_0", "planted_1")}
+    save_file(old, str(tmp_path / "streams.safetensors"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "lacks planted_2" in err and err.count("\n") == 1
+    assert not (tmp_path / "ckpt.json").exists()
+
+
 def test_snapshots_step_bad_input_is_one_line(tmp_path, capsys):
     """No snapshots, a missing held-out file or a corrupt snapshot: one line, exit 2, before any scoring."""
     from tracer.bundle.__main__ import main

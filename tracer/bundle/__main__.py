@@ -95,7 +95,13 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def step_train(args: argparse.Namespace) -> None:
-    s = load_file(args.out / "streams.safetensors")
+    path = args.out / "streams.safetensors"
+    if not path.is_file():
+        raise TracerError(f"{path} not found: run `python -m tracer.bundle streams` first")
+    s = load_file(path)
+    names = ["natural", "heldout", *(f"planted_{i}" for i in range(len(planted.PHASE_MIXES)))]
+    if missing := [n for n in names if n not in s]:  # e.g. a v4 cache, before the polish phase's stream
+        raise TracerError(f"{path} lacks {', '.join(missing)}: rerun `python -m tracer.bundle streams`")
     tok = tokenizer.load_tokenizer(args.out / "tokenizer.json")
     eot = tokenizer.eot_id(tok)
     phases = [s[f"planted_{i}"] for i in range(len(planted.PHASE_MIXES))]
