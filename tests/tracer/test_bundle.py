@@ -285,6 +285,29 @@ def test_train_step_stale_streams_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "ckpt.json").exists()
 
 
+def test_evaluate_step_bad_input_is_one_line(tmp_path, capsys):
+    """A model folder without its held-out files, or without a model: one line, exit 2, no eval.json (the step used
+    to print the error and then fail with a traceback writing eval.json)."""
+    from tracer.bundle.__main__ import main
+    from tracer.bundle.evaluate import main as evaluate_main
+
+    model_dir = tmp_path / "assets" / "model"
+    argv = ["evaluate", "--out", str(tmp_path / "lm"), "--model-dir", str(model_dir)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: held-out text sample ") and err.count("\n") == 1
+    shutil.copytree(ASSETS / "default_model", model_dir)
+    (model_dir / "model.safetensors").unlink()
+    (model_dir / "eval.json").unlink()
+    shutil.copyfile(ASSETS / "corpus_sample.txt.gz", model_dir.parent / "corpus_sample.txt.gz")
+    shutil.copyfile(ASSETS / "planted_heldout.json", model_dir.parent / "planted_heldout.json")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and not (model_dir / "eval.json").exists()
+    assert evaluate_main(["--heldout", str(tmp_path / "none.json")]) == 2
+    assert capsys.readouterr().err.startswith("error: held-out prompts file ")
+
+
 def test_snapshots_step_bad_input_is_one_line(tmp_path, capsys):
     """No snapshots, a missing held-out file or a corrupt snapshot: one line, exit 2, before any scoring."""
     from tracer.bundle.__main__ import main

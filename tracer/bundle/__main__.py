@@ -152,15 +152,14 @@ def step_assets(args: argparse.Namespace) -> None:
 
 
 def step_evaluate(args: argparse.Namespace) -> None:
-    from tracer.bundle.evaluate import main as evaluate_main
+    from tracer.bundle.evaluate import evaluate, table
 
     assets = Path(args.model_dir).parent
-    evaluate_main(
-        ["--model", str(args.model_dir), "--write", str(args.model_dir / "eval.json"),
-         "--heldout", str(assets / "planted_heldout.json"), "--sample", str(assets / "corpus_sample.txt.gz")]
-        + (["--json"] if args.json else [])
-    )  # fmt: skip
-    (args.model_dir / "eval.json").chmod(0o644)
+    r = evaluate(args.model_dir, assets / "corpus_sample.txt.gz", assets / "planted_heldout.json")
+    js = json.dumps(dataclasses.asdict(r), indent=2)
+    atomic_write_text(args.model_dir / "eval.json", js + "\n")
+    (args.model_dir / "eval.json").chmod(0o644)  # package data must be world-readable
+    print(js if args.json else table(r))
 
 
 def step_snapshots(args: argparse.Namespace) -> None:

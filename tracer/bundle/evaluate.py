@@ -107,6 +107,9 @@ def planted_scores(lm: LoadedModel, items: list[dict]) -> list[TaskScore]:
 # ---- 4. report --------------------------------------------------------------------------------------------
 def evaluate(model: Path | None = None, sample: Path = ASSETS / "corpus_sample.txt.gz",
              heldout: Path = ASSETS / "planted_heldout.json", max_windows: int = 256) -> EvalResult:  # fmt: skip
+    for path, what in ((sample, "held-out text sample"), (heldout, "held-out prompts file")):
+        if not Path(path).is_file():
+            raise TracerError(f"{what} {path} not found (written by `python -m tracer.bundle assets`)")
     lm = load_model(model)
     loss, n = validation_loss(lm, gzip.decompress(sample.read_bytes()).decode("utf-8"), max_windows)
     return EvalResult(lm.name, round(loss, 4), n, planted_scores(lm, load_heldout(heldout)))
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         r = evaluate(args.model, args.sample, args.heldout, args.max_windows)
     except TracerError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     js = json.dumps(asdict(r), indent=2)
     if args.write:
         atomic_write_text(args.write, js + "\n")
