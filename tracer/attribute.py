@@ -94,10 +94,10 @@ class RowBuilder:
             dec[sel] = tc.decoder_rows(layer, feats[sel, 2]).to(dec.dtype)
         act = rec.acts[feats[:, 1], feats[:, 0], feats[:, 2]].to(rdt)
         self.plan = plan_edges(dec, feats[:, 0], feats[:, 1], act, backend=cfg.kernel)
-        self.errors_PLD = rec.errors.to(rdt, copy=True)
-        self.errors_PLD[0] = 0  # BOS errors are constants, not nodes
-        self._error_norms = rec.errors.norm(dim=-1).T.clone()  # from the record's (exact) errors
-        self._error_norms[:, 0] = 0
+        errors = rec.errors.clone()
+        errors[0] = 0  # BOS errors are constants, not nodes
+        self._error_norms = errors.norm(dim=-1).T  # from the record's (exact) errors, not the bf16 copy
+        self.errors_PLD = errors.to(rdt)
         self.embed_PD = model.embed_tokens(rec.tokens).to(dec.dtype)  # scaled for Gemma
         room = layout.max_sources() if cfg.edge_topk is None else layout.max_sources().clamp_max(cfg.edge_topk)
         budget = None  # with fewer feature rows than features, slots go to rows as they come

@@ -63,13 +63,10 @@ class ReplacementBackward:
         tc: Transcoder,
         rec: Record,
         dtype: torch.dtype | None = None,
-        out_dtype: torch.dtype | None = None,
         reuse_out: bool = False,
     ) -> None:
         """dtype: compute in this dtype (the bf16 fast path passes bf16 copies of the model and record); default
         fp32 at least: a half-precision model's weights are cast as they are used (accumulation in fp32).
-        out_dtype: dtype of the returned gradients (default `dtype`); the fast path widens them to fp32 as each
-        layer's gradient is stored, in the copy it makes anyway, instead of in a second pass over the buffer.
         reuse_out: every `run` returns its gradients in one buffer that the next `run` overwrites (the row phase
         consumes each batch first): a fresh [B, P', L', D] buffer per batch costs as much as the copies into it
         (the allocator returns it to the OS, and each page faults again). The gradients are then a view
@@ -79,10 +76,9 @@ class ReplacementBackward:
         self.cfg = model.cfg
         self.input_hook = tc.cfg.input_hook
         self.dtype = dtype or torch.promote_types(rec.mlp_out.dtype, torch.float32)
-        self.out_dtype = out_dtype or self.dtype
         self.reuse_out = reuse_out
         self.device = rec.mlp_out.device
-        self._out_buf = torch.empty(0, 0, 0, 0, dtype=self.out_dtype, device=self.device)
+        self._out_buf = torch.empty(0, 0, 0, 0, dtype=self.dtype, device=self.device)
         self.flops = 0  # matmul work done so far (2 x multiply-adds), for benchmarks
 
     def _read_transpose(self, layer: int, pos: slice | torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -144,11 +140,11 @@ class ReplacementBackward:
 
     def _out_buffer(self, shape: tuple[int, int, int, int]) -> torch.Tensor:
         if not self.reuse_out:
-            return torch.empty(shape, dtype=self.out_dtype, device=self.device)
+            return torch.empty(shape, dtype=self.dtype, device=self.device)
         B, P, Lp, D = shape
         if self._out_buf.shape[0] < B:  # one allocation per prompt (at most per larger batch): fixed strides
             full = (B, self.rec.mlp_out.shape[0], self.cfg.n_layers, D)
-            self._out_buf = torch.empty(full, dtype=self.out_dtype, device=self.device)
+            self._out_buf = torch.empty(full, dtype=self.dtype, device=self.device)
         return self._out_buf[:B, :P, :Lp]
 
     def run(self, inj: Injections) -> Grads:
@@ -178,4 +174,4 @@ class ReplacementBackward:
             else:
                 g = g + self._attn_transpose(layer, g)
         # 3. What is left reaches the token embeddings
-        return Grads(out, g.to(self.out_dtype))
+        return Grads(out, g)

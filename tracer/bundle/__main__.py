@@ -152,14 +152,11 @@ def step_assets(args: argparse.Namespace) -> None:
 
 
 def step_evaluate(args: argparse.Namespace) -> None:
-    from tracer.bundle.evaluate import evaluate, table
+    from tracer.bundle.evaluate import evaluate, report
 
     assets = Path(args.model_dir).parent
     r = evaluate(args.model_dir, assets / "corpus_sample.txt.gz", assets / "planted_heldout.json")
-    js = json.dumps(dataclasses.asdict(r), indent=2)
-    atomic_write_text(args.model_dir / "eval.json", js + "\n")
-    (args.model_dir / "eval.json").chmod(0o644)  # package data must be world-readable
-    print(js if args.json else table(r))
+    report(r, args.model_dir / "eval.json", args.json)
 
 
 def step_snapshots(args: argparse.Namespace) -> None:

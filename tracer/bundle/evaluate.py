@@ -125,6 +125,15 @@ def table(r: EvalResult) -> str:
     return "\n".join(lines)
 
 
+def report(r: EvalResult, write: Path | None, as_json: bool) -> None:
+    """Write the JSON result to `write` (atomically, world-readable) when given; print it or the table."""
+    js = json.dumps(asdict(r), indent=2)
+    if write:
+        atomic_write_text(write, js + "\n")
+        write.chmod(0o644)  # package data (default_model/eval.json) must be world-readable
+    print(js if as_json else table(r))
+
+
 def main(argv: list[str] | None = None) -> int:
     desc = "Evaluate a model on held-out natural text and planted-task prompts."
     ap = argparse.ArgumentParser(prog="python -m tracer.bundle.evaluate", description=desc)
@@ -142,10 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     except TracerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    js = json.dumps(asdict(r), indent=2)
-    if args.write:
-        atomic_write_text(args.write, js + "\n")
-    print(js if args.json else table(r))
+    report(r, args.write, args.json)
     return 0
 
 
