@@ -95,6 +95,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def step_train(args: argparse.Namespace) -> None:
+    tc = _train_config(args)  # bad values fail before any loading
     path = args.out / "streams.safetensors"
     if not path.is_file():
         raise TracerError(f"{path} not found: run `python -m tracer.bundle streams` first")
@@ -105,7 +106,7 @@ def step_train(args: argparse.Namespace) -> None:
     tok = tokenizer.load_tokenizer(args.out / "tokenizer.json")
     eot = tokenizer.eot_id(tok)
     phases = [s[f"planted_{i}"] for i in range(len(planted.PHASE_MIXES))]
-    train(_train_config(args), s["natural"], phases, s["heldout"], tok.get_vocab_size(), eot, args.out)
+    train(tc, s["natural"], phases, s["heldout"], tok.get_vocab_size(), eot, args.out)
 
 
 def write_data_assets(args: argparse.Namespace) -> None:
