@@ -10,6 +10,11 @@ pre-activation is a fixed linear map we apply directly instead of through autogr
    stored; then add the skip path and the injections of targets at layer l, and cross attention:
    g_pre = g_mid + J_ln1^T · V^T · A^T · O^T · J_post^T · g_mid (frozen pattern A, value/output projections V,
    O; J_post: Gemma's post-attention norm with its frozen denominator, identity elsewhere).
+   Folded (step 0, once per prompt): a norm's J^T is "times gain, centre (LayerNorm), divide by the position's
+   denominator"; gain and centring are linear maps on d_model, so they are multiplied into the neighbouring
+   weight (V, O, the skip matrix), and the denominators of both norms around attention into the transposed
+   pattern's rows and columns. Each layer is then matmuls plus one fused add-divide (the skip path): in bf16 the
+   elementwise passes were a third of the backward and did not speed up.
 3. The gradient left at the bottom is d/d(token embedding) (the scaled one for Gemma).
 Frozen on the prompt, hence constants of the linear map: attention patterns (incl. Gemma-2's score soft-cap and
 the sliding windows), every norm denominator (pre-, post-attention, MLP and final norms). The post-MLP norm and
@@ -25,6 +30,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torch import Tensor
 
 from tracer.models import HookPoint, NormKind, Transformer
 from tracer.models.transformer import Norm
@@ -54,6 +60,21 @@ def norm_transpose(norm: Norm, scale: torch.Tensor, g: torch.Tensor) -> torch.Te
     return standardize_transpose(norm, scale, g * norm.gain)
 
 
+def fold_after(norm: Norm | None, W: Tensor, centre: bool = True) -> Tensor:
+    """W [n, D] -> W' with (x @ W') = J^T-without-denominator of `norm` applied to x @ W: W diag(gain), then each
+    row centred (LayerNorm's J^T subtracts the mean over d_model). norm None: gain 1 (the standardised input)."""
+    W = W.double() if norm is None else W.double() * norm.gain.double()
+    return W - W.mean(-1, keepdim=True) if centre else W
+
+
+def fold_before(norm: Norm, W: Tensor) -> Tensor:
+    """W [D, n] -> diag(gain) C W (C: LayerNorm's centring, identity for RMSNorm): J_norm^T g @ W = g @ W' / scale."""
+    W = W.double()
+    if norm.kind == NormKind.LAYERNORM:
+        W = W - W.mean(0, keepdim=True)
+    return W * norm.gain.double()[:, None]
+
+
 class ReplacementBackward:
     """Holds the frozen linear maps of one recorded prompt."""
 
@@ -65,8 +86,9 @@ class ReplacementBackward:
         dtype: torch.dtype | None = None,
         reuse_out: bool = False,
     ) -> None:
-        """dtype: compute in this dtype (the bf16 fast path passes bf16 copies of the model and record); default
-        fp32 at least: a half-precision model's weights are cast as they are used (accumulation in fp32).
+        """dtype: compute in this dtype (the bf16 fast path); default fp32 at least (a half-precision model's
+        attribution runs in fp32). The folded maps are computed in float64 from the model's own weights and
+        rounded once to dtype.
         reuse_out: every `run` returns its gradients in one buffer that the next `run` overwrites (the row phase
         consumes each batch first): a fresh [B, P', L', D] buffer per batch costs as much as the copies into it
         (the allocator returns it to the OS, and each page faults again). The gradients are then a view
@@ -80,6 +102,38 @@ class ReplacementBackward:
         self.device = rec.mlp_out.device
         self._out_buf = torch.empty(0, 0, 0, 0, dtype=self.dtype, device=self.device)
         self.flops = 0  # matmul work done so far (2 x multiply-adds), for benchmarks
+        self._fold()
+
+    def _fold(self) -> None:
+        """Step 2's folded maps, per layer in self.dtype: skip [D, D] (the read hook's gain and centring folded in;
+        its denominator stays a per-position divide), O [D, H*dh] (Gemma's post-attention gain and centring), V
+        [KV*dh, D] (ln1's) and the transposed pattern [H, P_k, P_q] divided by ln1's denominator at k and the
+        post-attention norm's at q (computed in float64, rounded once)."""
+        rec, dt = self.rec, self.dtype
+        ln2_centre = lambda blk: blk.ln2.kind == NormKind.LAYERNORM  # noqa: E731
+        self._skip_W: list[Tensor | None] = []
+        self._o_W: list[Tensor] = []
+        self._v_W: list[Tensor] = []
+        self._pat: list[Tensor] = []
+        for layer in range(self.cfg.n_layers):
+            blk = self.model.block(layer)
+            skip = None
+            if self.tc.W_skip is not None:
+                W = self.tc.W_skip[layer]
+                if self.input_hook == HookPoint.MLP_IN:
+                    W = fold_after(blk.ln2, W, ln2_centre(blk))
+                elif self.input_hook == HookPoint.LN2_NORMALIZED:
+                    W = fold_after(None, W, ln2_centre(blk))
+                skip = W.to(dt)
+            self._skip_W.append(skip)
+            post = blk.ln1_post if rec.attn_post_scale is not None else None
+            o = blk.attn.o.weight if post is None else fold_before(post, blk.attn.o.weight)
+            self._o_W.append(o.to(dt))
+            self._v_W.append(fold_after(blk.ln1, blk.attn.v.weight, blk.ln1.kind == NormKind.LAYERNORM).to(dt))
+            pat = rec.patterns[layer].double().transpose(1, 2) / rec.ln1_scale[layer].double()[None]
+            if post is not None:
+                pat = pat / rec.attn_post_scale[layer].double().view(1, 1, -1)  # type: ignore[index]
+            self._pat.append(pat.to(dt).contiguous())
 
     def _read_transpose(self, layer: int, pos: slice | torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """J^T of the transcoder's input hook w.r.t. resid_mid for g [..., D] at positions `pos` (a slice of the
@@ -91,52 +145,45 @@ class ReplacementBackward:
             return standardize_transpose(ln2, scale, g)
         return g
 
-    def _post_transpose(self, layer: int, pos: slice | torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """J^T of Gemma's post-attention norm (frozen denominator) for g [..., D] at `pos`; identity elsewhere."""
-        post = self.model.block(layer).ln1_post
-        if post is None or self.rec.attn_post_scale is None:
-            return g
-        return norm_transpose(post, self.rec.attn_post_scale[layer, pos], g)
-
-    def _w(self, t: torch.Tensor) -> torch.Tensor:
-        return t.to(self.dtype)  # a no-op unless the model runs in half precision
-
-    def _attn_transpose(self, layer: int, g: torch.Tensor) -> torch.Tensor:
-        """(d attn_out / d resid_pre)^T g for g [B, P', D] (pattern frozen)."""
-        cfg, blk = self.cfg, self.model.block(layer)
-        B, P, _ = g.shape
-        g = self._post_transpose(layer, slice(0, P), g)
+    def _attn_transpose(self, layer: int, g: torch.Tensor) -> None:
+        """g [B, P', D] += (d attn_out / d resid_pre)^T g (pattern frozen; folded maps, step 2)."""
+        cfg = self.cfg
+        B, P, D = g.shape
         self.flops += 2 * B * P * (cfg.d_model * cfg.n_heads * cfg.d_head * 2 + cfg.n_heads * P * cfg.d_head)
         H, KV, dh = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
         # heads outermost and batch folded into columns: one bmm of [P, P] x [P, B*dh] per head
-        u = (g.reshape(B * P, -1) @ self._w(blk.attn.o.weight)).view(B, P, H, dh)
+        u = (g.reshape(B * P, D) @ self._o_W[layer]).view(B, P, H, dh)
         u = u.permute(2, 1, 0, 3).reshape(H, P, B * dh)
-        v = torch.bmm(self._w(self.rec.patterns[layer][:, :P, :P]).transpose(1, 2), u)  # grads of each head's values
+        v = torch.bmm(self._pat[layer][:, :P, :P], u)  # grads of each head's values, divided by ln1's scale
         if KV != H:  # GQA: heads of a group share values (a sum over one head would only copy)
             v = v.view(KV, H // KV, P, B, dh).sum(1)
-        v = v.view(KV, P, B, dh)
-        xn = (v.permute(2, 1, 0, 3).reshape(B * P, KV * dh) @ self._w(blk.attn.v.weight)).view(B, P, -1)
-        return norm_transpose(blk.ln1, self.rec.ln1_scale[layer, :P], xn)
+        v = v.view(KV, P, B, dh).permute(2, 1, 0, 3).reshape(B * P, KV * dh)
+        g.view(B * P, D).addmm_(v, self._v_W[layer])
 
     def _attn_transpose_at(self, layer: int, pos: torch.Tensor, g_BD: torch.Tensor, n_pos: int) -> torch.Tensor:
-        """`_attn_transpose` for a gradient that is non-zero only at one position per element (pos [B], g_BD
-        [B, D]): the value gradient is that position's pattern row times one vector per head, so the V projection
-        costs B*H*dh*D instead of B*P*H*dh*D."""
-        cfg, blk = self.cfg, self.model.block(layer)
+        """`_attn_transpose`'s addend [B, P', D] for a gradient that is non-zero only at one position per element
+        (pos [B], g_BD [B, D]): the value gradient is that position's pattern row times one vector per head, so
+        the V projection costs B*H*dh*D instead of B*P*H*dh*D."""
+        cfg = self.cfg
         B, H, dh = g_BD.shape[0], cfg.n_heads, cfg.d_head
-        g_BD = self._post_transpose(layer, pos, g_BD)
         self.flops += 2 * B * (H * dh * cfg.d_model * 2 + n_pos * H * cfg.d_model)
-        u = (g_BD @ self._w(blk.attn.o.weight)).view(B, H, dh)
-        wv = self._w(blk.attn.v.weight).view(cfg.n_kv_heads, dh, -1).repeat_interleave(H // cfg.n_kv_heads, dim=0)
+        u = (g_BD @ self._o_W[layer]).view(B, H, dh)
+        wv = self._v_W[layer].view(cfg.n_kv_heads, dh, -1).repeat_interleave(H // cfg.n_kv_heads, dim=0)
         w = torch.einsum("bhe,hed->bhd", u, wv)  # [B, H, D]
-        rows = self._w(self.rec.patterns[layer][:, pos, :n_pos]).transpose(0, 1)  # [B, H, P']
-        xn = torch.einsum("bhq,bhd->bqd", rows, w)
-        return norm_transpose(blk.ln1, self.rec.ln1_scale[layer, :n_pos], xn)
+        cols = self._pat[layer][:, :n_pos, pos]  # [H, P', B]: the transposed pattern's column at each query
+        return torch.einsum("hqb,bhd->bqd", cols, w)
 
-    def _skip_transpose(self, layer: int, g: torch.Tensor) -> torch.Tensor:
-        if self.tc.W_skip is None:
-            return torch.zeros_like(g)
-        return self._read_transpose(layer, slice(0, g.shape[1]), g @ self.tc.W_skip[layer].to(g.dtype))
+    def _skip_transpose(self, layer: int, g: torch.Tensor) -> None:
+        """g [B, P', D] += the skip path's J^T g: one matmul and one fused add-divide."""
+        W = self._skip_W[layer]
+        if W is None:
+            return
+        B, P, D = g.shape
+        y = (g.reshape(B * P, D) @ W).view(B, P, D)
+        if self.input_hook == HookPoint.RESID_MID:
+            g.add_(y)
+        else:
+            g.addcdiv_(y, self.rec.ln2_scale[layer, :P].to(g.dtype))
 
     def _out_buffer(self, shape: tuple[int, int, int, int]) -> torch.Tensor:
         if not self.reuse_out:
@@ -159,19 +206,18 @@ class ReplacementBackward:
         if is_logit.any():
             b = is_logit.nonzero()[:, 0]
             g[b, inj.pos[b]] = norm_transpose(self.model.ln_f, self.rec.lnf_scale[inj.pos[b]][None],
-                                              inj.vectors[b].to(self.dtype)[None])[0]  # fmt: skip
+                                              inj.vectors[b][None])[0].to(self.dtype)  # fmt: skip
         # 2. Descend. When every target sits at the top layer, the gradient there is one vector per element.
         single = bool((inj.layer == top).all()) and top < L
         for layer in range(top, -1, -1):
             out[:, :, layer] = g
-            if self.tc.W_skip is not None:  # the skip path is linear, so gradient crosses it
-                g = g + self._skip_transpose(layer, g)
+            self._skip_transpose(layer, g)  # the skip path is linear, so gradient crosses it
             here = (inj.layer == layer).nonzero()[:, 0]
             if here.numel():
-                g[here, inj.pos[here]] += self._read_transpose(layer, inj.pos[here], inj.vectors[here].to(self.dtype))
+                g[here, inj.pos[here]] += self._read_transpose(layer, inj.pos[here], inj.vectors[here]).to(self.dtype)
             if single and layer == top:
                 g = g + self._attn_transpose_at(layer, inj.pos, g[torch.arange(B), inj.pos], P)
             else:
-                g = g + self._attn_transpose(layer, g)
+                self._attn_transpose(layer, g)
         # 3. What is left reaches the token embeddings
         return Grads(out, g)

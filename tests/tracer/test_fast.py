@@ -10,7 +10,6 @@ from tests.conftest import random_model, tiny_config
 from tests.tracer.test_attribution import CFG, TOKENS, random_transcoder
 from tracer.attribute import TraceConfig, attribute
 from tracer.errors import ConfigError
-from tracer.fast import shadow_model
 from tracer.models import HookPoint
 from transcoders import TranscoderKind
 
@@ -29,16 +28,6 @@ def test_bf16_rows_are_close_to_fp32(style, kind, hook):
     assert 0 < rel < 2e-2  # bf16 has 8 significant bits: ~0.4% per rounding, a few roundings deep
     assert float((a - b).abs().max() / a.abs().max()) < 3e-2
     assert fast.stats["replacement_max_abs_logit_error"] == exact.stats["replacement_max_abs_logit_error"]
-
-
-def test_shadow_shares_big_parts_and_leaves_the_model_alone():
-    model = random_model(tiny_config("gpt2")).float()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    shadow = shadow_model(model, torch.bfloat16)
-    assert shadow.embed is model.embed and shadow.block(0).mlp is model.block(0).mlp
-    assert shadow.block(0).attn.o.weight.dtype == torch.bfloat16 and shadow.ln_f.weight.dtype == torch.bfloat16
-    assert all(torch.equal(v, model.state_dict()[k]) and v.dtype == model.state_dict()[k].dtype
-               for k, v in before.items())  # fmt: skip
 
 
 def test_unknown_row_dtype():
