@@ -12,14 +12,15 @@ Plan (once per prompt, `plan_edges_torch`):
 4. Merge: at each position, partition the sorted spans into runs of least total `GroupCost`; width = the union
    of the run's spans; one matmul per run ("group").
 5. Pack: each group's decoder rows, scaled by the activations and zeroed below each feature's own layer,
-   as one [rows, width * D] matrix.
+   as one [rows, width * D] matrix; in bf16, padded with zero rows to a multiple of ROW_QUANTUM (oneDNN compiles
+   a bf16 matmul kernel per shape: a handful of row counts instead of one per group; fp32 pads nothing).
 
 Attribute (once per batch, `TorchEdgePlan.attribute`):
 1. Validate grads; grads may cover fewer layers L' <= L and positions P' <= P than the features use (a batch of
    targets at early layers / positions): the missing ones count as zero.
 2. Per position: view grads[:, :, p, :] as [B, L'*D] (free when grads' L and D are adjacent in memory, e.g. a
    [B, P, L, D] buffer passed as .transpose(1, 2); a small copy otherwise).
-3. Per group: one matmul [rows, K] @ [K, B] into its rows of a [N, B] buffer (features sorted by group).
+3. Per group: one matmul [rows, K] @ [K, B] into its rows of an [N + padding, B] buffer (sorted by group).
 4. Un-sort the rows and transpose to [B, N].
 """
 
@@ -36,6 +37,7 @@ from torch import Tensor
 from tracer.errors import ConfigError
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16)  # bf16: the fast path (tracer trace --dtype bf16)
+ROW_QUANTUM = {torch.bfloat16: 16}  # plan phase 5's row padding per dtype (1 if absent); measured in README run 8
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,10 @@ class EdgeGroup(NamedTuple):
     pos: int
     lo: int
     hi: int
-    start: int  # rows [start, end) of the plan's sorted order
+    start: int  # rows [start, end) of the plan's output buffer (features sorted by group, then padding rows)
     end: int
-    dec_scaled: Tensor  # [end - start, (hi - lo) * D], act * decoder rows, zero below each feature's layer
+    dec_scaled: Tensor  # [end - start, (hi - lo) * D], act * decoder rows, zero below each feature's layer and in
+    # the padding rows
 
 
 @dataclass(frozen=True)
@@ -68,19 +71,20 @@ class TorchEdgePlan:
     """Per-prompt grouping of the active features; reuse `attribute` for every batch of targets."""
 
     n_features: int
+    n_rows: int  # rows of the output buffer: features and padding
     n_layers: int
     d_model: int
     dtype: torch.dtype
     device: torch.device
     groups: tuple[EdgeGroup, ...]  # sorted by position
-    inverse_N: Tensor  # [N] sorted row of each original feature
+    inverse_N: Tensor  # [N] output-buffer row of each original feature
 
     @torch.no_grad()  # edges are values: never part of an autograd graph
     def attribute(self, grads_BLPD: Tensor) -> Tensor:
         """Edge rows [B, N] for a batch of gradients [B, L' <= L, P', D]."""
         check_grads(grads_BLPD, self.n_layers, self.d_model, self.dtype, self.device)
         n_batch, n_lay, n_pos, d = grads_BLPD.shape
-        out_NB = torch.zeros(self.n_features, n_batch, dtype=self.dtype, device=self.device)
+        out_NB = torch.zeros(self.n_rows, n_batch, dtype=self.dtype, device=self.device)
         pos, grads_BK = -1, grads_BLPD.new_empty(0)
         for g in self.groups:
             if g.pos >= n_pos:
@@ -163,9 +167,12 @@ def merge_spans(spans: list[tuple[int, int, int]], cost: GroupCost) -> list[tupl
 
 @torch.no_grad()
 def plan_edges_torch(
-    dec_NLD: Tensor, layer_N: Tensor, pos_N: Tensor, act_N: Tensor, cost: GroupCost = GroupCost()
+    dec_NLD: Tensor, layer_N: Tensor, pos_N: Tensor, act_N: Tensor, cost: GroupCost = GroupCost(),
+    quantum: int | None = None,
 ) -> TorchEdgePlan:
-    """Group features for `TorchEdgePlan.attribute` (module docstring, plan steps 1-5)."""
+    """Group features for `TorchEdgePlan.attribute` (module docstring, plan steps 1-5); quantum: pad each group's
+    rows to a multiple of it (default ROW_QUANTUM of the dtype)."""
+    quantum = quantum or ROW_QUANTUM.get(dec_NLD.dtype, 1)
     check_features(dec_NLD, layer_N, pos_N, act_N)
     n, n_layers, d = dec_NLD.shape
     lo_N, hi_N = feature_spans(dec_NLD, layer_N)
@@ -181,18 +188,23 @@ def plan_edges_torch(
         if p < n_pos:
             runs.append((p, lo, hi, count))
     groups: list[EdgeGroup] = []
-    start = 0
+    start, slot = 0, 0  # next sorted feature, next output row
+    slot_N = torch.empty_like(order_N)  # output row of each sorted feature
     for p, at_p in itertools.groupby(runs, key=lambda r: r[0]):
         spans = [(lo, hi, c) for _, lo, hi, c in at_p]
         for i, j in merge_spans(spans, cost):  # phase 4
             lo, hi = min(x[0] for x in spans[i:j]), max(x[1] for x in spans[i:j])
             end = start + sum(x[2] for x in spans[i:j])
             packed = _pack(dec_NLD, act_N, lo_N, order_N[start:end], lo, hi)
-            groups.append(EdgeGroup(p, lo, hi, start, end, packed))
-            start = end
+            rows = end - start
+            packed = torch.cat([packed, packed.new_zeros(-rows % quantum, packed.shape[1])])
+            slot_N[start:end] = torch.arange(slot, slot + rows, device=order_N.device)
+            groups.append(EdgeGroup(p, lo, hi, slot, slot + len(packed), packed))
+            start, slot = end, slot + len(packed)
+    slot_N[start:] = torch.arange(slot, slot + n - start, device=order_N.device)  # spanless: rows stay zero
     inverse_N = torch.empty_like(order_N)
-    inverse_N[order_N] = torch.arange(n, device=order_N.device)
-    return TorchEdgePlan(n, n_layers, d, dec_NLD.dtype, dec_NLD.device, tuple(groups), inverse_N)
+    inverse_N[order_N] = slot_N
+    return TorchEdgePlan(n, slot + n - start, n_layers, d, dec_NLD.dtype, dec_NLD.device, tuple(groups), inverse_N)
 
 
 def _pack(dec_NLD: Tensor, act_N: Tensor, lo_N: Tensor, rows: Tensor, lo: int, hi: int) -> Tensor:

@@ -70,6 +70,20 @@ def test_torch_matches_naive(shape, kind, dtype, cost):
     assert_close(plan.attribute(grads), naive(grads, dec, layer, pos, act))
 
 
+@pytest.mark.parametrize("quantum", [3, 16])
+@pytest.mark.parametrize("kind", KINDS)
+def test_padded_groups_match_naive(kind, quantum):
+    """Groups padded with zero rows (bf16's default, ROW_QUANTUM) give the same rows: every group's matmul has a
+    row count that is a multiple of the quantum, and no feature lands in a padding row."""
+    grads, dec, layer, pos, act = make_case((3, 4, 9, 12, 50), kind, torch.float64, seed=3)
+    dec[::7] = 0  # spanless features sort after the padded groups
+    plan = plan_edges_torch(dec, layer, pos, act, quantum=quantum)
+    assert all((g.end - g.start) % quantum == 0 for g in plan.groups) and plan.n_rows > plan.n_features
+    assert len(set(plan.inverse_N.tolist())) == plan.n_features and int(plan.inverse_N.max()) < plan.n_rows
+    assert_close(plan.attribute(grads), naive(grads, dec, layer, pos, act))
+    assert plan_edges_torch(dec.bfloat16(), layer, pos, act.bfloat16()).groups[0].dec_scaled.shape[0] % 16 == 0
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_torch_grads_layouts_and_truncation(kind):
     """Fast [B, P, L, D] layout, a strided non-mergeable layout, and grads covering fewer layers/positions."""
