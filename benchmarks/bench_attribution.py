@@ -197,7 +197,8 @@ def whole_main(a: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as work:
         save_hf(pair[0].cfg, pair[0].state_dict(), Path(work) / "model")
         save_transcoders(pair[1].float(), Path(work) / "clt")
-        cases = [(n, dt, 1) for n in a.tokens for dt in ("fp32", "bf16")] + [(a.threads_tokens, "fp32", 2)]
+        cases = [(n, dt, 1) for n in a.tokens for dt in ("fp32", "bf16")]
+        cases += [(a.threads_tokens, "fp32", 2)] if a.threads_tokens else []
         for n, dt, threads in cases:
             cmd = [sys.executable, __file__, "--whole-case", a.subject, str(n), dt, work, "--threads", str(threads)]
             if dt == "bf16":
@@ -242,7 +243,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--case", nargs=2, help=argparse.SUPPRESS)  # child mode: subject n_tokens
     ap.add_argument("--whole", action="store_true", help="the whole trace pipeline, fp32 and bf16 (steps 5-7)")
-    ap.add_argument("--threads-tokens", type=int, default=64, help="--whole: prompt length of the 2-thread case")
+    ap.add_argument("--threads-tokens", type=int, default=64,
+                    help="--whole: prompt length of the 2-thread case (0: none)")
     ap.add_argument("--whole-case", nargs=4, help=argparse.SUPPRESS)  # child: subject n_tokens row_dtype workdir
     ap.add_argument("--compare", type=Path, help=argparse.SUPPRESS)  # child: the fp32 graph to compare with
     a = ap.parse_args()

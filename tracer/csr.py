@@ -121,19 +121,24 @@ class CsrAdjacency:
 
     # 2. chunks
 
-    def chunks(self, start: int = 0, stop: int | None = None, max_entries: int | None = None) -> Iterator[Chunk]:
-        """Rows [start, stop) in contiguous pieces of at most max_entries (default CHUNK_ENTRIES) entries (a longer
-        row is its own piece)."""
+    def spans(self, start: int = 0, stop: int | None = None, max_entries: int | None = None,
+               ) -> Iterator[tuple[int, int, int, int]]:  # fmt: skip
+        """Rows [start, stop) in contiguous pieces (r0, r1, e0, e1) of at most max_entries (default CHUNK_ENTRIES)
+        entries e0..e1 (a longer row is its own piece)."""
         stop = self.n if stop is None else stop
         max_entries = max_entries or CHUNK_ENTRIES
         while start < stop:
             e0 = int(self.crow[start])
             end = int(torch.searchsorted(self.crow[start + 1 : stop + 1], e0 + max_entries, right=True)) + start
             end = max(end, start + 1)
-            e1 = int(self.crow[end])
-            rows = torch.repeat_interleave(torch.arange(start, end), self.counts[start:end], output_size=e1 - e0)
-            yield Chunk(start, end, rows, self.col[e0:e1], self.values[e0:e1])
+            yield start, end, e0, int(self.crow[end])
             start = end
+
+    def chunks(self, start: int = 0, stop: int | None = None, max_entries: int | None = None) -> Iterator[Chunk]:
+        """`spans` as Chunks, with each entry's row."""
+        for r0, r1, e0, e1 in self.spans(start, stop, max_entries):
+            rows = torch.repeat_interleave(torch.arange(r0, r1), self.counts[r0:r1], output_size=e1 - e0)
+            yield Chunk(r0, r1, rows, self.col[e0:e1], self.values[e0:e1])
 
     # 3. passes
 
@@ -141,16 +146,19 @@ class CsrAdjacency:
     def row_abs_sums(self) -> Tensor:
         """[n] float64 Σ_s |A[t, s]| of every row."""
         out = torch.zeros(self.n, dtype=torch.float64)
-        for c in self.chunks():
-            out.index_add_(0, c.rows, c.values.to(torch.float64, copy=True).abs_())
+        for r0, r1, e0, e1 in self.spans():
+            v = self.values[e0:e1].to(torch.float64, copy=True).abs_()
+            out[r0:r1] = torch.segment_reduce(v, "sum", lengths=self.counts[r0:r1])
         return out
 
     def push(self, coef: Tensor, out: Tensor, start: int = 0, stop: int | None = None, absolute: bool = True) -> None:
         """out[s] += Σ_t coef[t]·|A[t, s]| (A[t, s] if not absolute) over rows t in [start, stop); with coef = x / row
         sums this adds xᵀÂ."""
-        for c in self.chunks(start, stop):
-            v = c.values.to(torch.float64, copy=True)
-            out.index_add_(0, c.cols, (v.abs_() if absolute else v).mul_(coef[c.rows]))
+        for r0, r1, e0, e1 in self.spans(start, stop):
+            v = self.values[e0:e1].to(torch.float64, copy=True)
+            # each row's coefficient repeated over its entries: one op, no per-entry row index to gather through
+            rep = torch.repeat_interleave(coef[r0:r1], self.counts[r0:r1], output_size=e1 - e0)
+            out.index_add_(0, self.col[e0:e1], (v.abs_() if absolute else v).mul_(rep))
 
     def select(self, row_mask: Tensor, col_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The entries in rows of row_mask [n] bool (and columns of col_mask, if given): int64 rows and cols, values."""

@@ -45,9 +45,11 @@ def graph_scores(
     replacement = tok / (tok + err) if tok + err > 0 else 0.0
     # 4. completeness
     from_err = torch.zeros(csr.n, dtype=torch.float64)
-    for c in csr.chunks():
-        m = (c.cols >= err_rows.start) & (c.cols < err_rows.stop)
-        from_err.index_add_(0, c.rows[m], c.values[m].double().abs())
+    for r0, r1, e0, e1 in csr.spans():
+        cols = csr.col[e0:e1]
+        is_err = (cols >= err_rows.start) & (cols < err_rows.stop)
+        v = csr.values[e0:e1].to(torch.float64, copy=True).abs_().mul_(is_err)
+        from_err[r0:r1] = torch.segment_reduce(v, "sum", lengths=csr.counts[r0:r1])
     from_err /= csr.row_abs_sums.clamp_min(ROW_SUM_MIN)
     out = infl + w
     total = float(out.sum())
