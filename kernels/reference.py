@@ -84,13 +84,17 @@ class TorchEdgePlan:
         """Edge rows [B, N] for a batch of gradients [B, L' <= L, P', D]."""
         check_grads(grads_BLPD, self.n_layers, self.d_model, self.dtype, self.device)
         n_batch, n_lay, n_pos, d = grads_BLPD.shape
-        out_NB = torch.zeros(self.n_rows, n_batch, dtype=self.dtype, device=self.device)
+        # not zero-filled: only the rows no matmul writes are zeroed (the skipped groups and the spanless features)
+        out_NB = torch.empty(self.n_rows, n_batch, dtype=self.dtype, device=self.device)
+        out_NB[self.groups[-1].end if self.groups else 0 :] = 0
         pos, grads_BK = -1, grads_BLPD.new_empty(0)
         for g in self.groups:
-            if g.pos >= n_pos:
-                break  # groups are sorted by position; later positions have no gradient in this batch
+            if g.pos >= n_pos:  # groups are sorted by position; later positions have no gradient in this batch
+                out_NB[g.start : self.groups[-1].end] = 0
+                break
             hi = min(g.hi, n_lay)
             if hi <= g.lo:
+                out_NB[g.start : g.end] = 0
                 continue
             if g.pos != pos:  # phase 2: one [B, L'*D] matrix per position
                 pos, grads_BK = g.pos, grads_BLPD[:, :, g.pos, :].reshape(n_batch, n_lay * d)
