@@ -10,11 +10,12 @@ Steps (run after `streams`, `train` and `assets`, which write its inputs):
 5. evaluate: `transcoders.metrics.evaluate` on held-out text (`<cache>/corpus/heldout.txt` + the last
    4.5 MB of train.txt, which the CLT never reads) -> eval.json and eval.png in the destination.
 
-Recipe (v4): 4,096 JumpReLU features per layer, thresholds initialised at 1.0 (normalised units; at 0.25 the
+Recipe (v5.1): 4,096 JumpReLU features per layer, thresholds initialised at 1.0 (normalised units; at 0.25 the
 thresholds, trained as log θ at lr 5e-4, needed thousands of steps to reach their ~0.9 median and the features
-stayed dense and slow meanwhile), λ 0.02, pre-activation loss 1e-2 on dead features (1e-4 in v3; on the v3 model at 3 M
-tokens 1e-4 / 1e-3 / 1e-2 gave dead 13.0 / 6.7 / 5.6 % (the last two counted over 300 k instead of 1 M tokens, which
-can only raise it), NMSE 0.048 / 0.043 / 0.040, L0 63 / 73 / 91), 6 M tokens (3.1 M distinct, kept in memory).
+stayed dense and slow meanwhile), λ 0.02, pre-activation loss 3e-2 on dead features (1e-4 in v3, 1e-2 in v4/v5; on
+the v3 model at 3 M tokens 1e-4 / 1e-3 / 1e-2 gave dead 13.0 / 6.7 / 5.6 % (the last two counted over 300 k instead
+of 1 M tokens, which can only raise it), NMSE 0.048 / 0.043 / 0.040, L0 63 / 73 / 91; on v5 at 6 M tokens 1e-2 / 3e-2
+gave dead 3.2 / 2.6 %, L0 68.6 / 77.2), 6 M tokens (3.1 M distinct, kept in memory).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ RECIPE: dict[str, Any] = {
     "kind": "clt", "n_features": 4096, "activation": "jumprelu", "topk_k": 0, "input_hook": "mlp_in",
     "skip": True, "tokens": DEFAULT_TOKENS, "batch_tokens": 1024, "seq_len": 128, "buffer_tokens": 262_144,
     "data_tokens": 3_145_728, "lr": 0.0005, "warmup_steps": 20, "decay_frac": 0.2, "sparsity": 0.02,
-    "sparsity_ramp_frac": 0.0, "tanh_c": 4.0, "preact": 1e-02, "aux_k": 0, "aux_coef": 0.03125,
+    "sparsity_ramp_frac": 0.0, "tanh_c": 4.0, "preact": 3e-02, "aux_k": 0, "aux_coef": 0.03125,
     "dead_window": 262_144, "threshold_init": 1.0, "bandwidth": 0.1, "checkpoint_every": 200, "seed": 0,
     "dtype": "float16",
 }  # fmt: skip
