@@ -45,7 +45,8 @@ class Injections(NamedTuple):
 
 
 class Grads(NamedTuple):
-    mlp_out_BPLD: torch.Tensor  # [B, P', L', D] d target / d mlp_out[layer, pos] (L' = highest layer needed)
+    mlp_out_BPLD: torch.Tensor  # [B, P', L', D] d target / d mlp_out[layer, pos] (L': layers below the highest
+    # target's; with a logit target, every layer)
     embed_BPD: torch.Tensor  # [B, P', D] d target / d token embedding
 
 
@@ -199,7 +200,11 @@ class ReplacementBackward:
         L, D = self.cfg.n_layers, self.cfg.d_model
         B, P = int(inj.layer.numel()), int(inj.pos.max()) + 1
         top = min(int(inj.layer.max()), L - 1)  # layers above the highest target carry no gradient
-        out = self._out_buffer((B, P, top + 1, D))  # not zeroed: every layer is written
+        # a feature target at layer l reads the MLP input of l, before mlp_out_l: the gradient at mlp_out_top is zero
+        # unless a logit target (which reads after the last MLP) is in the batch, so it is not returned (the edge
+        # kernel and error edges would multiply zeros: up to 1/L of the kernel's work per batch)
+        n_out = top + 1 if bool((inj.layer > top).any()) else top
+        out = self._out_buffer((B, P, n_out, D))  # not zeroed: every returned layer is written
         g = torch.zeros(B, P, D, dtype=self.dtype, device=self.device)
         # 1. Inject logit targets through the final norm
         is_logit = inj.layer >= L
@@ -210,7 +215,8 @@ class ReplacementBackward:
         # 2. Descend. When every target sits at the top layer, the gradient there is one vector per element.
         single = bool((inj.layer == top).all()) and top < L
         for layer in range(top, -1, -1):
-            out[:, :, layer] = g
+            if layer < n_out:
+                out[:, :, layer] = g
             self._skip_transpose(layer, g)  # the skip path is linear, so gradient crosses it
             here = (inj.layer == layer).nonzero()[:, 0]
             if here.numel():

@@ -51,9 +51,13 @@ def test_reused_gradient_buffer_keeps_its_strides_and_error_edges_match_einsum()
     for layer, pos, n in ((2, 3, 4), (0, 5, 2), (1, 1, 3)):
         inj = Injections(torch.full((n,), layer), torch.full((n,), pos), torch.randn(n, d, generator=g))
         a, b = reused.run(inj).mlp_out_BPLD, fresh.run(inj).mlp_out_BPLD
-        assert a.shape == b.shape == (n, pos + 1, layer + 1, d) and torch.equal(a, b)
+        # layers below the target's only: a feature target reads its layer's MLP input, before that layer's output
+        assert a.shape == b.shape == (n, pos + 1, layer, d) and torch.equal(a, b)
         strides.add(a.stride())
-        err_PLD = torch.randn(pos + 1, layer + 1, d, generator=g, dtype=a.dtype)
+        err_PLD = torch.randn(pos + 1, layer, d, generator=g, dtype=a.dtype)
         want = torch.einsum("bpld,pld->blp", a, err_PLD)
         torch.testing.assert_close(error_edges(a, err_PLD), want, rtol=1e-5, atol=1e-6)
     assert len(strides) == 1
+    L = model.cfg.n_layers  # a logit target reads after the last MLP: every layer is returned
+    logit = Injections(torch.tensor([L, 1]), torch.tensor([4, 2]), torch.randn(2, d, generator=g))
+    assert reused.run(logit).mlp_out_BPLD.shape == (2, 5, L, d)
