@@ -215,9 +215,9 @@ class ReplacementBackward:
         # 2. Descend. When every target sits at the top layer, the gradient there is one vector per element.
         single = bool((inj.layer == top).all()) and top < L
         for layer in range(top, -1, -1):
-            if layer < n_out:
+            if layer < n_out:  # else g is still zero here: nothing to store, and the skip path of zero is zero
                 out[:, :, layer] = g
-            self._skip_transpose(layer, g)  # the skip path is linear, so gradient crosses it
+                self._skip_transpose(layer, g)  # the skip path is linear, so gradient crosses it
             here = (inj.layer == layer).nonzero()[:, 0]
             if here.numel():
                 g[here, inj.pos[here]] += self._read_transpose(layer, inj.pos[here], inj.vectors[here]).to(self.dtype)
