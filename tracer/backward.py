@@ -10,7 +10,7 @@ pre-activation is a fixed linear map we apply directly instead of through autogr
    stored; then add the skip path and the injections of targets at layer l, and cross attention:
    g_pre = g_mid + J_ln1^T · V^T · A^T · O^T · J_post^T · g_mid (frozen pattern A, value/output projections V,
    O; J_post: Gemma's post-attention norm with its frozen denominator, identity elsewhere).
-   Folded (step 0, once per prompt): a norm's J^T is "times gain, centre (LayerNorm), divide by the position's
+   Folded once per prompt (`_fold`): a norm's J^T is "times gain, centre (LayerNorm), divide by the position's
    denominator"; gain and centring are linear maps on d_model, so they are multiplied into the neighbouring
    weight (V, O, the skip matrix), and the denominators of both norms around attention into the transposed
    pattern's rows and columns. Each layer is then matmuls plus one fused add-divide (the skip path): in bf16 the
@@ -22,7 +22,8 @@ the MLP sit inside MLP_OUT, which the transcoder replaces. Logit targets are pre
 final soft-cap is monotone per token and is applied after the unembedding).
 The transcoder's input hook is RESID_MID (identity), MLP_IN (norm incl. weight) or LN2_NORMALIZED (the
 standardised input before the weight, TransformerLens's `ln2.hook_normalized`).
-Positions after the batch's last target position never matter (causal), so the batch is cut there.
+Positions after the batch's last target position never matter (causal), so the batch is cut there; nor does the
+top layer's MLP output for a batch of feature targets (they read that layer's MLP input), so it is not returned.
 """
 
 from __future__ import annotations
