@@ -77,6 +77,35 @@ def test_round_trip_and_sidecar(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.adjacency.safetensors", "g.json"]
 
 
+def test_pair_hashed_with_blake2b_still_opens(tmp_path, monkeypatch):
+    """Pairs written before the hash became sha256 recorded blake2b-128 in both files: hashes are compared as recorded
+    strings, never recomputed, so such a pair still loads; a pair whose two recorded hashes differ does not."""
+    import hashlib
+
+    import tracer.graphfile as gf
+
+    def old_hash(tensors):
+        h = hashlib.blake2b(digest_size=16)
+        for k in sorted(tensors):
+            t = tensors[k].contiguous().reshape(-1)
+            h.update(f"{k}|{t.dtype}|{tuple(tensors[k].shape)}|".encode())
+            h.update(t.view(torch.uint8).numpy().data)
+        return h.hexdigest()
+
+    attr, _, g = make_graph()
+    with monkeypatch.context() as m:
+        m.setattr(gf, "_tensor_hash", old_hash)
+        path = save_graph(tmp_path / "g.json", g, attr)
+    recorded = load_graph(path).metadata.adjacency_hash
+    assert recorded == old_hash(gf.sidecar_tensors(attr, None)[0]) != gf._tensor_hash(gf.sidecar_tensors(attr, None)[0])
+    assert torch.equal(load_attribution(path).adjacency.to_dense(), attr.adjacency.to_dense())
+    data = json.loads(path.read_text())
+    data["metadata"]["adjacency_hash"] = gf._tensor_hash(gf.sidecar_tensors(attr, None)[0])  # not what the sidecar says
+    path.write_text(json.dumps(data))
+    with pytest.raises(GraphFileError, match="does not match|stale|interrupted"):
+        load_attribution(path)
+
+
 def test_sidecar_found_through_metadata_after_rename(tmp_path):
     attr, _, g = make_graph()
     save_graph(tmp_path / "g.json", g, attr).rename(tmp_path / "renamed.json")
