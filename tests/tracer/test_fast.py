@@ -15,7 +15,8 @@ from transcoders import TranscoderKind
 
 
 @pytest.mark.parametrize(("style", "kind", "hook"), [("gpt2", TranscoderKind.CLT, HookPoint.MLP_IN),
-                                                     ("llama", TranscoderKind.PLT, HookPoint.RESID_MID)])
+                                                     ("llama", TranscoderKind.PLT, HookPoint.RESID_MID),
+                                                     ("gemma2", TranscoderKind.CLT, HookPoint.LN2_NORMALIZED)])
 def test_bf16_rows_are_close_to_fp32(style, kind, hook):
     model = random_model(tiny_config(style)).float()
     tc = random_transcoder(model, kind, hook, True).float()
