@@ -110,7 +110,8 @@ class ReplacementBackward:
         """Step 2's folded maps, per layer in self.dtype (computed in float64, rounded once): skip [D, D] (the read
         hook's gain and centring folded in), O [D, H*dh] (Gemma's post-attention gain and centring), V [KV*dh, D]
         (ln1's). The denominators stay per-position divides: folding them into a copy of every pattern cost as much
-        memory as the record's patterns (0.9 GB for a 26-layer, 8-head model at 1,024 tokens) for ~2 % of the rows."""
+        memory as the record's patterns (0.9 GB for a 26-layer, 8-head model at 1,024 tokens), for no measurable
+        speed."""
         rec, dt = self.rec, self.dtype
         ln2_centre = lambda blk: blk.ln2.kind == NormKind.LAYERNORM  # noqa: E731
         self._skip_W: list[Tensor | None] = []
