@@ -12,9 +12,9 @@ pre-activation is a fixed linear map we apply directly instead of through autogr
    O; J_post: Gemma's post-attention norm with its frozen denominator, identity elsewhere).
    Folded once per prompt (`_fold`): a norm's J^T is "times gain, centre (LayerNorm), divide by the position's
    denominator"; gain and centring are linear maps on d_model, so they are multiplied into the neighbouring
-   weight (V, O, the skip matrix); the denominators stay one fused add-divide per path. Each layer is then matmuls
-   plus two add-divides (Gemma: one more divide): in bf16 the elementwise passes were a third of the backward and
-   did not speed up.
+   weight (V, O, the skip matrix); the denominators stay one divide per path, in place. Each layer is then matmuls
+   plus two divides (Gemma: three): in bf16 the elementwise passes were a third of the backward and did not speed
+   up.
 3. The gradient left at the bottom is d/d(token embedding) (the scaled one for Gemma).
 Frozen on the prompt, hence constants of the linear map: attention patterns (incl. Gemma-2's score soft-cap and
 the sliding windows), every norm denominator (pre-, post-attention, MLP and final norms). The post-MLP norm and
@@ -154,14 +154,16 @@ class ReplacementBackward:
         self.flops += 2 * B * P * (cfg.d_model * cfg.n_heads * cfg.d_head * 2 + cfg.n_heads * P * cfg.d_head)
         H, KV, dh = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
         # heads outermost and batch folded into columns: one bmm of [P, P] x [P, B*dh] per head
-        g_in = g if self._post_scale is None else g / self._post_scale[layer, :P]
-        u = (g_in.reshape(B * P, D) @ self._o_W[layer]).view(B, P, H, dh)
-        u = u.permute(2, 1, 0, 3).reshape(H, P, B * dh)
+        # the denominators divide the rows of the fresh intermediates in place: no temporary the size of g
+        u = g.reshape(B * P, D) @ self._o_W[layer]
+        if self._post_scale is not None:
+            u.view(B, P, -1).div_(self._post_scale[layer, :P])
+        u = u.view(B, P, H, dh).permute(2, 1, 0, 3).reshape(H, P, B * dh)
         v = torch.bmm(self._pat[layer][:, :P, :P].transpose(1, 2), u)  # grads of each head's values
         if KV != H:  # GQA: heads of a group share values (a sum over one head would only copy)
             v = v.view(KV, H // KV, P, B, dh).sum(1)
-        v = v.view(KV, P, B, dh).permute(2, 1, 0, 3).reshape(B * P, KV * dh)
-        g.addcdiv_((v @ self._v_W[layer]).view(B, P, D), self._ln1_scale[layer, :P])
+        v = v.view(KV, P, B, dh).permute(2, 1, 0, 3).reshape(B, P, KV * dh).div_(self._ln1_scale[layer, :P])
+        g.view(B * P, D).addmm_(v.view(B * P, KV * dh), self._v_W[layer])
 
     def _attn_transpose_at(self, layer: int, pos: torch.Tensor, g_BD: torch.Tensor, n_pos: int) -> torch.Tensor:
         """`_attn_transpose`'s addend [B, P', D] for a gradient that is non-zero only at one position per element
@@ -176,7 +178,7 @@ class ReplacementBackward:
         wv = self._v_W[layer].view(cfg.n_kv_heads, dh, -1).repeat_interleave(H // cfg.n_kv_heads, dim=0)
         w = torch.einsum("bhe,hed->bhd", u, wv)  # [B, H, D]
         rows = self._pat[layer][:, pos, :n_pos]  # [H, B, P']: each element's pattern row at its query
-        return torch.einsum("hbk,bhd->bkd", rows, w) / self._ln1_scale[layer, :n_pos]
+        return torch.einsum("hbk,bhd->bkd", rows, w).div_(self._ln1_scale[layer, :n_pos])
 
     def _skip_transpose(self, layer: int, g: torch.Tensor) -> None:
         """g [B, P', D] += the skip path's J^T g: one matmul and one fused add-divide."""
