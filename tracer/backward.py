@@ -62,11 +62,12 @@ def norm_transpose(norm: Norm, scale: torch.Tensor, g: torch.Tensor) -> torch.Te
     return standardize_transpose(norm, scale, g * norm.gain)
 
 
-def fold_after(norm: Norm | None, W: Tensor, centre: bool = True) -> Tensor:
+def fold_after(norm: Norm, W: Tensor, gain: bool = True) -> Tensor:
     """W [n, D] -> W' with (x @ W') = J^T-without-denominator of `norm` applied to x @ W: W diag(gain), then each
-    row centred (LayerNorm's J^T subtracts the mean over d_model). norm None: gain 1 (the standardised input)."""
-    W = W.double() if norm is None else W.double() * norm.gain.double()
-    return W - W.mean(-1, keepdim=True) if centre else W
+    row centred (LayerNorm's J^T subtracts the mean over d_model). gain False: the standardisation alone (a read
+    hook before the norm's weight)."""
+    W = W.double() * norm.gain.double() if gain else W.double()
+    return W - W.mean(-1, keepdim=True) if norm.kind == NormKind.LAYERNORM else W
 
 
 def fold_before(norm: Norm, W: Tensor) -> Tensor:
@@ -113,7 +114,6 @@ class ReplacementBackward:
         memory as the record's patterns (0.9 GB for a 26-layer, 8-head model at 1,024 tokens), for no measurable
         speed."""
         rec, dt = self.rec, self.dtype
-        ln2_centre = lambda blk: blk.ln2.kind == NormKind.LAYERNORM  # noqa: E731
         self._skip_W: list[Tensor | None] = []
         self._o_W: list[Tensor] = []
         self._v_W: list[Tensor] = []
@@ -123,18 +123,16 @@ class ReplacementBackward:
             skip = None
             if self.tc.W_skip is not None:
                 W = self.tc.W_skip[layer]
-                if self.input_hook == HookPoint.MLP_IN:
-                    W = fold_after(blk.ln2, W, ln2_centre(blk))
-                elif self.input_hook == HookPoint.LN2_NORMALIZED:
-                    W = fold_after(None, W, ln2_centre(blk))
+                if self.input_hook in (HookPoint.MLP_IN, HookPoint.LN2_NORMALIZED):
+                    W = fold_after(blk.ln2, W, gain=self.input_hook == HookPoint.MLP_IN)
                 skip = W.to(dt)
             self._skip_W.append(skip)
             post = blk.ln1_post if rec.attn_post_scale is not None else None
             o = blk.attn.o.weight if post is None else fold_before(post, blk.attn.o.weight)
             self._o_W.append(o.to(dt))
-            self._v_W.append(fold_after(blk.ln1, blk.attn.v.weight, blk.ln1.kind == NormKind.LAYERNORM).to(dt))
+            self._v_W.append(fold_after(blk.ln1, blk.attn.v.weight).to(dt))
             self._pat.append(rec.patterns[layer].to(dt))  # no copy when the dtypes match (the exact path)
-        self._ln1_scale = rec.ln1_scale.to(dt)  # [L, P, 1]
+        self._ln1_scale, self._ln2_scale = rec.ln1_scale.to(dt), rec.ln2_scale.to(dt)  # [L, P, 1]
         self._post_scale = None if rec.attn_post_scale is None else rec.attn_post_scale.to(dt)
 
     def _read_transpose(self, layer: int, pos: slice | torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -190,7 +188,7 @@ class ReplacementBackward:
         if self.input_hook == HookPoint.RESID_MID:
             g.add_(y)
         else:
-            g.addcdiv_(y, self.rec.ln2_scale[layer, :P].to(g.dtype))
+            g.addcdiv_(y, self._ln2_scale[layer, :P])
 
     def _out_buffer(self, shape: tuple[int, int, int, int]) -> torch.Tensor:
         if not self.reuse_out:

@@ -2,9 +2,9 @@
 
 CPUs with AVX512-BF16 or AMX multiply bf16 matrices several times faster than fp32 (oneDNN accumulates each
 product in fp32 and rounds the result to bf16). The fast path runs the rows' linear maps in bf16:
-1. maps: tracer.backward.ReplacementBackward in bf16: its folded per-layer maps (attention's O and V, the skip
-   matrix, the transposed patterns with the norm denominators folded in) are computed in float64 from the fp32
-   model and record and rounded to bf16 once;
+1. maps: tracer.backward.ReplacementBackward in bf16: its folded per-layer maps (attention's O and V and the skip
+   matrix with the norms' gains and centring folded in) are computed in float64 from the fp32 model and rounded
+   to bf16 once, as are the recorded patterns and norm denominators;
 2. rows: the backward runs in bf16 (most of the row phase's work); its gradients stay bf16 for the edge kernel and
    the error and token dot products (tracer.attribute.RowBuilder, whose decoder rows, errors and embeddings are
    bf16 copies): widening them to fp32 cost as much as the kernel itself;
