@@ -4,16 +4,19 @@ Algorithm:
 1. load: the default model and CLT (or --model / --transcoders) and the held-out prompts (planted_heldout.json,
    unseen frames and entities); per task, the first --per-task prompts the model answers correctly (a graph can
    only explain a behaviour the model has; how many were answered is reported).
-2. key: positions from each prompt's construction (tracer.bundle.planted tables): facts: the country's last token;
-   two-hop: the landmark's last token; opposites: the source word's last token; induction (words and random
-   tokens): the token after the earlier occurrence of the last token; IOI: the indirect object's name and the
+2. key: positions from each prompt's construction (tracer.bundle.planted tables): facts: the country's tokens;
+   two-hop: the landmark's tokens; opposites: the source word's tokens (a multi-token name's identity sits in any
+   of its tokens: "Iguazu Falls" is told apart by "Iguazu"); induction (words and random tokens): the token after
+   the earlier occurrence of the repeated span (the earlier position whose preceding tokens match the prompt's end
+   longest: a common sub-word such as "s" also occurs elsewhere); IOI: the indirect object's name and the
    subject's two mentions.
 3. trace: `tracer.attribute.attribute` with the answer as the one target (IOI: the logit difference IO - S).
 4. score: a position's influence is the graph influence (row-normalised |A|, `tracer.effects`) of its token
-   embedding on the target. Criterion: the key position has the largest influence among the middle positions
-   (not BOS; not the last token, whose direct path to the logit dominates every graph); IOI: IO's influence
-   exceeds each subject mention's. Control, which must fail: the same criterion with the key replaced by a seeded
-   random other middle position (wrong position); IOI: labels swapped (a subject mention outweighs IO).
+   embedding on the target. Criterion: the middle position (not BOS; not the last token, whose direct path to the
+   logit dominates every graph) with the largest influence lies in the key span; IOI: IO's influence exceeds each
+   subject mention's. Control, which must fail: the same criterion with the key span moved to a seeded random
+   span of the same length elsewhere among the middle positions (wrong position); IOI: labels swapped (a subject
+   mention outweighs IO).
 5. ablation: for the top --ablate features by |signed total effect| in each graph, ablate each one
    (`tracer.interventions`, replacement mode) and compare -(graph effect) with the measured change of the target;
    Spearman rank correlation per prompt, averaged.
@@ -45,7 +48,7 @@ OPPOSITE_OF = {y: x for p in planted.OPPOSITES for x, y in (p, p[::-1])}  # answ
 class Key:
     """Positions (BOS = 0) that the mechanism says matter, and the trace target."""
 
-    key: int  # the position that must carry the most influence
+    span: tuple[int, ...]  # the positions of which one must carry the most influence (IOI: the IO name)
     others: tuple[int, ...] = ()  # IOI: the subject's mentions, which the key must outweigh
     minus: str | None = None  # IOI: the logit-difference target's second token
 
@@ -71,42 +74,62 @@ def _last_match(prompt: str, word: str) -> re.Match[str]:
     return m
 
 
+def _suffix_match(ids: list[int], j: int) -> int:
+    """How many tokens ending at j equal the tokens ending at the prompt's last one (BOS excluded)."""
+    n, last = 0, len(ids) - 1
+    while j - n >= 1 and ids[j - n] == ids[last - n]:
+        n += 1
+    return n
+
+
+def induction_key(ids: list[int]) -> int:
+    """The token after the earlier occurrence of the repeated span: the earlier position whose preceding tokens
+    match the prompt's end longest (ties: the latest)."""
+    last = len(ids) - 1
+    return 1 + max((j for j in range(1, last) if ids[j] == ids[last]), key=lambda j: (_suffix_match(ids, j), j))
+
+
 def key_positions(task: Task, prompt: str, answer: str, ids: list[int], offsets: list[tuple[int, int]]) -> Key:
     """ids: the prompt's token ids with BOS first; offsets: character spans of ids[1:]."""
     if task in (Task.INDUCTION, Task.INDUCTION_RANDOM):
-        last = len(ids) - 1
-        j = max(i for i in range(1, last) if ids[i] == ids[last])  # the earlier occurrence of the last token
-        return Key(j + 1)
+        return Key((induction_key(ids),))
     if task == Task.IOI:
         names = [(m.group(), m.end() - 1) for m in re.finditer(r"[A-Z][a-z]+", prompt) if m.group() in planted.NAMES]
         io = answer.strip()
         (s,) = {n for n, _ in names} - {io}
         pos = {n: [_token_of_char(offsets, c) for nn, c in names if nn == n] for n in (io, s)}
-        return Key(pos[io][0], tuple(pos[s]), " " + s)
+        return Key((pos[io][0],), tuple(pos[s]), " " + s)
     if task == Task.FACTS:
         word = CAPITAL_OF[answer.strip()]
     elif task == Task.OPPOSITES:
         word = OPPOSITE_OF[answer.strip()]
     else:  # two-hop: the landmark named in the prompt
-        word = max((lm for lm in planted.LANDMARKS if lm.lower() in prompt.lower()), key=len)
-    return Key(_token_of_char(offsets, _last_match(prompt, word).end() - 1))
+        lm = max((lm for lm in planted.LANDMARKS if lm.lower() in prompt.lower()), key=len)
+        word = lm.removeprefix("the ")  # the name proper: an article is no part of the landmark's identity
+    m = _last_match(prompt, word)
+    return Key(tuple(range(_token_of_char(offsets, m.start()), _token_of_char(offsets, m.end() - 1) + 1)))
 
 
 # ---- 4. score ----------------------------------------------------------------------------------------------
-def criterion(infl_P: torch.Tensor, key: int, others: tuple[int, ...]) -> bool:
-    """infl_P [P]: embedding influence per position. Key beats `others` (IOI) or every other middle position."""
+def criterion(infl_P: torch.Tensor, span: tuple[int, ...], others: tuple[int, ...]) -> bool:
+    """infl_P [P]: embedding influence per position. The span beats `others` (IOI), or holds the most influential
+    middle position."""
     if others:
-        return bool(infl_P[key] > infl_P[list(others)].max())
+        return bool(infl_P[list(span)].max() > infl_P[list(others)].max())
     middle = infl_P[1:-1]
-    return int(middle.argmax()) + 1 == key
+    return int(middle.argmax()) + 1 in span
 
 
 def control(infl_P: torch.Tensor, k: Key, rng: random.Random) -> bool | None:
-    """The control criterion (None when the prompt has no other middle position)."""
+    """The control criterion (None when the middle positions hold no other span of the key's length)."""
     if k.others:  # IOI, labels swapped
-        return bool(infl_P[list(k.others)].max() > infl_P[k.key])
-    choices = [p for p in range(1, len(infl_P) - 1) if p != k.key]
-    return criterion(infl_P, rng.choice(choices), ()) if choices else None
+        return bool(infl_P[list(k.others)].max() > infl_P[list(k.span)].max())
+    n = len(k.span)
+    starts = [p for p in range(1, len(infl_P) - n) if not set(range(p, p + n)) & set(k.span)]
+    if not starts:
+        return None
+    p = rng.choice(starts)
+    return criterion(infl_P, tuple(range(p, p + n)), ())
 
 
 def _rank(x: torch.Tensor) -> torch.Tensor:
@@ -178,7 +201,7 @@ def run(args: argparse.Namespace) -> dict[Task, TaskResult]:
             eff = effects(attr)
             infl_P = eff.target_influence[attr.layout.embedding_rows(torch.arange(len(ids)))]
             res.n += 1
-            res.passed += criterion(infl_P, k.key, k.others)
+            res.passed += criterion(infl_P, k.span, k.others)
             c = control(infl_P, k, rng)
             if c is not None:
                 res.control_n += 1
