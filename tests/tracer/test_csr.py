@@ -58,6 +58,20 @@ def test_rowstore_budget_and_partial_rows(chunk):
         store.put(torch.tensor([28, 27]), a[[28, 27]])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rowstore_zero_test_by_bits(dtype):
+    """bf16 rows are tested for zero on their bits: -0.0 is zero, the smallest subnormal and NaN are not; stored
+    widened to fp32 with every value exact."""
+    tiny = torch.finfo(dtype).smallest_normal / 4  # subnormal
+    a = torch.tensor([[0.0, -0.0, tiny, -tiny, float("nan"), 0.0], [1.0, 0.0, -0.0, -2.5, 0.0, 3.0]]).to(dtype)
+    store = RowStore(torch.tensor([6, 6]), torch.float32)
+    store.put(torch.tensor([1, 0]), a)
+    got = store.finish()
+    assert got.crow.tolist() == [0, 3, 6] and got.col.tolist() == [0, 3, 5, 2, 3, 4]
+    want = a[[1, 0]].float()
+    assert torch.equal(got.values[:5], want[want != 0][:5]) and bool(got.values[5].isnan())
+
+
 def test_rowstore_rejects_rows_wider_than_their_room():
     store = RowStore(torch.tensor([0, 1, 1]), torch.float32)
     with pytest.raises(RuntimeError, match="more sources"):
