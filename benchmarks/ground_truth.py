@@ -21,6 +21,8 @@ Algorithm:
    (`tracer.interventions`, replacement mode) and compare -(graph effect) with the measured change of the target;
    Spearman rank correlation per prompt, averaged.
 6. report: a table, or `--json`: {"tasks": {task: pass_rate}, "controls": {task: pass_rate}, "spearman": value}.
+   The table adds an IOI diagnostic: how often IO outweighs the subject's second mention alone, and in how many
+   failures the first mention is the one that outweighs IO.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class TaskResult:
     control_n: int = 0
     control_passed: int = 0
     spearman: list[float] = field(default_factory=list)
+    io_beats_s2: int = 0  # IOI diagnostic: IO outweighs the subject's second mention (the final clause's subject)
+    s1_wins: int = 0  # IOI diagnostic: failures in which the subject's first mention holds the most influence
 
 
 # ---- 2. key positions --------------------------------------------------------------------------------------
@@ -201,7 +205,11 @@ def run(args: argparse.Namespace) -> dict[Task, TaskResult]:
             eff = effects(attr)
             infl_P = eff.target_influence[attr.layout.embedding_rows(torch.arange(len(ids)))]
             res.n += 1
-            res.passed += criterion(infl_P, k.span, k.others)
+            ok = criterion(infl_P, k.span, k.others)
+            res.passed += ok
+            if k.others:
+                res.io_beats_s2 += criterion(infl_P, k.span, k.others[-1:])
+                res.s1_wins += not ok and bool(infl_P[k.others[0]] >= infl_P[list(k.others)].max())
             c = control(infl_P, k, rng)
             if c is not None:
                 res.control_n += 1
@@ -231,6 +239,10 @@ def table(results: dict[Task, TaskResult], s: dict, seconds: float) -> str:
         p, c = (s[k][t.value] for k in ("tasks", "controls"))
         p, c = ("-" if x is None else f"{x:.0%}" for x in (p, c))
         lines.append(f"{t.value:<26}{r.n:>7}{r.answered:>5}{p:>8}{c:>9}{rho:>10}")
+    ioi = results.get(Task.IOI)
+    if ioi is not None and ioi.n:
+        lines.append(f"ioi diagnostic: IO outweighs the subject's second mention in {ioi.io_beats_s2} / {ioi.n}; "
+                     f"the first mention outweighs IO in {ioi.s1_wins} of the {ioi.n - ioi.passed} failures")
     lines.append(f"targets: pass >= 90 %, control <= 30 %; mean Spearman {s['spearman']}; {seconds:.0f} s")
     return "\n".join(lines)
 
