@@ -16,7 +16,7 @@ from tracer.errors import NonFiniteError, TracerError
 CHUNK = 1 << 22  # elements scanned at a time (16 MiB of fp32)
 
 
-def first_nonfinite(t: torch.Tensor) -> tuple[tuple[int, ...], float] | None:
+def first_nonfinite(t: torch.Tensor) -> tuple[tuple[int, ...], float | complex] | None:
     """(index, value) of the first NaN/Inf entry of `t`, or None when all are finite (or `t` is not floating)."""
     if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
         return None
@@ -27,7 +27,7 @@ def first_nonfinite(t: torch.Tensor) -> tuple[tuple[int, ...], float] | None:
             continue
         i = start + int((~torch.isfinite(part)).nonzero()[0, 0])
         index = tuple(int(x) for x in torch.unravel_index(torch.tensor(i), t.shape)) if t.dim() else ()
-        return index, float(flat[i])
+        return index, flat[i].item()  # a complex value stays complex (float() of it raises)
     return None
 
 

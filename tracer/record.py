@@ -76,16 +76,19 @@ def record(model: Transformer, tc: Transcoder, tokens: torch.Tensor) -> Record:
     recon = tc.decode(acts) + tc.skip(x)
     acts, recon = acts.to(mlp_out.dtype), recon.to(mlp_out.dtype)
     errors = mlp_out - recon
-    # a NaN activation is non-zero: it would make every feature active and every influence series diverge
-    check_finite((("logits", logits), ("activations", acts), ("errors", errors)),
+    ln1, ln2 = _stack(cache, HookPoint.LN1_SCALE, L), _stack(cache, HookPoint.LN2_SCALE, L)
+    lnf = cache[Site(HookPoint.LNF_SCALE)][0]
+    post = _stack(cache, HookPoint.ATTN_POST_SCALE, L) if model.cfg.post_norms else None
+    # a NaN activation is non-zero: it would make every feature active and every influence series diverge; an
+    # overflowing norm input gives an inf denominator, which zeroes the residual while all else stays finite
+    scales = [("norm denominators", sc) for sc in (ln1, ln2, lnf, post) if sc is not None]
+    check_finite((("logits", logits), ("activations", acts), ("errors", errors), *scales),
                  "forward pass on this prompt (overflow, or NaN in lazily read decoders)")  # fmt: skip
     nz = acts.nonzero()  # [N, 3] (pos, layer, feature)
     return Record(
         tokens=tokens, logits=logits, patterns=[cache[Site(HookPoint.ATTN_PATTERN, i)][0] for i in range(L)],
-        ln1_scale=_stack(cache, HookPoint.LN1_SCALE, L), ln2_scale=_stack(cache, HookPoint.LN2_SCALE, L),
-        lnf_scale=cache[Site(HookPoint.LNF_SCALE)][0], tc_input=tc_input, mlp_out=mlp_out, acts=acts,
-        errors=errors, features=nz[:, [1, 0, 2]].contiguous(),
-        attn_post_scale=_stack(cache, HookPoint.ATTN_POST_SCALE, L) if model.cfg.post_norms else None,
+        ln1_scale=ln1, ln2_scale=ln2, lnf_scale=lnf, tc_input=tc_input, mlp_out=mlp_out, acts=acts,
+        errors=errors, features=nz[:, [1, 0, 2]].contiguous(), attn_post_scale=post,
     )  # fmt: skip
 
 

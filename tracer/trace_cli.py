@@ -120,14 +120,14 @@ def run(args: argparse.Namespace) -> int:
         from tracer.pipeline import Tracer
 
     t["imports"] += time.perf_counter() - t0
+    # cheap checks first (a batch too): a bad threshold or output must not cost a whole trace
+    check_thresholds(args.node_threshold, args.edge_threshold)
+    check_threads(args.threads)
     if args.prompts is not None or args.prompt is None:
         from tracer.batch import run_batch
 
         return run_batch(args)
-    # cheap checks first: a bad threshold or output must not cost a whole trace
     out = args.output or DEFAULT_OUT_DIR / f"{slug(args.prompt)}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    check_thresholds(args.node_threshold, args.edge_threshold)
-    check_threads(args.threads)
     check_graph_output(out)
     recover_pair(out)  # leftovers of a killed run to the same output
     if args.threads:

@@ -1,5 +1,6 @@
 """Every bad input of tests/tracer/bad_inputs.py: exit 2, one `error:` line naming the file or value, no traceback,
-nothing new or changed in the output folder; the heaviest under a memory limit; the README table is current."""
+nothing new or changed in the case's tmp folder (every -o is inside it); the heaviest under a memory limit; the README
+table is current."""
 
 from __future__ import annotations
 
@@ -44,7 +45,13 @@ def make_ctx(subject: Path, tmp: Path) -> Ctx:
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Size and mtime of everything under `folder`, folders included (a folder's mtime moves when an entry is made or
+    removed in it). Taken of a case's whole tmp folder after its inputs are written: every -o lies inside it."""
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def outputs(argv: list[str]) -> list[Path]:
+    return [Path(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a in ("-o", "--output")]
 
 
 def check_error(case: Case, rc: int, out: str, err: str) -> None:
@@ -59,12 +66,13 @@ def check_error(case: Case, rc: int, out: str, err: str) -> None:
 def test_bad_input_is_one_line_and_writes_nothing(case: Case, subject, tmp_path, capsys):
     ctx = make_ctx(subject, tmp_path)
     argv = case.argv(ctx)
+    assert all(o.is_relative_to(ctx.tmp) for o in outputs(argv)), "an -o outside the snapshot"
     capsys.readouterr()
-    before = snapshot(ctx.out)
+    before = snapshot(ctx.tmp)
     rc = main(argv)
     cap = capsys.readouterr()
     check_error(case, rc, cap.out, cap.err)
-    assert snapshot(ctx.out) == before
+    assert snapshot(ctx.tmp) == before
 
 
 HEAVY = ("model-nan", "model-huge-layers", "clt-huge-shape", "sidecar-huge-layout", "model-huge-header")
@@ -89,14 +97,14 @@ def test_heavy_bad_inputs_stay_within_memory(subject, tmp_path):
     cases = [next(c for c in CASES if c.id == i) for i in HEAVY]
     ctxs = [make_ctx(subject, tmp_path / c.id) for c in cases]
     argvs = [c.argv(x) for c, x in zip(cases, ctxs, strict=True)]
-    before = [snapshot(x.out) for x in ctxs]
+    before = [snapshot(x.tmp) for x in ctxs]
     env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-c", DRIVER.format(limit=MEMORY_LIMIT)], input=json.dumps(argvs), cwd=tmp_path,
                        env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     for case, (rc, err), x, b in zip(cases, json.loads(r.stdout.splitlines()[-1]), ctxs, before, strict=True):
         check_error(case, rc, "", err)
-        assert snapshot(x.out) == b
+        assert snapshot(x.tmp) == b
 
 
 def test_busy_port_is_one_line(subject, tmp_path, capsys):
@@ -113,11 +121,11 @@ def test_unwritable_folder_is_one_line(subject, tmp_path, capsys, monkeypatch):
     """A read-only folder (simulated: tests may run as root, which ignores permissions)."""
     ctx = make_ctx(subject, tmp_path)
     monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != ctx.out)
-    before = snapshot(ctx.out)
+    before = snapshot(ctx.tmp)
     assert main(ctx.trace("the cat")) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: graph file") and "is not writable" in err and err.count("\n") == 1
-    assert snapshot(ctx.out) == before
+    assert snapshot(ctx.tmp) == before
 
 
 def test_graphml_control_characters_are_replaced(subject, tmp_path):

@@ -6,10 +6,20 @@ from __future__ import annotations
 import pytest
 import torch
 
+import tracer.prune as prune_mod
 from tests.tracer.graph_fixtures import attribution_from_dense, random_attribution
 from tracer.errors import ConfigError, GraphFileError
 from tracer.layout import NodeKind, NodeLayout
-from tracer.prune import Edges, _drop_dangling, node_influence, prune, to_networkx
+from tracer.prune import (
+    Edges,
+    _drop_dangling,
+    dag_depth,
+    influence_series,
+    node_influence,
+    normalized,
+    prune,
+    to_networkx,
+)
 from tracer.schema import NodeRef, node_id
 
 
@@ -192,3 +202,83 @@ def test_to_networkx():
     assert lg["probability"] == pytest.approx(float(attr.logit_probs[0])) and lg["token"] == " w0"
     (t, s), w = res.adjacency.indices()[:, 0].tolist(), float(res.adjacency.values()[0])
     assert g.edges[node_id(lay.node(s)), node_id(lay.node(t))]["weight"] == pytest.approx(w)
+
+
+def chain_graph():
+    """n_layers 3, one position: emb -> f0 (layer 0) -> f1 (1) -> f2 (2) -> logit, the longest path any graph of
+    this layout can have (n_layers + 1 = 4 edges), plus shorter ones: emb -> f3 (0) -> logit, error@1 -> f2,
+    emb -> logit."""
+    feats = torch.tensor([[0, 0, 0], [1, 0, 0], [2, 0, 0], [0, 0, 1]])
+    layout = NodeLayout(3, torch.tensor([7]), feats, torch.tensor([3]))
+    f, err1 = layout.feature_rows(), int(layout.error_rows(1, 0))
+    emb, lg = int(layout.embedding_rows(0)), int(layout.logit_rows(0))
+    a = torch.zeros(layout.n_nodes, layout.n_nodes, dtype=torch.float64)
+    for t, s, v in ((lg, f[2], 2.0), (lg, f[3], -1.0), (lg, emb, 0.5), (f[2], f[1], 3.0), (f[2], err1, -1.0),
+                    (f[1], f[0], 1.5), (f[0], emb, 2.0), (f[3], emb, 1.0)):  # fmt: skip
+        a[t, s] = v
+    w = torch.zeros(layout.n_nodes, dtype=torch.float64)
+    w[lg] = 0.7
+    return a, layout, w, f
+
+
+def dense_truncated(a: torch.Tensor, w: torch.Tensor, steps: int) -> torch.Tensor:
+    """wᵀ(Â + … + Â^steps) by dense matrix powers."""
+    ahat, term, total = dense_normalize(a), w.clone(), torch.zeros_like(w)
+    for _ in range(steps):
+        term = term @ ahat
+        total += term
+    return total
+
+
+def test_dag_depth_of_a_layered_graph():
+    a, layout, _, f = chain_graph()
+    edges = Edges.of(a.to_sparse_coo())
+    assert dag_depth(edges, layout) == 4  # n_layers + 1
+    assert dag_depth(Edges.of(torch.zeros_like(a)), layout) == 4  # no edges: still the layout's bound
+    same_layer = a.clone()
+    same_layer[f[3], f[0]] = 1.0  # both at layer 0
+    assert dag_depth(Edges.of(same_layer.to_sparse_coo()), layout) is None
+    backwards = a.clone()
+    backwards[f[0], f[2]] = 1.0  # a layer-2 source feeding a layer-0 target
+    assert dag_depth(Edges.of(backwards.to_sparse_coo()), layout) is None
+
+
+def test_series_capped_at_dag_depth_is_the_whole_series():
+    a, layout, w, _ = chain_graph()
+    edges = Edges.of(a.to_sparse_coo())
+    ahat = normalized(edges)
+    four = dense_truncated(a, w, 4)
+    assert not torch.allclose(dense_truncated(a, w, 3), four)  # the 4-edge path adds a 4th term
+    torch.testing.assert_close(dense_truncated(a, w, 5), four, rtol=0, atol=0)  # and nothing longer exists
+    torch.testing.assert_close(four, dense_influence(a, w), rtol=1e-12, atol=1e-15)
+    capped = influence_series(edges, ahat, w, dag_depth(edges, layout))
+    torch.testing.assert_close(capped, four, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(influence_series(edges, ahat, w), four, rtol=1e-12, atol=1e-15)
+    # a cap below the longest path never returns the truncated series: a path longer than the cap means no DAG
+    with pytest.raises(GraphFileError, match="after 3 steps"):
+        influence_series(edges, ahat, w, 3)
+
+
+def test_series_cap_bounds_the_work_on_a_cycle():
+    a = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    edges = Edges.of(a.to_sparse_coo())
+    w = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    with pytest.raises(GraphFileError, match="after 2 steps"):
+        influence_series(edges, normalized(edges), w, 2)
+    with pytest.raises(GraphFileError, match="after 4 steps"):  # never more than n_nodes, whatever the cap
+        influence_series(edges, normalized(edges), w, 100)
+
+
+def test_prune_caps_the_kept_series_at_the_layout_depth(monkeypatch):
+    caps = []
+    real = prune_mod.influence_series
+    monkeypatch.setattr(prune_mod, "influence_series", lambda *a: caps.append(a[3]) or real(*a))
+    a, layout, w, f = chain_graph()
+    probs = torch.tensor([0.7], dtype=torch.float64)
+    kept = prune(attribution_from_dense(a, layout, probs), node_threshold=1.0, edge_threshold=1.0)
+    assert caps == [4] and kept.n_edges == 8
+    want = dense_normalize(a) * (dense_influence(a, w) + w)[:, None]  # E[t, s] from the whole series
+    torch.testing.assert_close(kept.edge_score.to_dense(), want, rtol=1e-12, atol=1e-15)
+    a[f[3], f[0]] = 1.0  # a same-layer edge: no layer bound, the series falls back to n_nodes
+    prune(attribution_from_dense(a, layout, probs), node_threshold=1.0, edge_threshold=1.0)
+    assert caps == [4, None]

@@ -16,6 +16,7 @@ from tracer.prune import prune
 from tracer.result import Attribution
 from tracer.schema import GraphFile, Supernode, ViewState, node_id
 from tracer.scores import graph_scores
+from viewer import data
 from viewer.data import GraphStore
 
 BAD_IDS = ["../small.json", "/etc/passwd", "sub/../../x.json", "small.txt", "C:\\small.json", "a//small.json",
@@ -78,6 +79,20 @@ def test_threshold_reprunes_like_prune(graph_dir: Path, attribution: Attribution
         assert {n.id for n in loaded.view.graph.nodes} == want and loaded.threshold == t
         assert len(loaded.view.graph.edges) == ref.n_edges
     assert len(store.load("small.json", 0.5).view.graph.nodes) < len(store.load("small.json", 0.99).view.graph.nodes)
+
+
+def test_reprunes_are_cached_by_threshold(graph_dir: Path, monkeypatch):
+    calls: list[float] = []
+    real = data.reprune_loaded
+    monkeypatch.setattr(data, "reprune_loaded", lambda g, a, t, e: calls.append(t) or real(g, a, t, e))
+    store = GraphStore(graph_dir)
+    first = store.load("small.json", 0.5)
+    assert store.load("small.json", 0.5) is first and calls == [0.5]  # the same threshold: pruned once
+    other = store.load("small.json", 0.7)
+    assert calls == [0.5, 0.7] and other.threshold == 0.7 and other is not first
+    assert len(other.view.graph.nodes) > len(first.view.graph.nodes)
+    assert store.load("small.json", 0.5) is first and store.load("small.json", 0.7) is other
+    assert store.load("small.json").threshold is None and calls == [0.5, 0.7]  # the file's own pruning
 
 
 def test_without_sidecar_threshold_is_ignored(graph_dir: Path, graph: GraphFile):

@@ -129,6 +129,40 @@ def test_gate_bounds_running_and_queued():
     assert gate.run(lambda: 7) == 7
 
 
+def test_store_gate_runs_two_and_queues_six(graph_dir: Path):
+    """The store's default Gate: a 3rd re-prune waits while 2 run, 6 may wait, the 9th is refused at once."""
+    gate, release, lock = GraphStore(graph_dir).gate, threading.Event(), threading.Lock()
+    running, peak, entered = [0], [0], threading.Semaphore(0)
+
+    def hold():
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        entered.release()
+        release.wait(5)
+        with lock:
+            running[0] -= 1
+
+    threads = [threading.Thread(target=gate.run, args=(hold,)) for _ in range(8)]
+    for t in threads[:2]:
+        t.start()
+    assert entered.acquire(timeout=5) and entered.acquire(timeout=5)  # two run at once
+    for t in threads[2:]:
+        t.start()
+    deadline = time.monotonic() + 5
+    while gate._waiting < 6 and time.monotonic() < deadline:  # six queue behind them
+        time.sleep(0.005)
+    assert gate._waiting == 6 and running[0] == 2
+    t0 = time.monotonic()
+    with pytest.raises(ViewerBusy, match="too many re-prunes"):
+        gate.run(lambda: None)
+    assert time.monotonic() - t0 < 0.5  # refused at once, not after waiting
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert peak[0] == 2 and running[0] == 0 and gate.run(lambda: 7) == 7
+
+
 def test_reprunes_share_one_sidecar_read(graph_dir: Path, monkeypatch):
     reads = []
     real = data.load_attribution
