@@ -59,8 +59,9 @@ class TraceConfig:
     progress: bool = False  # tqdm bars per phase
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_n_logits < 1 or self.update_interval < 1:
-            raise ConfigError("batch_size, max_n_logits and update_interval must be >= 1")
+        for name in ("batch_size", "max_n_logits", "update_interval"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.desired_logit_prob <= 1:
             raise ConfigError("desired_logit_prob must be in (0, 1]")
         if self.edge_topk is not None and self.edge_topk < 1:

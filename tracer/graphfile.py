@@ -332,8 +332,10 @@ def pair_sidecar(path: str | Path, graph: GraphFile | None = None) -> Path:
         return side
     size, have = side.stat().st_size, _sidecar_hash(side)
     if have != m.adjacency_hash or (m.adjacency_size is not None and size != m.adjacency_size):
-        raise GraphFileError(f"{side} does not belong to {p.name} (content hash {have} != recorded "
-                             f"{m.adjacency_hash}: an interrupted write); re-run `tracer trace`")  # fmt: skip
+        why = (f"content hash {have} != recorded {m.adjacency_hash}" if have != m.adjacency_hash
+               else f"size {size} != recorded {m.adjacency_size} bytes")  # fmt: skip
+        raise GraphFileError(f"{side} does not belong to {p.name} ({why}: an interrupted write); re-run "
+                             "`tracer trace`")  # fmt: skip
     return side
 
 

@@ -108,7 +108,7 @@ def _plots(v, out: Path, prompt: str, png: bool = True) -> dict:
     """Step 4: the scatter plot as HTML (and PNG when image export works); returns their paths / the reason."""
     import plotly.graph_objects as go
 
-    from tracer.io import atomic_write_text
+    from tracer.io import atomic_write_bytes, atomic_write_text
 
     feats = [c for c in v.candidates if len(c.features) == 1]
     groups = [c for c in v.candidates if len(c.features) > 1]
@@ -137,7 +137,7 @@ def _plots(v, out: Path, prompt: str, png: bool = True) -> dict:
         return {"html": str(html), "png": None, "png_error": "kaleido is not installed (pip install 'clt-tracer[png]'"
                 "; it also needs a Chrome/Chromium); the HTML plot has a PNG download button"}  # fmt: skip
     try:
-        fig.write_image(str(png_path))
+        atomic_write_bytes(png_path, fig.to_image(format="png"))  # not write_image: it writes in place
         return {"html": str(html), "png": str(png_path)}
     except Exception as e:  # kaleido missing or its browser unavailable: the HTML still stands
         return {"html": str(html), "png": None, "png_error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}

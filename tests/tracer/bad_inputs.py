@@ -58,8 +58,12 @@ class Case:
     id: str
     command: str  # the subcommand, for the table
     what: str  # the input tried, for the table
-    expect: str  # a fragment of the one error line (the file or value it names)
+    expect: str  # a fragment of the one error line, for the table
+    names: str  # the file or value the line must name: a template of the Ctx `c`, e.g. "{c.tmp}/nope" or "got -1"
     argv: Callable[[Ctx], list[str]]
+
+    def named(self, ctx: Ctx) -> str:
+        return self.names.format(c=ctx)
 
 
 # input makers
@@ -129,6 +133,9 @@ def prune(ctx: Ctx, *extra: str, graph: Path | None = None) -> list[str]:
     return ["prune", str(graph or ctx.graph), *extra]
 
 
+SIDECAR = "{c.out}/g.adjacency.safetensors"  # the sidecar beside the graph file given
+
+
 def _stale_pair(ctx: Ctx) -> list[str]:
     other = ctx.tmp / "other"
     other.mkdir()
@@ -141,111 +148,121 @@ def _stale_pair(ctx: Ctx) -> list[str]:
 
 CASES: list[Case] = [
     # trace: prompts and settings
-    Case("empty-prompt", "trace", "a prompt of spaces", "the prompt is empty", lambda c: c.trace("   ")),
-    Case("long-prompt", "trace", "a prompt longer than the context window", "context window is 32",
+    Case("empty-prompt", "trace", "a prompt of spaces", "the prompt is empty", "'   '", lambda c: c.trace("   ")),
+    Case("long-prompt", "trace", "a prompt longer than the context window", "context window is 32", "has 82 tokens",
          lambda c: c.trace("the cat " * 40)),
-    Case("bad-utf8-prompt", "trace", "a prompt of invalid UTF-8 bytes", "not valid UTF-8",
+    Case("bad-utf8-prompt", "trace", "a prompt of invalid UTF-8 bytes", "not valid UTF-8", "byte 0xff",
          lambda c: c.trace(b"the \xff cat".decode("utf-8", "surrogateescape"))),
-    Case("bos-only-prompt", "trace", "a prompt that is only the BOS token", "no tokens besides BOS",
+    Case("bos-only-prompt", "trace", "a prompt that is only the BOS token", "no tokens besides BOS", "'<s>'",
          lambda c: c.trace("<s>")),
-    Case("threads", "trace", "--threads -1", "--threads must be >= 0", lambda c: c.trace("the cat", "--threads", "-1")),
-    Case("node-threshold", "trace", "--node-threshold 2", "node_threshold must be in [0, 1], got 2",
+    Case("threads", "trace", "--threads -1", "--threads must be >= 0", "got -1",
+         lambda c: c.trace("the cat", "--threads", "-1")),
+    Case("node-threshold", "trace", "--node-threshold 2", "node_threshold must be in [0, 1], got 2", "got 2.0",
          lambda c: c.trace("the cat", "--node-threshold", "2")),
-    Case("nan-threshold", "trace", "--edge-threshold nan", "edge_threshold must be in [0, 1], got nan",
+    Case("nan-threshold", "trace", "--edge-threshold nan", "edge_threshold must be in [0, 1], got nan", "got nan",
          lambda c: c.trace("the cat", "--edge-threshold", "nan")),
-    Case("batch-size", "trace", "--batch-size 0", "batch_size", lambda c: c.trace("the cat", "--batch-size", "0")),
+    Case("batch-size", "trace", "--batch-size 0", "batch_size must be >= 1", "got 0",
+         lambda c: c.trace("the cat", "--batch-size", "0")),
     # trace: outputs
-    Case("out-is-dir", "trace", "-o an existing folder", "is a directory",
+    Case("out-is-dir", "trace", "-o an existing folder", "is a directory", "{c.out}",
          lambda c: c.trace("the cat")[:-2] + ["-o", str(c.out)]),
-    Case("out-trailing-slash", "trace", "-o DIR/ (a folder name)", "must be named NAME.json",
+    Case("out-trailing-slash", "trace", "-o DIR/ (a folder name)", "must be named NAME.json", "{c.out}/sub",
          lambda c: c.trace("the cat")[:-2] + ["-o", str(c.out / "sub") + "/"]),
     Case("out-parent-file", "trace", "-o under a parent that is a file", "is a file, not a folder",
+         "{c.tmp}/f.txt/g.json",
          lambda c: c.trace("the cat")[:-2] + ["-o", str(write(c.tmp / "f.txt", "x") / "g.json")]),
     # trace: models
-    Case("model-missing", "trace", "--model that does not exist", "does not exist",
+    Case("model-missing", "trace", "--model that does not exist", "does not exist", "{c.tmp}/nope",
          lambda c: c.trace(model=c.tmp / "nope")),
-    Case("model-no-config", "trace", "a model folder without config.json", "has no config.json",
+    Case("model-no-config", "trace", "a model folder without config.json", "has no config.json", "{c.tmp}/model-copy",
          lambda c: c.trace(model=c.model(lambda d: (d / "config.json").unlink()))),
     Case("model-bad-config", "trace", "config.json that is not JSON", "config.json is not valid JSON",
+         "{c.tmp}/model-copy/config.json",
          lambda c: c.trace(model=c.model(lambda d: write(d / "config.json", "{oops")))),
     Case("model-hidden-size", "trace", "config.json whose hidden_size disagrees with the weights",
-         "weights do not fit the config", lambda c: c.trace(model=c.model(
+         "weights do not fit the config", "{c.tmp}/model-copy", lambda c: c.trace(model=c.model(
              lambda d: edit_json(d / "config.json", lambda j: j.update(hidden_size=24))))),
     Case("model-huge-layers", "trace", "config.json claiming 10⁹ layers", "says 1000000000 layers, the weights have 3",
-         lambda c: c.trace(model=c.model(lambda d: edit_json(d / "config.json",
-                                                            lambda j: j.update(num_hidden_layers=10**9))))),
+         "{c.tmp}/model-copy/config.json", lambda c: c.trace(model=c.model(lambda d: edit_json(
+             d / "config.json", lambda j: j.update(num_hidden_layers=10**9))))),
     Case("model-truncated", "trace", "truncated model.safetensors", "model-copy/model.safetensors",
-         lambda c: c.trace(model=c.model(lambda d: truncate(d / "model.safetensors")))),
+         "{c.tmp}/model-copy/model.safetensors", lambda c: c.trace(model=c.model(
+             lambda d: truncate(d / "model.safetensors")))),
     Case("model-huge-header", "trace", "model.safetensors whose header claims 2⁶⁰ bytes", "cannot read weights",
-         lambda c: c.trace(model=c.model(lambda d: huge_header(d / "model.safetensors")))),
+         "{c.tmp}/model-copy/model.safetensors", lambda c: c.trace(model=c.model(
+             lambda d: huge_header(d / "model.safetensors")))),
     Case("model-nan", "trace", "NaN and Inf in a layer-1 down_proj", "tensor blocks.1.mlp.down.weight has a non-finite",
-         lambda c: c.trace(model=c.model(lambda d: edit_tensors(d / "model.safetensors",
-                                                               lambda t: poison(t, "layers.1.mlp.down"))))),
-    Case("gguf-junk", "trace", "a .gguf file of junk bytes", "junk.gguf",
+         "{c.tmp}/model-copy", lambda c: c.trace(model=c.model(lambda d: edit_tensors(
+             d / "model.safetensors", lambda t: poison(t, "layers.1.mlp.down"))))),
+    Case("gguf-junk", "trace", "a .gguf file of junk bytes", "junk.gguf", "{c.tmp}/junk.gguf",
          lambda c: c.trace(model=write(c.tmp / "junk.gguf", b"GGUF" + bytes(range(256)) * 4))),
     # trace: transcoders
-    Case("clt-missing", "trace", "--transcoders that does not exist", "does not exist",
+    Case("clt-missing", "trace", "--transcoders that does not exist", "does not exist", "{c.tmp}/nope",
          lambda c: c.trace(clt=c.tmp / "nope")),
-    Case("clt-mismatch", "trace", "transcoders of another model (d_model 8)", "d_model 8",
+    Case("clt-mismatch", "trace", "transcoders of another model (d_model 8)", "d_model 8", "{c.subject}/wrong",
          lambda c: c.trace(clt=c.clt(name="wrong"))),
     Case("clt-nan", "trace", "NaN and Inf in a transcoder encoder", "tensor W_enc has a non-finite value",
-         lambda c: c.trace(clt=c.clt(lambda d: edit_tensors(d / "encoder.safetensors", lambda t: poison(t, "W_enc"))))),
+         "{c.tmp}/clt-copy", lambda c: c.trace(clt=c.clt(lambda d: edit_tensors(
+             d / "encoder.safetensors", lambda t: poison(t, "W_enc"))))),
     Case("clt-truncated", "trace", "truncated decoder.safetensors", "decoder.safetensors",
-         lambda c: c.trace(clt=c.clt(lambda d: truncate(d / "decoder.safetensors")))),
+         "{c.tmp}/clt-copy/decoder.safetensors", lambda c: c.trace(clt=c.clt(
+             lambda d: truncate(d / "decoder.safetensors")))),
     Case("clt-huge-shape", "trace", "a transcoder config claiming 10⁹ features", "expected (3, 1000000000",
-         lambda c: c.trace(clt=c.clt(lambda d: edit_json(d / "config.json",
-                                                          lambda j: j.update(n_features=10**9))))),
+         "{c.tmp}/clt-copy/encoder.safetensors", lambda c: c.trace(clt=c.clt(lambda d: edit_json(
+             d / "config.json", lambda j: j.update(n_features=10**9))))),
     Case("ct-yaml-not-utf8", "trace", "circuit-tracer config.yaml that is not UTF-8", "config.yaml",
-         lambda c: c.trace(clt=c.clt(lambda d: write(d / "config.yaml", b"model_kind: \xff\xfe\n"), name="ct"))),
+         "{c.tmp}/ct-copy/config.yaml", lambda c: c.trace(clt=c.clt(
+             lambda d: write(d / "config.yaml", b"model_kind: \xff\xfe\n"), name="ct"))),
     Case("ct-yaml-extra", "trace", "circuit-tracer config.yaml whose clt_tracer is not a mapping",
-         "clt_tracer is not a mapping",
-         lambda c: c.trace(clt=c.clt(lambda d: write(d / "config.yaml", CT_YAML + "clt_tracer: 5\n"), name="ct"))),
+         "clt_tracer is not a mapping", "{c.tmp}/ct-copy/config.yaml", lambda c: c.trace(clt=c.clt(
+             lambda d: write(d / "config.yaml", CT_YAML + "clt_tracer: 5\n"), name="ct"))),
     # prune: graph files
-    Case("graph-missing", "prune", "a graph file that does not exist", "graph file not found",
+    Case("graph-missing", "prune", "a graph file that does not exist", "graph file not found", "{c.out}/missing.json",
          lambda c: prune(c, graph=c.out / "missing.json")),
-    Case("graph-not-json", "prune", "a graph file that is not JSON", "not valid JSON",
+    Case("graph-not-json", "prune", "a graph file that is not JSON", "not valid JSON", "{c.out}/bad.json",
          lambda c: prune(c, graph=write(c.out / "bad.json", "{not json"))),
-    Case("graph-deep", "prune", "a graph file nested 100 000 levels deep", "nested too deeply",
+    Case("graph-deep", "prune", "a graph file nested 100 000 levels deep", "nested too deeply", "{c.out}/deep.json",
          lambda c: prune(c, graph=write(c.out / "deep.json", deep_json()))),
     Case("graph-v1-types", "prune", "a v1 graph file whose nodes and edges have the wrong types",
-         "not a valid graph file", lambda c: prune(c, graph=write(c.out / "v1.json", json.dumps(
+         "not a valid graph file", "{c.out}/v1.json", lambda c: prune(c, graph=write(c.out / "v1.json", json.dumps(
              {"schema_version": 1, "nodes": 5, "edges": [{"target": [1], "weight": "x"}]})))),
     Case("graph-dangling-edge", "prune", "a graph file with an edge to a node it lacks", "which is not among",
-         lambda c: (edit_json(c.graph, lambda d: d["edges"][0].update(target="F9.9@9")), prune(c))[1]),
-    Case("sidecar-missing", "prune", "a graph whose sidecar is missing", "adjacency sidecar not found",
+         "{c.graph}", lambda c: (edit_json(c.graph, lambda d: d["edges"][0].update(target="F9.9@9")), prune(c))[1]),
+    Case("sidecar-missing", "prune", "a graph whose sidecar is missing", "adjacency sidecar not found", SIDECAR,
          lambda c: (sidecar_path(c.graph).unlink(), prune(c))[1]),
-    Case("sidecar-junk", "prune", "a sidecar of junk bytes", "corrupt adjacency sidecar",
+    Case("sidecar-junk", "prune", "a sidecar of junk bytes", "corrupt adjacency sidecar", SIDECAR,
          lambda c: (write(sidecar_path(c.graph), b"\x00" * 64), prune(c))[1]),
     Case("sidecar-stale", "prune", "a sidecar from another trace beside the JSON (killed write)",
-         "does not belong to g.json", _stale_pair),
+         "does not belong to g.json", SIDECAR, _stale_pair),
     Case("sidecar-outside", "prune", "metadata.adjacency_file naming ../ a file outside the folder",
-         "must name a file in the graph's own folder", lambda c: (edit_json(c.graph, lambda d: d["metadata"].update(
-             adjacency_file="../g.adjacency.safetensors")), prune(c))[1]),
+         "must name a file in the graph's own folder", "{c.graph}", lambda c: (edit_json(
+             c.graph, lambda d: d["metadata"].update(adjacency_file="../g.adjacency.safetensors")), prune(c))[1]),
     Case("sidecar-nan", "prune", "NaN in a sidecar's activations", "tensor activations has a non-finite value",
-         lambda c: (edit_sidecar(c.graph, lambda t, m: t["activations"].view(-1).__setitem__(0, float("nan"))),
-                    prune(c))[1]),
+         SIDECAR, lambda c: (edit_sidecar(c.graph, lambda t, m: t["activations"].view(-1).__setitem__(
+             0, float("nan"))), prune(c))[1]),
     Case("sidecar-meta-type", "prune", "sidecar metadata of the wrong type (token_strs a number)", "wrong type",
-         lambda c: (edit_sidecar(c.graph, lambda t, m: m.update(token_strs="5")), prune(c))[1]),
+         SIDECAR, lambda c: (edit_sidecar(c.graph, lambda t, m: m.update(token_strs="5")), prune(c))[1]),
     Case("sidecar-huge-layout", "prune", "a sidecar whose layout claims 10⁹ layers", "g.adjacency.safetensors",
-         lambda c: (edit_sidecar(c.graph, lambda t, m: t.update({"layout.n_layers": torch.tensor(10**9)})),
-                    prune(c))[1]),
-    Case("prune-threshold", "prune", "--node-threshold -0.1", "node_threshold must be in [0, 1]",
+         SIDECAR, lambda c: (edit_sidecar(c.graph, lambda t, m: t.update(
+             {"layout.n_layers": torch.tensor(10**9)})), prune(c))[1]),
+    Case("prune-threshold", "prune", "--node-threshold -0.1", "node_threshold must be in [0, 1]", "got -0.1",
          lambda c: prune(c, "--node-threshold", "-0.1")),
-    Case("prune-out-dir", "prune", "-o an existing folder", "is a directory", lambda c: prune(c, "-o", str(c.tmp))),
+    Case("prune-out-dir", "prune", "-o an existing folder", "is a directory", "{c.tmp}",
+         lambda c: prune(c, "-o", str(c.tmp))),
     Case("prune-out-parent-file", "prune", "-o under a parent that is a file", "is a file, not a folder",
-         lambda c: prune(c, "-o", str(write(c.tmp / "f.txt", "x") / "g.json"))),
+         "{c.tmp}/f.txt/g.json", lambda c: prune(c, "-o", str(write(c.tmp / "f.txt", "x") / "g.json"))),
     # export
-    Case("graphml-out-dir", "export", "--to graphml -o an existing folder", "is a directory",
+    Case("graphml-out-dir", "export", "--to graphml -o an existing folder", "is a directory", "{c.tmp}",
          lambda c: ["export", str(c.graph), "--to", "graphml", "-o", str(c.tmp)]),
-    Case("neuronpedia-out-file", "export", "--to neuronpedia -o a file", "is a file, not a folder",
+    Case("neuronpedia-out-file", "export", "--to neuronpedia -o a file", "is a file, not a folder", "{c.tmp}/f.txt",
          lambda c: ["export", str(c.graph), "--to", "neuronpedia", "-o", str(write(c.tmp / "f.txt", "x"))]),
     Case("export-dangling", "export", "--to neuronpedia of a graph with a dangling edge", "which is not among",
-         lambda c: (edit_json(c.graph, lambda d: d["edges"][0].update(source="F9.9@9")),
-                    ["export", str(c.graph), "--to", "neuronpedia", "-o", str(c.tmp / "np")])[1]),
+         "{c.graph}", lambda c: (edit_json(c.graph, lambda d: d["edges"][0].update(source="F9.9@9")),
+                                 ["export", str(c.graph), "--to", "neuronpedia", "-o", str(c.tmp / "np")])[1]),
     # view
-    Case("view-port-range", "view", "--port 99999", "--port must be in 1..65535",
+    Case("view-port-range", "view", "--port 99999", "--port must be in 1..65535", "got 99999",
          lambda c: ["view", str(c.graph), "--port", "99999"]),
-    Case("view-missing", "view", "a graph folder that does not exist", "no such graph file or folder",
+    Case("view-missing", "view", "a graph folder that does not exist", "no such graph file or folder", "{c.tmp}/nope",
          lambda c: ["view", str(c.tmp / "nope")]),
 ]  # fmt: skip
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -54,11 +55,23 @@ def outputs(argv: list[str]) -> list[Path]:
     return [Path(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a in ("-o", "--output")]
 
 
-def check_error(case: Case, rc: int, out: str, err: str) -> None:
+def named(case: Case, ctx: Ctx, argv: list[str]) -> str:
+    """What the case's error line must name. A path must be one given in argv (a trailing / dropped), a file in a
+    folder given, or a file beside one given (a graph's sidecar); any other is a value (`got 0`, `'<s>'`)."""
+    name = case.named(ctx)
+    if name.startswith("/"):
+        given = [Path(a) for a in argv if a.startswith("/")]
+        assert any(Path(name) == g or Path(name).parent in (g, g.parent) for g in given), name
+    return name
+
+
+def check_error(case: Case, name: str, rc: int, out: str, err: str) -> None:
+    """Exit 2, one `error:` line with the case's fragment and `name` (whole: not the start of a longer path)."""
     lines = err.splitlines()
     assert rc == 2, (rc, err)
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert case.expect in lines[0], lines[0]
+    assert re.search(rf"(?<![\w/.-]){re.escape(name)}(?![\w/.-])", lines[0]), f"{lines[0]!r} does not name {name!r}"
     assert "Traceback" not in err + out
 
 
@@ -71,7 +84,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case: Case, subject, tmp_path,
     before = snapshot(ctx.tmp)
     rc = main(argv)
     cap = capsys.readouterr()
-    check_error(case, rc, cap.out, cap.err)
+    check_error(case, named(case, ctx, argv), rc, cap.out, cap.err)
     assert snapshot(ctx.tmp) == before
 
 
@@ -102,8 +115,9 @@ def test_heavy_bad_inputs_stay_within_memory(subject, tmp_path):
     r = subprocess.run([sys.executable, "-c", DRIVER.format(limit=MEMORY_LIMIT)], input=json.dumps(argvs), cwd=tmp_path,
                        env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
-    for case, (rc, err), x, b in zip(cases, json.loads(r.stdout.splitlines()[-1]), ctxs, before, strict=True):
-        check_error(case, rc, "", err)
+    results = json.loads(r.stdout.splitlines()[-1])
+    for case, (rc, err), x, argv, b in zip(cases, results, ctxs, argvs, before, strict=True):
+        check_error(case, named(case, x, argv), rc, "", err)
         assert snapshot(x.tmp) == b
 
 

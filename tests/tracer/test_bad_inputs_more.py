@@ -20,7 +20,7 @@ import torch
 import tracer.attribute
 import tracer.graphfile
 from tests.tracer.bad_inputs import CASES, Case, Ctx, edit_tensors, prune
-from tests.tracer.test_bad_inputs import check_error, make_ctx, snapshot, subject  # noqa: F401 (module fixture)
+from tests.tracer.test_bad_inputs import check_error, make_ctx, named, snapshot, subject  # noqa: F401 (fixture)
 from tracer.cli import main
 from tracer.graphfile import sidecar_path
 from tracer.pipeline import Tracer
@@ -32,7 +32,7 @@ def run_case(case: Case, ctx: Ctx, capsys) -> None:
     before = snapshot(ctx.tmp)
     rc = main(argv)
     cap = capsys.readouterr()
-    check_error(case, rc, cap.out, cap.err)
+    check_error(case, named(case, ctx, argv), rc, cap.out, cap.err)
     assert snapshot(ctx.tmp) == before
 
 
@@ -59,13 +59,13 @@ def nan_decoder(t: dict[str, torch.Tensor]) -> None:
 FORWARD = "forward pass on this prompt (overflow, or NaN in lazily read decoders)"
 FORWARD_CASES = [
     Case("model-overflow", "trace", "finite weights whose logits overflow (final norm and unembedding 1e30)",
-         f"{FORWARD}: tensor logits has a non-finite value (inf",
+         f"{FORWARD}: tensor logits has a non-finite value (inf", "tensor logits",
          lambda c: c.trace(model=c.model(lambda d: edit_tensors(d / "model.safetensors", overflow)))),
     Case("model-norm-overflow", "trace", "finite weights whose residual overflows a norm (an MLP weight 1e30)",
-         f"{FORWARD}: tensor norm denominators has a non-finite value (inf",
+         f"{FORWARD}: tensor norm denominators has a non-finite value (inf", "tensor norm denominators",
          lambda c: c.trace(model=c.model(lambda d: edit_tensors(d / "model.safetensors", norm_overflow)))),
     Case("clt-decoder-nan", "trace", "NaN in a transcoder decoder (read lazily, not scanned at load)",
-         f"{FORWARD}: tensor errors has a non-finite value (nan",
+         f"{FORWARD}: tensor errors has a non-finite value (nan", "tensor errors",
          lambda c: c.trace(clt=c.clt(lambda d: edit_tensors(d / "decoder.safetensors", nan_decoder)))),
 ]  # fmt: skip
 
@@ -101,24 +101,26 @@ def by_id(*ids: str) -> list[Case]:
 
 TRACE_EARLY = by_id("node-threshold", "nan-threshold", "threads", "out-is-dir", "out-trailing-slash",
                     "out-parent-file") + [
-    Case("out-suffix", "trace", "-o NAME.txt", "must be named NAME.json", lambda c: trace_to(c, c.out / "g.txt")),
+    Case("out-suffix", "trace", "-o NAME.txt", "must be named NAME.json", "{c.out}/g.txt",
+         lambda c: trace_to(c, c.out / "g.txt")),
     Case("out-sidecar-dir", "trace", "-o NAME.json whose sidecar name is a folder",
-         "new.adjacency.safetensors is a directory",
+         "new.adjacency.safetensors is a directory", "{c.out}/new.adjacency.safetensors",
          lambda c: trace_to(c, sidecar_dir(c, c.out / "new.json"))),
     Case("batch-threshold", "trace", "--prompts with --edge-threshold 1.5", "edge_threshold must be in [0, 1], got 1.5",
-         lambda c: batch(c, "--edge-threshold", "1.5")),
-    Case("batch-threads", "trace", "--prompts with --threads -1", "--threads must be >= 0",
+         "got 1.5", lambda c: batch(c, "--edge-threshold", "1.5")),
+    Case("batch-threads", "trace", "--prompts with --threads -1", "--threads must be >= 0", "got -1",
          lambda c: batch(c, "--threads", "-1")),
 ]  # fmt: skip
 
 PARSE_EARLY = by_id("prune-threshold", "prune-out-dir", "prune-out-parent-file", "sidecar-missing", "graph-missing",
                     "graphml-out-dir", "neuronpedia-out-file") + [
-    Case("prune-edge-nan", "prune", "--edge-threshold nan", "edge_threshold must be in [0, 1], got nan",
+    Case("prune-edge-nan", "prune", "--edge-threshold nan", "edge_threshold must be in [0, 1], got nan", "got nan",
          lambda c: prune(c, "--edge-threshold", "nan")),
-    Case("prune-out-suffix", "prune", "-o NAME.txt", "must be named NAME.json",
+    Case("prune-out-suffix", "prune", "-o NAME.txt", "must be named NAME.json", "{c.tmp}/p.txt",
          lambda c: prune(c, "-o", str(c.tmp / "p.txt"))),
     Case("prune-out-sidecar-dir", "prune", "-o NAME.json whose sidecar name is a folder",
-         "p.adjacency.safetensors is a directory", lambda c: prune(c, "-o", str(sidecar_dir(c, c.tmp / "p.json")))),
+         "p.adjacency.safetensors is a directory", "{c.tmp}/p.adjacency.safetensors",
+         lambda c: prune(c, "-o", str(sidecar_dir(c, c.tmp / "p.json")))),
 ]  # fmt: skip
 
 

@@ -1,4 +1,5 @@
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -58,3 +59,33 @@ def test_cli_errors_are_one_line(model_dir, capsys):
     assert main(["transcoders", "train", "--model", str(d / "model"), "--corpus", str(d / "nope.txt"), "--out",
                  str(d / "o")]) == 2  # fmt: skip
     assert "does not exist" in capsys.readouterr().err
+
+
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize(("available", "buffer", "note"), [
+    (240 * MIB, 262_144, None),  # two default buffers (2 x 48 MiB) fill exactly 40 %: no note
+    (240 * MIB - 1, 131_072, "note: buffers of 131,072 tokens (0.02 GiB in fp16) instead of 262,144, to fit in memory"),
+    (100 * MIB, 65_536, "note: buffers of 65,536 tokens (0.01 GiB in fp16) instead of 262,144, to fit in memory"),
+], ids=["fits", "one-byte-short", "small"])  # fmt: skip
+def test_default_buffer_is_halved_to_fit_with_one_note(model_dir, capsys, monkeypatch, available, buffer, note):
+    """Without --buffer-tokens the default buffer (3 layers x d_model 16 x 2 x fp16: 192 bytes a token) is halved
+    until two fit in 40 % of the available memory, said in exactly one `note:` line; none when it fits."""
+    import transcoders.data
+    import transcoders.train
+
+    got: list[int] = []
+
+    def fake_train(model, stream, cfg, *a, **k):
+        got.append(cfg.buffer_tokens)
+        return SimpleNamespace(steps=0, tokens_per_s=0.0, final={"nmse": 0.0, "l0": 0.0, "dead": 0.0})
+
+    monkeypatch.setattr(transcoders.data, "available_bytes", lambda: available)
+    monkeypatch.setattr(transcoders.train, "train", fake_train)
+    d = model_dir
+    assert main(["transcoders", "train", "--model", str(d / "model"), "--corpus", str(d / "corpus"), "--out",
+                 str(d / "tc"), "--tokens", "1024", "--batch-tokens", "128", "--no-progress"]) == 0  # fmt: skip
+    assert got == [buffer]
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert notes == ([note] if note else [])

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import tracer.graphfile as gf
 from tracer.errors import GraphFileError
 from tracer.graphfile import load_graph, save_graph
 from tracer.layout import NodeKind
@@ -163,3 +164,21 @@ def test_messages_name_paths_relative_to_the_folder(graph_dir: Path):
         store.load("sub/bad.json")
     assert store.public(str(e.value)).startswith("sub/bad.json is not valid JSON")
     assert {e.graph_id: e for e in store.entries()}["sub/bad.json"].error.startswith("sub/bad.json is not valid JSON")
+
+
+@pytest.mark.parametrize("record", [{"adjacency_size": 1}, {"adjacency_hash": "0" * 32}], ids=["size", "hash"])
+def test_stale_sidecar_is_refused_at_open(graph_dir: Path, graph: GraphFile, monkeypatch, record: dict):
+    """A sidecar whose size or hash is not what the JSON records is not used (from its header alone: no tensor is
+    read); the saved graph still shows, with a note naming the stale pair."""
+    g = load_graph(graph_dir / "small.json")
+    for k, v in record.items():
+        setattr(g.metadata, k, v)
+    save_graph(graph_dir / "small.json", g)  # the JSON alone: the sidecar stays as it was
+    monkeypatch.setattr(gf, "safe_open", lambda *a, **k: pytest.fail("sidecar tensors read"))
+    store = GraphStore(graph_dir)
+    loaded = store.load("small.json", 0.5)
+    assert not loaded.has_sidecar and loaded.threshold is None and len(loaded.view.graph.nodes) == len(graph.nodes)
+    why = "size" if "adjacency_size" in record else "content hash"
+    assert loaded.sidecar_note.startswith(f"small.adjacency.safetensors does not belong to small.json ({why} ")
+    assert loaded.sidecar_note.endswith("re-pruning and subgraph scores are off")
+    assert store.subgraph_scores(loaded, ("F0.1@1",)) is None

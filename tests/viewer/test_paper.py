@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.tracer.half_write import fail_halfway, snapshot
 from tracer.cli import main
 from tracer.graphfile import save_graph
 from tracer.layout import NodeKind
@@ -103,3 +104,17 @@ def test_viewer_figure_download(env: Env, graph: GraphFile):
     assert svg["filename"] == "small.graph.svg" and ET.fromstring(svg["content"]).get("width") == "720pt"
     with pytest.raises(Exception, match="WIDTHxHEIGHT"):
         handle_figure(env, Id.FIGURE_SVG.value, "graph", "big", q)
+
+
+def test_figure_write_failing_halfway_keeps_the_old_file(tmp_path: Path, graph: GraphFile, monkeypatch, capsys):
+    path = save_graph(tmp_path / "g.json", graph)
+    out = tmp_path / "f.svg"
+    out.write_bytes(b"old figure")
+    before = snapshot(tmp_path)
+    log = fail_halfway(monkeypatch)
+    assert main(["figure", str(path), "-o", str(out), "--pinned", ",".join(pins(GraphView.build(graph)))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write") and "No space left on device" in err and err.count("\n") == 1
+    [(partial, size)] = log
+    assert partial.parent == tmp_path and partial != out and size > 1000  # half an SVG was on disk, in a temp file
+    assert snapshot(tmp_path) == before  # the old figure as it was, no temp file

@@ -95,7 +95,7 @@ def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
     cfg = config_from_gguf(meta, tensors)
     # 3. Weights
     state = state_from_gguf(cfg, tensors)
-    model = build_model(cfg, state, dtype)
+    model = build_model(cfg, state, dtype, path)
     # 4. Tokenizer
     return LoadedModel(model, tokenizer_from_gguf(meta), path.name, file_hash([path]))
 

@@ -71,8 +71,12 @@ class _SkipNormalInit(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> Transformer:
-    check_finite(state, "model weights", ModelLoadError)  # a NaN weight makes every feature active
+def build_model(
+    cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32, source: Path | None = None
+) -> Transformer:
+    """The model of `cfg` holding `state` (its errors name `source`, the weights' file or folder)."""
+    of = f" of {source}" if source is not None else ""
+    check_finite(state, f"model weights{of}", ModelLoadError)  # a NaN weight makes every feature active
     # no random init of weights that are replaced at once (seconds and GBs at 2B)
     with torch.device("meta"), _SkipNormalInit():
         model = Transformer(cfg)
@@ -82,10 +86,10 @@ def build_model(cfg: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.d
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as e:  # shapes that disagree with the config (e.g. its hidden_size)
         why = " ".join(str(e).split("\n\t")[1:2]).strip() or str(e).splitlines()[0]
-        raise ModelLoadError(f"weights do not fit the config: {why}") from None
+        raise ModelLoadError(f"weights do not fit the config{of}: {why}") from None
     missing = [m for m in missing if not (cfg.tied_embeddings and m == "unembed.weight")]
     if missing or unexpected:
-        raise ModelLoadError(f"weights do not fit the config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ModelLoadError(f"weights do not fit the config{of}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     if cfg.tied_embeddings:
         model.unembed.weight = model.embed.weight
     model.reset_buffers()
@@ -113,7 +117,7 @@ def load_model(path: str | Path | None = None, dtype: torch.dtype = torch.float3
     cfg = config_from_hf(hf)
     hf_state = read_safetensors_dir(path)
     _check_layer_count(cfg, hf_state, path)
-    model = build_model(cfg, state_from_hf(cfg, hf_state), dtype)
+    model = build_model(cfg, state_from_hf(cfg, hf_state), dtype, path)
     weights = sorted(path.glob("*.safetensors"))
     name = path.name if path.parent.name != "snapshots" else path.parent.parent.name.removeprefix("models--").replace(
         "--", "/")  # a cached HF snapshot is named by its repository  # fmt: skip

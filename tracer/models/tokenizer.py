@@ -32,17 +32,19 @@ class Tokenizer:
         """Token ids for a prompt with BOS first (the tokenizer's, else `fallback_bos`, e.g. the model config's:
         attribution needs a position 0 to drop); rejects empty or over-long prompts."""
         if not text.strip():
-            raise PromptError("the prompt is empty")
+            raise PromptError(f"the prompt is empty: {text[:40]!r}")
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as e:  # undecodable argv bytes arrive as lone surrogates
-            raise PromptError(f"the prompt is not valid UTF-8 (at character {e.start})") from None
+            byte = ord(text[e.start]) - 0xDC00  # a lone surrogate U+DCxx stands for the undecodable byte xx
+            where = f"byte {byte:#04x} at character {e.start}" if 0x80 <= byte <= 0xFF else f"at character {e.start}"
+            raise PromptError(f"the prompt is not valid UTF-8 ({where})") from None
         ids = self.encode(text)
         bos = self.bos_id if self.bos_id is not None else fallback_bos
         if bos is not None and (not ids or ids[0] != bos):
             ids = [bos, *ids]
         if bos is not None and all(i == bos for i in ids):
-            raise PromptError("the prompt has no tokens besides BOS")
+            raise PromptError(f"the prompt has no tokens besides BOS: {text[:40]!r}")
         if len(ids) > n_ctx:
             raise PromptError(f"the prompt has {len(ids)} tokens; the model's context window is {n_ctx}")
         return ids
