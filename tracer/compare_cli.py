@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("a", type=Path, help="first graph file (A)")
     p.add_argument("b", type=Path, help="second graph file (B)")
     p.add_argument("--align", choices=["end", "start"], default="end", help=ALIGN_HELP)
-    p.add_argument("--top", type=int, default=10, help="rows per section of the text summary")
+    p.add_argument("--top", type=int, default=10, help="rows per section of the text summary (also on the --view page)")
     p.add_argument("--json", action="store_true", help="print the whole diff as one JSON object")
     p.add_argument("--view", action="store_true", help="show both graphs side by side in the browser")
     p.add_argument("--port", type=int, default=8051, help="port of the diff viewer (with --view)")
@@ -68,7 +68,7 @@ def run_diff(args: argparse.Namespace) -> int:
         from viewer import DEFAULT_HOST
         from viewer.diff import serve_diff
 
-        serve_diff(args.a, args.b, a, b, d, DEFAULT_HOST, args.port)
+        serve_diff(args.a, args.b, a, b, d, DEFAULT_HOST, args.port, args.top)
     return 0
 
 

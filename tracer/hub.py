@@ -1,6 +1,7 @@
 """Offline resolution of Hugging Face names against the local Hugging Face cache (never the network).
 
-1. Cache root: `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub` (huggingface_hub's order).
+1. Cache root: `HF_HUB_CACHE` (or its older name `HUGGINGFACE_HUB_CACHE`), else `HF_HOME/hub`, else
+   `XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub` (huggingface_hub's order).
 2. Names: a repository `org/name`, optionally with a subfolder and a revision (`org/name/sub/dir@rev`), or an
    `hf://org/name/path/to/file?revision=rev` URI (circuit-tracer's release configs); short names of circuit-tracer's
    releases (`gemma`, `llama`, `qwen3-4b`, ...) map to their repositories.
@@ -69,10 +70,12 @@ def looks_like_repo(name: str) -> bool:
 
 
 def cache_root() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser()
-    return home / "hub"
+    """huggingface_hub's cache folder (empty variables count as unset)."""
+    env = os.environ.get
+    if hub := env("HF_HUB_CACHE") or env("HUGGINGFACE_HUB_CACHE"):  # the second: its older name
+        return Path(hub).expanduser()
+    home = env("HF_HOME") or Path(env("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "huggingface"
+    return Path(home).expanduser() / "hub"
 
 
 def _download_hint(ref: HfRef) -> str:

@@ -137,7 +137,6 @@ def run(args: argparse.Namespace) -> int:
     graph, attr = pipe.trace(args.prompt, t)
     with phase("write", t):
         pipe.save(out, graph, attr)
-    graph.metadata.timings = t
     summary = _summary(args.prompt, out, attr, graph, t)
     with phase("free", t):  # the unpruned graph's memory goes back before the summary is printed
         del attr, pipe

@@ -168,7 +168,8 @@ def run_train(args: argparse.Namespace) -> int:
     if lm.tokenizer is None:
         raise ConfigError(f"model {args.model} has no tokenizer; training needs one to read the corpus")
     stream = tokenize_corpus(lm.tokenizer, args.corpus, (cfg.data_tokens or cfg.tokens) + cfg.buffer_tokens)
-    _warn_short_corpus(len(stream), cfg.data_tokens or cfg.tokens, args.corpus, "--data-tokens")
+    want = cfg.data_tokens or cfg.tokens
+    _warn_short_corpus(len(stream), want, args.corpus, f"--data-tokens {len(stream)} to say so")
     if world is not None:  # torchrun: transcoders.distributed
         from transcoders.distributed import train_distributed
 
@@ -230,11 +231,10 @@ def _buffer_tokens(args: argparse.Namespace, model, layers: tuple[int, ...] | No
     return n
 
 
-def _warn_short_corpus(have: int, want: int, corpus: Path, option: str) -> None:
+def _warn_short_corpus(have: int, want: int, corpus: Path, fix: str) -> None:
     if have < want:
         print(f"warning: corpus {corpus} has {have:,} tokens, fewer than the {want:,} asked for: they are repeated "
-              f"~{want / max(have, 1):.1f} times (pass a larger corpus, or {option} {have} to say so)",
-              file=sys.stderr)  # fmt: skip
+              f"~{want / max(have, 1):.1f} times (pass a larger corpus, or {fix})", file=sys.stderr)  # fmt: skip
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -243,19 +243,25 @@ def run_eval(args: argparse.Namespace) -> int:
     from tracer.models import load_model
     from transcoders.data import tokenize_corpus
     from transcoders.formats import load_transcoders
-    from transcoders.metrics import evaluate, plot, table
+    from transcoders.metrics import eval_sequences, evaluate, plot, table
 
     _threads(args.threads)
+    if args.seq_len < 3:  # BOS, and two tokens for a next-token loss
+        raise ConfigError(f"--seq-len must be at least 3, got {args.seq_len}")
     lm = load_model(args.model)
     if lm.tokenizer is None:
         raise ConfigError(f"model {args.model} has no tokenizer; evaluation needs one to read the corpus")
     tc = load_transcoders(args.transcoders, lm.cfg, dtype=torch.float32)
     layers = _eval_layers(args.layers, tc.cfg)
+    if args.seq_len > lm.cfg.n_ctx:
+        raise ConfigError(f"--seq-len {args.seq_len} is longer than model {args.model}'s context window {lm.cfg.n_ctx}")
     if tc.cfg.model_hash and lm.content_hash and tc.cfg.model_hash != lm.content_hash:
         print(f"warning: transcoders were trained on model {tc.cfg.model_hash}, not {lm.content_hash}", file=sys.stderr)
-    need = args.tokens + args.ce_tokens + 2 * args.seq_len * 64
+    # the tokens evaluate reads: its sequences (BOS + seq_len - 1 tokens each), consecutive, wrapping around
+    need = sum(eval_sequences(args.tokens, args.ce_tokens, args.seq_len)) * (
+        args.seq_len - (lm.cfg.bos_token_id is not None))  # fmt: skip
     stream = tokenize_corpus(lm.tokenizer, args.corpus, need)
-    _warn_short_corpus(len(stream), need, args.corpus, "--tokens")
+    _warn_short_corpus(len(stream), need, args.corpus, "fewer --tokens / --ce-tokens")
     r = evaluate(lm.model, tc, stream, args.tokens, args.ce_tokens, args.seq_len, lm.name, str(args.transcoders),
                  progress=not args.json, layers=layers)  # fmt: skip
     plot(r, args.plot)

@@ -44,7 +44,7 @@ class LazyRows:
             raise ValueError(f"tensor {name} has a size that does not match its shape")
         if 8 + n + info["data_offsets"][1] > path.stat().st_size:
             raise ValueError(f"file is truncated (tensor {name} ends past its end)")
-        self._mm: np.memmap | None = None
+        self._mm: np.ndarray | None = None
 
     @classmethod
     def at(cls, path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype, offset: int) -> LazyRows:
@@ -57,7 +57,15 @@ class LazyRows:
         self._mm = None
         return self
 
-    def _map(self) -> np.memmap:
+    @classmethod
+    def in_memory(cls, path: Path, name: str, a: np.ndarray) -> LazyRows:
+        """The same interface over an array already read whole (a zip-compressed .npy member cannot be mapped)."""
+        self = cls.__new__(cls)
+        self.path, self.name, self.shape = path, name, tuple(a.shape)
+        self._np, self._view, self._offset, self._mm = a.dtype, None, 0, a
+        return self
+
+    def _map(self) -> np.ndarray:
         if self._mm is None:
             self._mm = np.memmap(self.path, dtype=self._np, mode="r", offset=self._offset, shape=self.shape)
         return self._mm

@@ -205,6 +205,8 @@ class ActivationSource:
                      "dtype": str(store_dtype), "n_layers": model.cfg.n_layers, "d_model": model.cfg.d_model}
             if layers is not None:  # only when set: a full harvest keeps the key (and the shards) it had
                 parts["layers"] = list(layers)
+            if model.embed.weight.dtype != torch.float32:  # --model-dtype: other values (an fp32 key is unchanged)
+                parts["model_dtype"] = str(model.embed.weight.dtype)
             cache_dir = Path(cache_dir) / cache_key(model, stream, parts, model_hash)
             cache_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(cache_dir / "key.json", json.dumps(parts | {"model_hash": model_hash}, indent=2) + "\n")

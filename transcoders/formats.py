@@ -29,7 +29,7 @@ from torch import nn
 
 from tracer.errors import TranscoderLoadError
 from tracer.finite import check_finite
-from tracer.hub import cached_path, resolve_transcoders
+from tracer.hub import TRANSCODER_SHORT_NAMES, cached_path, resolve_transcoders
 from tracer.io import atomic_save_safetensors, atomic_write_text
 from tracer.models import HookPoint, ModelConfig
 from transcoders.clt import Transcoder
@@ -181,11 +181,12 @@ def _load_ct(path: Path, lazy: bool) -> tuple[TranscoderConfig, dict[str, torch.
         raise TranscoderLoadError(f"{path / 'config.yaml'}: unknown model_kind {meta.get('model_kind')!r}") from None
     hooks = (_ct_hook(meta.get("feature_input_hook"), "feature_input_hook", path),
              _ct_hook(meta.get("feature_output_hook"), "feature_output_hook", path))  # fmt: skip
+    # refused before its files are looked up: a missing one would otherwise ask for a download that cannot be read
+    if kind == CtModelKind.CLT and any(str(n).startswith("hf://") for n in meta.get("transcoders") or ()):
+        raise TranscoderLoadError(f"{path / 'config.yaml'}: CLTs listed file by file (Gemma Scope 2 CLTs) are not "
+                                  "supported; circuit-tracer's W_enc_i/W_dec_i CLT layout is")  # fmt: skip
     files = _release_files(path, meta)
     if kind == CtModelKind.CLT:
-        if any(str(n).startswith("hf://") for n in meta.get("transcoders") or ()):
-            raise TranscoderLoadError(f"{path / 'config.yaml'}: CLTs listed file by file (Gemma Scope 2 CLTs) are not "
-                                      "supported; circuit-tracer's W_enc_i/W_dec_i CLT layout is")  # fmt: skip
         enc, decs, dims = _read_ct_clt(path, lazy)
     else:
         enc, decs, dims = _read_ct_plt(path, lazy, files)
@@ -315,7 +316,8 @@ def _save_ct(tc: Transcoder, path: Path) -> None:
 
 def detect_format(path: Path) -> TranscoderFormat:
     if not path.is_dir():
-        raise TranscoderLoadError(f"transcoder directory {path} does not exist")
+        short = f" (nor a short name: {', '.join(TRANSCODER_SHORT_NAMES)})" if len(path.parts) == 1 else ""
+        raise TranscoderLoadError(f"transcoder directory {path} does not exist{short}")
     if (path / "config.json").exists():
         return TranscoderFormat.OURS
     if (path / "config.yaml").exists():

@@ -3,7 +3,7 @@
 One reader per file kind, chosen by the file itself (not by the repository's name):
 1. Gemma Scope (v1) `params.npz`: `W_enc` [D, F] (transposed), `W_dec` [F, D], `b_enc` [F], `b_dec` [D],
    `threshold` [F] (JumpReLU). Read with `numpy.load(allow_pickle=False)`: a pickled member is refused. `W_dec` is
-   memory-mapped when stored uncompressed (as `numpy.savez` writes it), else read whole.
+   memory-mapped when stored uncompressed (as `numpy.savez` writes it), else read whole (`numpy.savez_compressed`).
 2. Gemma Scope 2 `*.safetensors` with lower-case `w_enc` [D, F], `w_dec` [F, D], `b_enc`, `b_dec`, `threshold`,
    optional `affine_skip_connection` [D, D] (the skip is x @ A, i.e. W_skip = Aᵀ in our x @ W_skipᵀ convention).
 3. circuit-tracer `layer_{i}.safetensors`: `W_enc` [F, D], `W_dec` [F, D], `b_enc`, `b_dec`, optional
@@ -73,8 +73,8 @@ def read_gemma_scope_npz(path: Path, lazy: bool) -> LayerFile:
                    "b_enc": torch.from_numpy(z["b_enc"]), "b_dec": torch.from_numpy(z["b_dec"]),
                    "theta": torch.from_numpy(z["threshold"])}  # fmt: skip
             dec = _lazy_npy_member(path, "W_dec.npy") if lazy else None
-            if dec is None:
-                dec = torch.from_numpy(z["W_dec"])
+            if dec is None:  # compressed (or not mappable): read whole, behind LazyRows' interface when lazy
+                dec = LazyRows.in_memory(path, "W_dec", z["W_dec"]) if lazy else torch.from_numpy(z["W_dec"])
     except TranscoderLoadError:
         raise
     except ValueError as e:

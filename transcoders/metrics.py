@@ -209,14 +209,18 @@ def splice(model: Transformer, tc: Transcoder, tokens: torch.Tensor, batch_seqs:
 
 
 # 3. Report
+def eval_sequences(tokens: int, ce_tokens: int, seq_len: int) -> tuple[int, int]:
+    """How many sequences `evaluate` reads for the statistics and for the splice (consecutive in the stream)."""
+    return max(1, -(-tokens // (seq_len - 1))), max(1, -(-ce_tokens // (seq_len - 2)))
+
+
 def evaluate(model: Transformer, tc: Transcoder, stream: torch.Tensor, tokens: int, ce_tokens: int,
              seq_len: int = 128, model_name: str = "", tc_name: str = "",
              progress: bool = False, layers: tuple[int, ...] | None = None) -> EvalReport:  # fmt: skip
     """Statistics over `tokens` and the splice over `ce_tokens` scored tokens, from disjoint sequences; `layers`
     (sorted): report and splice those layers only (None: every layer)."""
     bos = model.cfg.bos_token_id
-    n_stats = max(1, -(-tokens // (seq_len - 1)))
-    n_ce = max(1, -(-ce_tokens // (seq_len - 2)))
+    n_stats, n_ce = eval_sequences(tokens, ce_tokens, seq_len)
     stats = reconstruction(model, tc, sequences(stream, 0, n_stats, seq_len, bos), progress=progress,
                            layers=layers)  # fmt: skip
     sp = splice(model, tc, sequences(stream, n_stats, n_ce, seq_len, bos), progress=progress, layers=layers)

@@ -73,8 +73,8 @@ def diff_figure(graph: GraphFile, d: GraphDiff, title: str) -> dict:
     return dict(data=[edges, nodes], layout=layout)
 
 
-def create_diff_app(a: GraphFile, b: GraphFile, d: GraphDiff, names: tuple[str, str] = ("A", "B")):
-    """3. The Dash app of the diff page."""
+def create_diff_app(a: GraphFile, b: GraphFile, d: GraphDiff, names: tuple[str, str] = ("A", "B"), top: int = 10):
+    """3. The Dash app of the diff page; its text summary shows `top` rows per section (`tracer diff --top`)."""
     from dash import Dash, dcc, html
 
     app = Dash(__name__, serve_locally=True, title="clt-tracer diff", update_title="")
@@ -87,12 +87,13 @@ def create_diff_app(a: GraphFile, b: GraphFile, d: GraphDiff, names: tuple[str, 
         html.H3(f"{names[0]} vs {names[1]}"), html.Div(legend),
         html.Div([dcc.Graph(id="diff-a", figure=diff_figure(a, d, f"A: {a.metadata.prompt}"), style=half),
                   dcc.Graph(id="diff-b", figure=diff_figure(b, d, f"B: {b.metadata.prompt}"), style=half)]),
-        html.Pre(format_diff(d, top=15)),
+        html.Pre(format_diff(d, top=top)),
     ])  # fmt: skip
     return app
 
 
-def serve_diff(a_path: Path, b_path: Path, a: GraphFile, b: GraphFile, d: GraphDiff, host: str, port: int) -> None:
-    app = create_diff_app(a, b, d, (a_path.name, b_path.name))
+def serve_diff(a_path: Path, b_path: Path, a: GraphFile, b: GraphFile, d: GraphDiff, host: str, port: int,
+               top: int = 10) -> None:  # fmt: skip
+    app = create_diff_app(a, b, d, (a_path.name, b_path.name), top)
     print(f"diff viewer: http://{host}:{port}/  (Ctrl-C to stop)")
     app.run(host=host, port=port, debug=False)

@@ -6,7 +6,8 @@
    loaded once per process, and only if their content hashes are the graph's; otherwise the panel says why.
 3. Run: tracer.interventions.intervene in replacement mode on the graph's prompt, then a few tokens of greedy
    continuation plain and steered (tracer.steering in free mode, the real model with the features changed at
-   every position after BOS: one forward pass per token).
+   their own positions in the prompt, as pinned: one forward pass per token; the generated tokens themselves are
+   not steered).
 4. Show: the top next tokens before -> after, the change of the graph's primary target, both continuations.
 The handler is plain Python (handle_intervene); the callback is wiring only.
 """
@@ -146,7 +147,7 @@ def _run(lm, tc, meta, refs, skipped, action: str, factor: float, t0: float) -> 
         html.P(f"{name(target)!r}: p {p0:.3f} -> {p1:.3f}, demeaned logit change {res.logit_change(target):+.3f}"),
         html.P(["plain: ", html.Code(lm.tokenizer.decode(plain))]),
         html.P(["steered: ", html.Code(lm.tokenizer.decode(steered))], title="greedy, the real model with the "
-               "features' decoder change at every position after BOS"),
+               "features changed at their own positions in the prompt"),
         html.P(f"{time.perf_counter() - t0:.2f} s", className="note"),
     ]  # fmt: skip
     return out

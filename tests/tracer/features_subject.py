@@ -5,6 +5,13 @@ the MLPs nor the random features' decoders write e0 or e1.
 The embeddings of " France" and " Paris" are 4·e0 and 4·e1; no other token has a component along e0 or e1. The
 planted feature PLANTED = (0, 3) reads dimension 0 (threshold 1: it fires on " France" and nowhere else) and its decoder
 writes dimension 1 to every output layer, so its logit lens says " Paris". The other features are random.
+
+The variant (`model(variant=True)`, `transcoder(m, variant=True)`) makes activations depend on the context and the
+logit lens depend on the final norm's gain and on every output layer: attention writes (except e0 and e1), the norm
+gains are random in [0.5, 1.5] but the final norm's gain is FINAL_GAIN on e0 and e1, the encoder biases are random
+(0 for PLANTED), and PLANTED writes e1 to layer 0 and 0.5·e0 to layer 1, so by hand its lens is
+" France" 0.5·3·4 = 6 and " Paris" 1·0.5·4 = 2 (every other token 0), but " Paris" first without the gain and
+" Paris" alone with the layer-0 decoder only.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ PLANTED = (0, 3)
 WORDS = ["the", "a", "city", "river", "is", "of", "and", "big", "old", "in", "to", "was", "green", "map", "road"]
 VOCAB = ["<s>", "<unk>", "France", "Paris", *WORDS]
 FRANCE, PARIS = 2, 3
+FINAL_GAIN = (3.0, 0.5)  # the variant's final-norm gain on e0 and e1
 
 
 def tokenizer() -> Tokenizer:
@@ -32,7 +40,7 @@ def tokenizer() -> Tokenizer:
     return Tokenizer(tok, 0)
 
 
-def model() -> Transformer:
+def model(variant: bool = False) -> Transformer:
     cfg = ModelConfig(family="llama", n_layers=2, d_model=16, n_heads=2, d_mlp=32, vocab_size=len(VOCAB), n_ctx=32,
                       norm=NormKind.RMSNORM, mlp=MlpKind.SWIGLU, pos=PosKind.ROPE, bos_token_id=0)  # fmt: skip
     g = torch.Generator().manual_seed(0)
@@ -43,7 +51,7 @@ def model() -> Transformer:
                 continue
             p.copy_(0.3 * torch.randn(p.shape, generator=g))
         for b in m.blocks:
-            b.attn.o.weight.zero_()  # type: ignore[union-attr]
+            b.attn.o.weight[: 2 if variant else None] = 0  # type: ignore[union-attr,index]
             b.mlp.down.weight[:2] = 0  # type: ignore[union-attr,index]  # MLPs never write e0 or e1
         E = m.embed.weight
         E[:, :2] = 0
@@ -51,10 +59,16 @@ def model() -> Transformer:
         E[PARIS] = 0
         E[FRANCE, 0] = 4.0
         E[PARIS, 1] = 4.0
+        if variant:
+            gv = torch.Generator().manual_seed(2)
+            for name, p in m.named_parameters():
+                if "ln" in name:
+                    p.copy_(0.5 + torch.rand(p.shape, generator=gv))
+            m.ln_f.weight[:2] = torch.tensor(FINAL_GAIN)
     return m.requires_grad_(False).eval()
 
 
-def transcoder(m: Transformer, n_features: int = 8) -> Transcoder:
+def transcoder(m: Transformer, n_features: int = 8, variant: bool = False) -> Transcoder:
     cfg = TranscoderConfig(kind=TranscoderKind.CLT, n_layers=2, d_model=16, n_features=n_features,
                            input_hook=HookPoint.MLP_IN, skip=False)  # fmt: skip
     g = torch.Generator().manual_seed(1)
@@ -73,6 +87,11 @@ def transcoder(m: Transformer, n_features: int = 8) -> Transcoder:
         tc.theta[layer, f] = 1.0
         tc.W_dec[layer][f] = 0
         tc.W_dec[layer][f, :, 1] = 1.0
+        if variant:
+            tc.b_enc.copy_(0.3 * torch.randn(tc.b_enc.shape, generator=torch.Generator().manual_seed(3)))
+            tc.b_enc[layer, f] = 0.0
+            tc.W_dec[layer][f, 1] = 0
+            tc.W_dec[layer][f, 1, 0] = 0.5
     return tc.requires_grad_(False)
 
 

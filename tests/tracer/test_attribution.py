@@ -51,12 +51,14 @@ def target_values(model, tc, rec, layout, directions, acts, errors, embed_delta=
     return out
 
 
-def perturbation_matrix(model, tc, attr, tokens=TOKENS, cfg=CFG, tok=None, columns=None):
-    """Column s = change of all targets when source s is added once more (all columns, or the given ones)."""
+def perturbation_matrix(model, tc, attr, tokens=TOKENS, cfg=CFG, tok=None, columns=None, directions=None):
+    """Column s = change of all targets when source s is added once more (all columns, or the given ones); the logit
+    targets' read-out `directions` [K, D] (default: the top logits' demeaned unembedding rows, as cfg selects them)."""
     layout = attr.layout
     rec = record(model, tc, tokens)
-    directions = select_targets(rec.logits[-1], model.unembed.weight, tok, cfg.max_n_logits,
-                                cfg.desired_logit_prob).directions  # fmt: skip
+    if directions is None:
+        directions = select_targets(rec.logits[-1], model.unembed.weight, tok, cfg.max_n_logits,
+                                    cfg.desired_logit_prob).directions  # fmt: skip
     base = target_values(model, tc, rec, layout, directions, rec.acts, rec.errors)
     expected = torch.zeros(layout.n_nodes, layout.n_nodes, dtype=base.dtype)
     for row in range(layout.n_nodes) if columns is None else columns:

@@ -5,7 +5,8 @@
 - replacement: equals a hand-written layer-by-layer recomputation (no hooks: embeddings, frozen patterns/norms,
   encode, edit, decode + skip + recorded error, per layer);
 - free: equals the real model with its MLP outputs patched by hand with Δa·W_dec;
-- steering at scale 1 leaves greedy generation unchanged.
+- steering at scale 1 leaves greedy generation unchanged; setting a feature to 25 changes it exactly as the
+  hand-written model of each mode does.
 """
 
 from __future__ import annotations
@@ -150,6 +151,45 @@ def test_free_equals_manual_mlp_patch(style, kind, hook, skip):
     torch.testing.assert_close(same.logits_after, rec.logits, atol=1e-12, rtol=0)
 
 
+def _add(v):
+    return lambda out: out + v[None]
+
+
+def reference_steered(model, tc, f, value, mode, n):
+    """Greedy decoding with feature (1, f) set to `value` at every position after BOS, each step by hand on a fresh
+    record: replacement: manual_replacement; constrained: the same with every other feature frozen at its recorded
+    activation; free: the real model with its MLP outputs patched by Δa·W_dec (layer 1's input is the clean one).
+    Returns the new tokens and the first step's last-position logits."""
+    seq, first = TOKENS.tolist(), None
+    for _ in range(n):
+        rec = record(model, tc, torch.tensor(seq))
+        if mode is Mode.FREE:
+            a = tc.encode_layer(rec.tc_input[:, 1], 1)
+            delta = torch.zeros_like(a)
+            delta[1:, f] = value - a[1:, f]
+            W = tc.decoder(1)
+            hooks = {Site(HookPoint.MLP_OUT, 1 + k): _add(delta @ W[:, k]) for k in range(tc.cfg.n_out(1))}
+            with model.hooks.attached(hooks):
+                logits = model(torch.tensor(seq)[None])[0]
+        else:
+
+            def edit(layer, rec=rec):
+                def fn(a):
+                    a = rec.acts[:, layer].clone() if mode is Mode.CONSTRAINED else a
+                    if layer == 1:
+                        a[1:, f] = value
+                    return a
+
+                return fn
+
+            logits = manual_replacement(model, tc, rec, {i: edit(i) for i in range(3)})[0]
+        first = logits[-1] if first is None else first
+        seq.append(int(logits[-1].argmax()))
+        if seq[-1] == model.cfg.eos_token_id:
+            break
+    return seq[len(TOKENS) :], first
+
+
 @pytest.mark.parametrize("mode", list(Mode))
 def test_steering_at_scale_one_leaves_generation_unchanged(mode):
     model, tc = setup("llama", TranscoderKind.CLT, HookPoint.MLP_IN, True)
@@ -158,8 +198,12 @@ def test_steering_at_scale_one_leaves_generation_unchanged(mode):
     plain = model.generate(TOKENS.tolist(), 6)[len(TOKENS) :]
     cfg = GenerateConfig(n_tokens=6, mode=mode, stop_at_eos=True)
     assert generate(model, tc, TOKENS.tolist(), [Intervention.scale(1.0, FeatureRef(1, f))], cfg) == plain
+    # a large value changes the continuation, as the hand-written model of each mode says
     steered = generate(model, tc, TOKENS.tolist(), [Intervention.set(25.0, FeatureRef(1, f))], cfg)
-    assert len(steered) >= 1
+    want, want_first = reference_steered(model, tc, f, 25.0, mode, 6)
+    assert steered == want and steered[0] != plain[0]
+    first = steered_logits(model, tc, TOKENS, [Intervention.set(25.0, FeatureRef(1, f))], mode)
+    torch.testing.assert_close(first, want_first, atol=1e-10, rtol=0)
     sampled = GenerateConfig(n_tokens=6, temperature=1.0, seed=3, mode=mode)
     ivs = [Intervention.scale(1.0, FeatureRef(1, f))]
     assert generate(model, tc, TOKENS.tolist(), ivs, sampled) == generate(model, tc, TOKENS.tolist(), ivs, sampled)

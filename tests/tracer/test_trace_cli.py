@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 
 import pytest
 
@@ -72,3 +74,49 @@ def test_mismatched_transcoders(subject, tmp_path, capsys):
 def test_missing_model(tmp_path, capsys):
     assert main(["trace", "x", "--model", str(tmp_path / "none")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+PHASES = ["imports", "model_load", "transcoder_load", "tokenize", "record", "targets", "plan", "logit_rows",
+          "feature_rows", "assemble", "check", "prune", "graph_file", "write", "free", "total"]  # fmt: skip
+
+
+def test_text_summary_matches_written_graph(subject, tmp_path, capsys):
+    """The printed summary (README "What a trace gives you"), line by line, against the graph file and sidecar."""
+    out = tmp_path / "t.json"
+    assert trace(subject, "the cat sat on", "-o", str(out)) == 0
+    text = capsys.readouterr().out
+    graph, attr = load_graph(out), load_attribution(out)
+    lines = text[text.index("prompt: ") :].rstrip("\n").split("\n")
+    assert lines[0] == "prompt: 'the cat sat on'"
+    logits = [n for n in graph.nodes if n.kind is NodeKind.LOGIT]
+    assert lines[1].startswith("top logits: ") and len(logits) == 10
+    printed = re.findall(r"('(?:[^'\\]|\\.)*') (\d\.\d{3})(?:, |$)", lines[1][len("top logits: ") :])
+    assert [ast.literal_eval(s) for s, _ in printed] == [n.token for n in logits]  # repr'd tokens, in the graph's order
+    assert [float(p) for _, p in printed] == pytest.approx([n.probability for n in logits], abs=5e-4)
+    assert sorted((p for _, p in printed), reverse=True) == [p for _, p in printed]
+    m = re.fullmatch(r"nodes: (\d+) -> (\d+) after pruning; edges: (\d+) -> (\d+)", lines[2])
+    assert m is not None
+    assert [int(x) for x in m.groups()] == [attr.layout.n_nodes, len(graph.nodes), attr.adjacency.nnz,
+                                            len(graph.edges)]  # fmt: skip
+    assert len(graph.nodes) < attr.layout.n_nodes and len(graph.edges) < attr.adjacency.nnz
+    m = re.fullmatch(r"scores: replacement (\d\.\d{3}), completeness (\d\.\d{3})", lines[3])
+    assert m is not None
+    s = graph.metadata.scores
+    assert [float(x) for x in m.groups()] == pytest.approx([s.replacement, s.completeness], abs=5e-4)
+    assert lines[4].startswith("time: ")
+    parts = [re.fullmatch(r"(\w+) (\d+\.\d\d)s", x) for x in lines[4][len("time: ") :].split(", ")]
+    times = {m[1]: m[2] for m in parts if m is not None}
+    assert list(times) == PHASES
+    stored = {k: v for k, v in graph.metadata.timings.items() if k != "prune"}  # the attribution's own phases
+    assert list(stored) == PHASES[4:11] and [float(times[k]) for k in stored] == pytest.approx(
+        list(stored.values()), abs=0.006)  # fmt: skip
+    total = float(times.pop("total"))
+    assert 0 < sum(map(float, times.values())) <= total + 0.01 * len(times)  # the phases are parts of the process
+    assert lines[5].startswith("top features (layer/index @ token, influence, label")
+    feats = sorted((n for n in graph.nodes if n.kind is NodeKind.FEATURE), key=lambda n: -n.influence)[:5]
+    rows = [re.fullmatch(r"  (\d+)/(\d+) @ ('.*')  (\d\.\d{3})  \(no label\)", x) for x in lines[6:11]]
+    got = [(int(r[1]), int(r[2]), ast.literal_eval(r[3]), float(r[4])) for r in rows if r is not None]
+    assert [g[:3] for g in got] == [(n.layer, n.feature, graph.metadata.tokens[n.pos]) for n in feats]
+    assert [g[3] for g in got] == pytest.approx([n.influence for n in feats], abs=6e-4)  # rounded to 4, shown to 3
+    assert feats[0].influence > feats[-1].influence > 0
+    assert lines[11:] == [f"graph: {out}", f"view it: tracer view {out}"]

@@ -40,6 +40,11 @@ def graph_dir(tmp_path_factory):
     return d
 
 
+def ref(node) -> FeatureRef:
+    assert node.feature is not None
+    return FeatureRef(node.layer, node.feature, node.pos)
+
+
 def feature_nodes(path, n):
     g = load_graph(path)
     feats = [x for x in g.nodes if x.kind is NodeKind.FEATURE]
@@ -52,7 +57,7 @@ def test_ablating_pinned_features_matches_direct_intervention(graph_dir):
     out = text_of(handle_intervene(Env(GraphStore(graph_dir)), search, [], "ablate", None))
     lm, tc, _ = MODELS.get()
     meta = load_graph(graph_dir / "hot.json").metadata
-    refs = [FeatureRef(n.layer, n.feature, n.pos) for n in nodes]
+    refs = [ref(n) for n in nodes]
     res = intervene(lm.model, tc, torch.tensor(meta.token_ids), [Intervention.ablate(*refs)])
     for tok, p in res.top(5):
         assert f"{lm.tokenizer.token_str(tok)!r} {p:.3f}" in out
@@ -107,3 +112,40 @@ def test_detail_panel_shows_target_effects(graph_dir):
     assert g.metadata.effects_target == " cold"
     assert f"signed effect on ' cold' {node.signed_effect:+.4g}" in out
     assert f"influence on ' cold' {node.target_influence:.4g}" in out
+
+
+def test_scaling_up_moves_the_target_as_predicted(graph_dir):
+    """Scale ×5: the top features (positive signed effect on ' cold') raise its demeaned logit, as
+    tracer.interventions run directly says; a last-layer feature alone moves it by exactly (5 - 1)·signed effect
+    (linear there); the steered continuation is the real model's with the features scaled (tracer.steering, free
+    mode)."""
+    from tracer.interventions import Mode
+    from tracer.steering import GenerateConfig, generate
+
+    nodes = feature_nodes(graph_dir / "hot.json", 3)
+    assert all(n.signed_effect is not None and n.signed_effect > 0 for n in nodes)
+    env = Env(GraphStore(graph_dir))
+    out = text_of(handle_intervene(env, "?" + to_query(UrlState(graph="hot.json", pinned=tuple(n.id for n in nodes))),
+                                   [], "scale", 5.0))  # fmt: skip
+    lm, tc, _ = MODELS.get()
+    ids = load_graph(graph_dir / "hot.json").metadata.token_ids
+    ivs = [Intervention.scale(5.0, *(ref(n) for n in nodes))]
+    res = intervene(lm.model, tc, torch.tensor(ids), ivs)
+    name = lm.tokenizer.token_str
+    for tok, p in res.top(5):
+        assert f"{name(tok)!r} {p:.3f}" in out
+    cold = lm.tokenizer.encode(" cold")[0]
+    p0, p1 = (float(x[-1].double().softmax(-1)[cold]) for x in (res.logits_before, res.logits_after))
+    assert f"' cold': p {p0:.3f} -> {p1:.3f}, demeaned logit change {res.logit_change(cold):+.3f}" in out
+    # the predicted direction is the demeaned logit's (its probability may still fall: others rise more)
+    assert res.logit_change(cold) > 1
+    plain = generate(lm.model, tc, ids, [], GenerateConfig(n_tokens=5, mode=Mode.FREE))
+    steered = generate(lm.model, tc, ids, ivs, GenerateConfig(n_tokens=5, mode=Mode.FREE))
+    assert f"steered:  {lm.tokenizer.decode(steered)} " in out and steered != plain
+    last = max((n for n in load_graph(graph_dir / "hot.json").nodes if n.kind is NodeKind.FEATURE and n.layer == 3),
+               key=lambda n: n.influence)  # fmt: skip
+    out = text_of(handle_intervene(env, "?" + to_query(UrlState(graph="hot.json", pinned=(last.id,))), [], "scale",
+                                   5.0))  # fmt: skip
+    assert last.signed_effect is not None
+    change = float(re.findall(r"demeaned logit change ([-+][0-9.]+)", out)[0])
+    assert change == pytest.approx(4 * last.signed_effect, abs=2e-3) and change != 0

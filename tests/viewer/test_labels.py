@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pytest
 
 from tracer.layout import NodeKind
 from tracer.schema import GraphFile
+from viewer.features import FeatureDescription, FeatureHit
 from viewer.figures import NodeTrace, coordinates, main_figure, marker_sizes, placement
-from viewer.labels import LINE_PX, MIN_FEATURE_LABELS, PLOT_PX, label_px, short, store_labels
+from viewer.labels import LINE_PX, MIN_FEATURE_LABELS, PLOT_PX, label_px, node_label, short, store_labels
 from viewer.model import GraphView
 from viewer.synthetic import synthetic_attribution, synthetic_graph
 
@@ -16,15 +19,21 @@ XSS = "<script>alert(1)</script>"
 
 
 class LabelStore:
-    """The FeatureStore methods the main graph uses; records what it was asked."""
+    """The FeatureStore method the main graph uses (the others are never called); records what it was asked."""
 
-    def __init__(self, labels: dict[tuple[int, int], str]):
+    def __init__(self, labels: dict[tuple[int, int | None], str]):
         self.table, self.asked = labels, []
 
-    def labels(self, keys):
+    def labels(self, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], str]:
         keys = list(keys)
         self.asked += keys
         return {k: self.table[k] for k in keys if k in self.table}
+
+    def describe(self, layer: int, feature: int) -> FeatureDescription | None:
+        raise AssertionError("not used by the main graph")
+
+    def search(self, text: str, limit: int = 30) -> list[FeatureHit]:
+        raise AssertionError("not used by the main graph")
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +96,39 @@ def test_label_sources_and_priority(graph: GraphFile):
     assert store_labels(view, None) == {}
 
 
+def test_edited_label_wins_over_file_and_store(graph: GraphFile):
+    """One node with all three labels shows the edit; then the file's label beats the store's; the store's shows
+    only where neither is set; an edited logit shows the edit instead of its token."""
+    g = graph.model_copy(deep=True)
+    feats = sorted((n for n in g.nodes if n.kind is NodeKind.FEATURE), key=lambda n: -n.influence)
+    all3, file_store, store_only, file_only = feats[-4:]
+    for n, text in ((all3, "file label A"), (file_store, "file label B"), (file_only, "file label D")):
+        n.label = text
+    logit = next(n for n in g.nodes if n.kind is NodeKind.LOGIT)
+    view = GraphView.build(g)
+    store = LabelStore({(n.layer, n.feature): f"store {k}" for k, n in enumerate((all3, file_store, store_only))})
+    auto = store_labels(view, store)
+    assert auto == {all3.id: "store 0", file_store.id: "store 1", store_only.id: "store 2"}  # whatever the file says
+    edits = {all3.id: "edited A", logit.id: "edited logit"}
+    want = {all3.id: "edited A", file_store.id: "file label B", store_only.id: "store 2", file_only.id: "file label D",
+            logit.id: "edited logit"}  # fmt: skip
+    assert {i: node_label(view, view.row[i], edits, auto) for i in want if i != logit.id} == {
+        i: t for i, t in want.items() if i != logit.id}  # fmt: skip
+    placed = placement(view, coordinates(view), edits, auto)
+    named = {view.graph.nodes[i].id: t for i, t in zip(placed.rows, placed.text, strict=True)}
+    assert {i: named.get(i) for i in want} == want
+    assert "store 0" not in placed.text and "store 1" not in placed.text and "file label A" not in placed.text
+    no_edit = placement(view, coordinates(view), {}, auto)
+    assert dict(zip(no_edit.rows, no_edit.text, strict=True))[view.row[all3.id]] == "file label A"
+
+
 def test_label_trace_escapes_for_plotly(graph: GraphFile):
     view = GraphView.build(graph)
     f = next(n for n in view.graph.nodes if n.kind is NodeKind.FEATURE)
     co = coordinates(view)
-    placed = placement(view, co, {f.id: "it's \"x\" <b>&"}, {})
+    placed = placement(view, co, {f.id: 'it\'s "x" <b>&'}, {})
     trace = main_figure(view, co, {}, "r", placed)["data"][NodeTrace.LABELS]
     assert trace["type"] == "scatter" and trace["hoverinfo"] == "skip"
-    assert "it's \"x\" &lt;b&gt;&amp;" in trace["text"]
+    assert 'it\'s "x" &lt;b&gt;&amp;' in trace["text"]
     assert len(trace["x"]) == len(trace["text"]) == len(trace["textposition"]) == len(placed.rows)
     assert PLOT_PX[0] > 0
