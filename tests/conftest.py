@@ -65,3 +65,33 @@ def random_model(cfg: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.flo
 @pytest.fixture(params=["gpt2", "llama"])
 def tiny_model(request) -> Transformer:
     return random_model(tiny_config(request.param))
+
+
+def hf_snapshot(hub, repo: str, commit: str = "a" * 40):
+    """A fake Hugging Face cache entry under `hub`: models--org--name/refs/main -> snapshots/<commit>/ (returned)."""
+    root = hub / ("models--" + repo.replace("/", "--"))
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    snap = root / "snapshots" / commit
+    snap.mkdir(parents=True, exist_ok=True)
+    return snap
+
+
+@pytest.fixture
+def served(monkeypatch) -> dict:
+    """What `tracer view` would serve, never served: the Env handed to the callbacks ("env") and the arguments of
+    Dash.run ("run")."""
+    from dash import Dash
+
+    from viewer import callbacks
+
+    got: dict = {}
+    real = callbacks.register
+
+    def register(app, env) -> None:
+        got["env"] = env
+        real(app, env)
+
+    monkeypatch.setattr(callbacks, "register", register)
+    monkeypatch.setattr(Dash, "run", lambda self, **kw: got.setdefault("run", kw))
+    return got

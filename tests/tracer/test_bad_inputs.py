@@ -75,9 +75,8 @@ def check_error(case: Case, name: str, rc: int, out: str, err: str) -> None:
     assert "Traceback" not in err + out
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_bad_input_is_one_line_and_writes_nothing(case: Case, subject, tmp_path, capsys):
-    ctx = make_ctx(subject, tmp_path)
+def run_case(case: Case, ctx: Ctx, capsys) -> None:
+    """Run one case through the CLI: exit 2, its one error line, nothing new or changed in its tmp folder."""
     argv = case.argv(ctx)
     assert all(o.is_relative_to(ctx.tmp) for o in outputs(argv)), "an -o outside the snapshot"
     capsys.readouterr()
@@ -86,6 +85,11 @@ def test_bad_input_is_one_line_and_writes_nothing(case: Case, subject, tmp_path,
     cap = capsys.readouterr()
     check_error(case, named(case, ctx, argv), rc, cap.out, cap.err)
     assert snapshot(ctx.tmp) == before
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_bad_input_is_one_line_and_writes_nothing(case: Case, subject, tmp_path, capsys):
+    run_case(case, make_ctx(subject, tmp_path), capsys)
 
 
 HEAVY = ("model-nan", "model-huge-layers", "clt-huge-shape", "sidecar-huge-layout", "model-huge-header")

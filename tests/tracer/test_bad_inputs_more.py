@@ -20,21 +20,10 @@ import torch
 import tracer.attribute
 import tracer.graphfile
 from tests.tracer.bad_inputs import CASES, Case, Ctx, edit_tensors, prune
-from tests.tracer.test_bad_inputs import check_error, make_ctx, named, snapshot, subject  # noqa: F401 (fixture)
+from tests.tracer.test_bad_inputs import make_ctx, run_case, subject  # noqa: F401 (fixture)
 from tracer.cli import main
 from tracer.graphfile import sidecar_path
 from tracer.pipeline import Tracer
-
-
-def run_case(case: Case, ctx: Ctx, capsys) -> None:
-    argv = case.argv(ctx)
-    capsys.readouterr()
-    before = snapshot(ctx.tmp)
-    rc = main(argv)
-    cap = capsys.readouterr()
-    check_error(case, named(case, ctx, argv), rc, cap.out, cap.err)
-    assert snapshot(ctx.tmp) == before
-
 
 # 1. non-finite values after the forward pass
 

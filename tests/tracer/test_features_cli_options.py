@@ -9,14 +9,12 @@ import sqlite3
 from urllib.parse import urlencode
 
 import pytest
-from dash import Dash
 
 from tests.tracer import features_subject as subj
 from tests.viewer.test_callbacks import texts
 from tracer.cli import main
 from tracer.features import open_store
 from tracer.features.corpus import corpus_stream
-from viewer import callbacks
 from viewer.handlers import Env, panels
 
 BUILD = ["features", "build", "--tokens", "1500", "--seq-len", "32", "--batch-seqs", "8", "--json"]
@@ -116,19 +114,6 @@ def test_search_limit(built, capsys):
     assert rc == 0 and json.loads(out) == []
 
 
-@pytest.fixture
-def served(monkeypatch) -> dict:
-    """The Env that `tracer view` hands to the callbacks; Dash.run does nothing."""
-    got: dict = {}
-    real = callbacks.register
-
-    def register(app: Dash, env: Env) -> None:
-        got["env"] = env
-        real(app, env)
-
-    monkeypatch.setattr(callbacks, "register", register)
-    monkeypatch.setattr(Dash, "run", lambda self, **kw: None)
-    return got
 
 
 def free_port() -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import hf_snapshot
 from tests.transcoders.conftest import random_transcoder
 from tracer.cli import main
 from tracer.errors import TranscoderLoadError
@@ -30,14 +31,6 @@ DOCUMENTED = {
 }  # fmt: skip
 
 
-def _snapshot(hub: Path, repo: str, commit: str) -> Path:
-    """An HF cache entry: models--org--name/refs/main -> snapshots/<commit>/."""
-    root = hub / ("models--" + repo.replace("/", "--"))
-    (root / "refs").mkdir(parents=True, exist_ok=True)
-    (root / "refs" / "main").write_text(commit)
-    snap = root / "snapshots" / commit
-    snap.mkdir(parents=True, exist_ok=True)
-    return snap
 
 
 # ---- which folder is the cache -------------------------------------------------------------------------------
@@ -51,7 +44,7 @@ def caches(tmp_path, monkeypatch):
     roots = {"hub_cache": tmp_path / "hub_cache", "hf_home": tmp_path / "hf_home" / "hub",
              "home": home / ".cache" / "huggingface" / "hub"}  # fmt: skip
     for i, root in enumerate(roots.values(), 1):
-        _snapshot(root, REPO, str(i) * 40)
+        hf_snapshot(root, REPO, str(i) * 40)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("HF_HUB_CACHE", str(roots["hub_cache"]))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
@@ -106,7 +99,7 @@ def test_the_chosen_cache_is_the_only_one_searched(caches, monkeypatch, capsys, 
     for name in drop:
         monkeypatch.delenv(name)
     other = "hf_home" if where != "hf_home" else "home"
-    _snapshot(caches[other], "org/only-elsewhere", "4" * 40)
+    hf_snapshot(caches[other], "org/only-elsewhere", "4" * 40)
     with pytest.raises(NotInCacheError, match=re.escape(str(caches[where] / "models--org--only-elsewhere"))):
         resolve_model("org/only-elsewhere")
     assert main(["trace", "the cat", "--model", "org/only-elsewhere", "-o", str(tmp_path / "g.json")]) == 2
@@ -139,7 +132,7 @@ def test_short_name_loads_its_repository(hub, name):
     for seed, (short, repo) in enumerate(DOCUMENTED.items()):
         kind = TranscoderKind.CLT if "clt" in short else TranscoderKind.PLT
         sets[short] = random_transcoder(kind, n_features=4 + seed, seed=seed)
-        save_transcoders(sets[short], _snapshot(hub, repo, f"{seed:040d}"), TranscoderFormat.CIRCUIT_TRACER)
+        save_transcoders(sets[short], hf_snapshot(hub, repo, f"{seed:040d}"), TranscoderFormat.CIRCUIT_TRACER)
     snap = hub / ("models--" + DOCUMENTED[name].replace("/", "--")) / "snapshots"
     assert resolve_transcoders(name) == next(snap.iterdir())
     tc, want = load_transcoders(name), sets[name]
@@ -148,16 +141,16 @@ def test_short_name_loads_its_repository(hub, name):
 
 
 def test_gemma_falls_back_to_the_mntss_mirror(hub):
-    mirror = _snapshot(hub, "mntss/gemma-scope-transcoders", "b" * 40)
+    mirror = hf_snapshot(hub, "mntss/gemma-scope-transcoders", "b" * 40)
     assert resolve_transcoders("gemma") == mirror
-    first = _snapshot(hub, "mwhanna/gemma-scope-transcoders", "a" * 40)
+    first = hf_snapshot(hub, "mwhanna/gemma-scope-transcoders", "a" * 40)
     assert resolve_transcoders("gemma") == first  # the first candidate wins when both are cached
 
 
 @pytest.mark.parametrize("name", ["qwen3-32b", "gemma-clt", "Llama"])
 def test_unknown_short_name_is_one_line(hub, name, capsys, tmp_path):
     for repo in DOCUMENTED.values():  # every known release cached: the unknown name must still not match one
-        save_transcoders(random_transcoder(), _snapshot(hub, repo, "c" * 40), TranscoderFormat.CIRCUIT_TRACER)
+        save_transcoders(random_transcoder(), hf_snapshot(hub, repo, "c" * 40), TranscoderFormat.CIRCUIT_TRACER)
     with pytest.raises(TranscoderLoadError) as e:
         load_transcoders(name)
     assert str(e.value).startswith(f"transcoder directory {name} does not exist")

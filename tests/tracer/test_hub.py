@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer as HFTok
 from tokenizers import models, pre_tokenizers, trainers
 
-from tests.conftest import random_model, tiny_config
+from tests.conftest import hf_snapshot, random_model, tiny_config
 from tracer.cli import main
 from tracer.errors import TranscoderLoadError
 from tracer.hub import HfRef, NotInCacheError, cached_path, resolve_model, resolve_transcoders
@@ -26,14 +26,6 @@ L, D, F = 3, 16, 10
 GS_FILE = "layer_{}/width_16k/average_l0_76/params.npz"
 
 
-def _snapshot(hub, repo: str, commit: str = "a" * 40):
-    """An HF cache entry: models--org--name/refs/main -> snapshots/<commit>/."""
-    root = hub / ("models--" + repo.replace("/", "--"))
-    (root / "refs").mkdir(parents=True, exist_ok=True)
-    (root / "refs" / "main").write_text(commit)
-    snap = root / "snapshots" / commit
-    snap.mkdir(parents=True, exist_ok=True)
-    return snap
 
 
 def _gs_params(layer: int) -> dict[str, np.ndarray]:
@@ -53,19 +45,19 @@ def hub(tmp_path_factory):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # type: ignore[assignment]
     tok.train_from_iterator(TEXT, trainers.BpeTrainer(vocab_size=60, special_tokens=["<unk>", "<s>"]))
     cfg = tiny_config("gemma2", vocab_size=tok.get_vocab_size(), bos_token_id=1, eos_token_id=1)
-    model_dir = _snapshot(hub, "google/gemma-2-2b")
+    model_dir = hf_snapshot(hub, "google/gemma-2-2b")
     save_hf(cfg, random_model(cfg, dtype=torch.float32).state_dict(), model_dir)
     tok.save(str(model_dir / "tokenizer.json"))
-    gs = _snapshot(hub, "google/gemma-scope-2b-pt-transcoders", "b" * 40)
+    gs = hf_snapshot(hub, "google/gemma-scope-2b-pt-transcoders", "b" * 40)
     for i in range(L):
         (gs / GS_FILE.format(i)).parent.mkdir(parents=True)
         np.savez(gs / GS_FILE.format(i), **_gs_params(i))  # type: ignore[arg-type]
-    release = _snapshot(hub, "mwhanna/gemma-scope-transcoders", "c" * 40)
+    release = hf_snapshot(hub, "mwhanna/gemma-scope-transcoders", "c" * 40)
     (release / "config.yaml").write_text(yaml.safe_dump({
         "model_name": "google/gemma-2-2b", "model_kind": "transcoder_set", "feature_input_hook": "ln2.hook_normalized",
         "feature_output_hook": "hook_mlp_out", "scan": "gemma-2-2b",
         "transcoders": [f"hf://google/gemma-scope-2b-pt-transcoders/{GS_FILE.format(i)}" for i in range(L)]}))
-    gs2 = _snapshot(hub, "google/gemma-scope-2-270m-pt", "d" * 40)
+    gs2 = hf_snapshot(hub, "google/gemma-scope-2-270m-pt", "d" * 40)
     for i in range(L):
         p = _gs_params(i + 10)
         t = {"w_enc": p["W_enc"], "w_dec": p["W_dec"], "b_enc": p["b_enc"], "b_dec": p["b_dec"],

@@ -11,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from tests.conftest import tiny_config
+from tests.conftest import hf_snapshot, tiny_config
 from tracer.cli import main
 from tracer.errors import TranscoderLoadError
 from transcoders import load_transcoders
@@ -101,13 +101,6 @@ def test_uncompressed_w_dec_is_mapped_compressed_read_whole(sets):
 # ---- Gemma Scope 2 CLTs ------------------------------------------------------------------------------------
 
 
-def _snapshot(hub, repo: str, commit: str):
-    root = hub / ("models--" + repo.replace("/", "--"))
-    (root / "refs").mkdir(parents=True, exist_ok=True)
-    (root / "refs" / "main").write_text(commit)
-    snap = root / "snapshots" / commit
-    snap.mkdir(parents=True, exist_ok=True)
-    return snap
 
 
 @pytest.fixture
@@ -116,7 +109,7 @@ def gs2_clt(tmp_path, monkeypatch):
     encoder of its layer and the decoders to every later layer (w_dec [F, L - i, D])."""
     hub = tmp_path / "hub"
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
-    files = _snapshot(hub, GS2_REPO, "e" * 40) / GS2_SUB
+    files = hf_snapshot(hub, GS2_REPO, "e" * 40) / GS2_SUB
     files.mkdir(parents=True)
     for i in range(L):
         g = torch.Generator().manual_seed(i)
@@ -124,7 +117,7 @@ def gs2_clt(tmp_path, monkeypatch):
                    "b_enc": torch.zeros(F), "b_dec": torch.zeros(D), "threshold": torch.rand(F, generator=g),
                    "affine_skip_connection": torch.zeros(D, D)},
                   str(files / f"params_layer_{i}.safetensors"))  # fmt: skip
-    cfg = _snapshot(hub, "mwhanna/gemma-scope-2-1b-pt", "f" * 40) / GS2_SUB
+    cfg = hf_snapshot(hub, "mwhanna/gemma-scope-2-1b-pt", "f" * 40) / GS2_SUB
     cfg.mkdir(parents=True)
     (cfg / "config.yaml").write_text(yaml.safe_dump({
         "model_kind": "cross_layer_transcoder", "model_name": "google/gemma-3-1b-pt",

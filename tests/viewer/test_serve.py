@@ -8,11 +8,9 @@ import socket
 from pathlib import Path
 
 import pytest
-from dash import Dash
 
 from tracer.cli import main
 from tracer.graphfile import load_graph
-from viewer import callbacks
 from viewer.handlers import READ_ONLY, Env, handle_save
 
 
@@ -22,19 +20,6 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def served(monkeypatch) -> dict:
-    """What `tracer view` would serve: the Env handed to the callbacks and the arguments of Dash.run."""
-    got: dict = {}
-    real = callbacks.register
-
-    def register(app: Dash, env: Env) -> None:
-        got["env"] = env
-        real(app, env)
-
-    monkeypatch.setattr(callbacks, "register", register)
-    monkeypatch.setattr(Dash, "run", lambda self, **kw: got.setdefault("run", kw))
-    return got
 
 
 @pytest.mark.parametrize(("extra", "read_only"), [([], True), (["--allow-write"], False)])
