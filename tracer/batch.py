@@ -194,7 +194,7 @@ def run_batch(args: argparse.Namespace) -> int:
         else:
             print(f"{counts['traced']} traced, {counts['skipped']} skipped (already there), {counts['failed']} failed"
                   f"\nindex: {out_dir / INDEX_NAME}\nview them: tracer view {out_dir}")  # fmt: skip
-    world.barrier()
+    world.close()
     return 0
 
 

@@ -4,6 +4,7 @@
    available, gloo otherwise — plus a gloo group for Python objects (NCCL cannot carry them from CPU).
 2. shard: item i belongs to rank i mod world_size.
 3. gather: rank 0 receives every rank's list of Python objects (other ranks get None).
+4. close: every rank waits for the others, then destroys the process groups.
 Without torchrun every call works in the single process (rank 0 of 1), so the same command runs either way.
 """
 
@@ -46,6 +47,14 @@ class World:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier(group=self.object_group)
+
+    def close(self) -> None:
+        """4. End of a distributed command: wait for every rank, then destroy the process groups. Left to the
+        interpreter's exit, gloo's threads can be torn down while joinable (SIGABRT, "terminate called without an
+        active exception"), and torchrun reports a finished run as failed."""
+        if self.distributed and dist.is_initialized():
+            self.barrier()
+            dist.destroy_process_group()
 
 
 def init_world(backend: str | None = None) -> World:

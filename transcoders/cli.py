@@ -175,6 +175,7 @@ def run_train(args: argparse.Namespace) -> int:
 
         res = train_distributed(lm.model, stream, cfg, args.out, world, lm.name, lm.content_hash, args.cache_dir,
                                 args.shard_features, progress=not args.no_progress)  # fmt: skip
+        world.close()
         if not world.is_main:
             return 0
     else:
