@@ -54,7 +54,7 @@ def _init(rank: int, tmp: str) -> World:
 
 
 def _exit() -> None:
-    """Leave the worker without the interpreter's teardown: a worker aborted in 2 of 40 runs here (SIGABRT,
+    """Leave the worker without the interpreter's teardown: a worker aborted in 2 of 46 runs here (SIGABRT,
     "terminate called without an active exception" from gloo's threads), apparently at exit."""
     import os
     import sys
