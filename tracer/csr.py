@@ -145,9 +145,16 @@ class CsrAdjacency:
     @cached_property
     def row_abs_sums(self) -> Tensor:
         """[n] float64 Σ_s |A[t, s]| of every row."""
+        return self.abs_sums_from()
+
+    def abs_sums_from(self, sources: slice | None = None) -> Tensor:
+        """[n] float64 Σ_s |A[t, s]| of every row over the source columns sources.start..stop - 1 (None: all)."""
         out = torch.zeros(self.n, dtype=torch.float64)
         for r0, r1, e0, e1 in self.spans():
             v = self.values[e0:e1].to(torch.float64, copy=True).abs_()
+            if sources is not None:
+                cols = self.col[e0:e1]
+                v.mul_((cols >= sources.start) & (cols < sources.stop))
             out[r0:r1] = torch.segment_reduce(v, "sum", lengths=self.counts[r0:r1])
         return out
 
@@ -184,10 +191,15 @@ def runs(mask: Tensor) -> list[tuple[int, int]]:
 # 0. build
 
 
+def _bits(t: Tensor) -> np.ndarray:
+    """t's elements as numpy integers of the same width (numpy has no bf16; copies move bits, not values)."""
+    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]).numpy()
+
+
 def _nonzero_mask(dense: Tensor) -> np.ndarray:
     """[B, n] bool, dense != 0 (NaN counts as non-zero, -0.0 as zero)."""
     if dense.dtype == torch.bfloat16:  # numpy has no bf16: test the bits without the sign
-        return (dense.view(torch.int16).numpy() & 0x7FFF) != 0
+        return (_bits(dense) & 0x7FFF) != 0
     return dense.numpy() != 0
 
 
@@ -231,10 +243,8 @@ class RowStore:
             self.cursor += int(need.sum())
             if self.cursor > self.col.numel():
                 raise RuntimeError("more rows than the row budget")
-        as_int = {2: torch.int16, 4: torch.int32, 8: torch.int64}[self.val.element_size()]  # numpy has no bf16
-        # bf16 rows (the fast path) are stored widened
-        val = dense.view(-1)[torch.from_numpy(idx)].to(self.val.dtype).view(as_int).numpy()
-        col_out, val_out = self.col.numpy(), self.val.view(as_int).numpy()
+        val = _bits(dense.view(-1)[torch.from_numpy(idx)].to(self.val.dtype))  # bf16 rows are stored widened
+        col_out, val_out = self.col.numpy(), _bits(self.val)
         # one slice copy per row (a scatter through computed destinations cost more than all of this); the column
         # is the flat index minus the row's offset, written straight into place as int32
         runs = zip(bounds[:-1].tolist(), bounds[1:].tolist(), self.start[rows].tolist(), strict=True)
@@ -271,8 +281,7 @@ class RowStore:
             return crow
         shift = self.start[rows] - crow[rows]
         cut = torch.cat([torch.tensor([0]), (shift.diff() != 0).nonzero().flatten() + 1, torch.tensor([len(rows)])])
-        as_int = {2: torch.int16, 4: torch.int32, 8: torch.int64}[self.val.element_size()]  # numpy has no bf16
-        col, val = self.col.numpy(), self.val.view(as_int).numpy()
+        col, val = self.col.numpy(), _bits(self.val)
         for i, j in zip(cut[:-1].tolist(), cut[1:].tolist(), strict=True):
             first, last = int(rows[i]), int(rows[j - 1])
             d0, d1, k = int(crow[first]), int(crow[last + 1]), int(shift[i])

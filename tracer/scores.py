@@ -44,13 +44,7 @@ def graph_scores(
     err = float(infl[err_rows].sum())
     replacement = tok / (tok + err) if tok + err > 0 else 0.0
     # 4. completeness
-    from_err = torch.zeros(csr.n, dtype=torch.float64)
-    for r0, r1, e0, e1 in csr.spans():
-        cols = csr.col[e0:e1]
-        is_err = (cols >= err_rows.start) & (cols < err_rows.stop)
-        v = csr.values[e0:e1].to(torch.float64, copy=True).abs_().mul_(is_err)
-        from_err[r0:r1] = torch.segment_reduce(v, "sum", lengths=csr.counts[r0:r1])
-    from_err /= csr.row_abs_sums.clamp_min(ROW_SUM_MIN)
+    from_err = csr.abs_sums_from(err_rows) / csr.row_abs_sums.clamp_min(ROW_SUM_MIN)
     out = infl + w
     total = float(out.sum())
     completeness = float(((1 - from_err) * out).sum()) / total if total > 0 else 0.0

@@ -5,6 +5,7 @@
 2. Step: batch -> pre-activations -> activations -> reconstruction; loss = Σ_layers ‖y - ŷ‖² (mean over tokens)
    + λ(t)·Σ tanh(c·‖W_dec,f‖·a_f) (JumpReLU/ReLU; λ ramped linearly from 0) + μ·Σ ReLU(θ - pre)·‖W_dec,f‖ over dead
    features (JumpReLU) or the AuxK loss (TopK); Adam with linear warm-up and linear decay over the final part.
+   With few candidate entries the encoder and decoder run sparsely (transcoders.sparse_step).
 3. Track: steps since each feature last fired (dead = none in a window); tqdm shows NMSE, L0 and dead fraction.
 4. Checkpoint every N steps, atomically: weights, Adam state, step, RNG, normalisation, dead counters; the data
    position is the step itself (buffers are rebuilt from their index), so a restart continues exactly.
@@ -32,11 +33,12 @@ from tracer.errors import ConfigError
 from tracer.io import atomic_save_safetensors, atomic_write_text
 from tracer.models import HookPoint, Transformer
 from transcoders.activations import jumprelu
-from transcoders.clt import SPARSE_RATIO, Transcoder
+from transcoders.clt import Transcoder
 from transcoders.config import ActivationKind, DType, TranscoderConfig, TranscoderKind
 from transcoders.data import ActivationSource, Batch, note
 from transcoders.formats import TranscoderFormat, save_transcoders
 from transcoders.layers import embed
+from transcoders.sparse_step import EntryPre, candidates
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.safetensors"
@@ -185,42 +187,6 @@ def _aux_k_loss(cfg: TrainConfig, st: State, pre: torch.Tensor, resid: torch.Ten
     return (resid - rec).pow(2).sum() / resid.pow(2).sum().clamp_min(1e-12)
 
 
-class Candidates(NamedTuple):
-    """Entries (token, layer, feature) of the sparse path, and the dense pass they were read from."""
-
-    t: torch.Tensor  # [n]
-    ly: torch.Tensor  # [n]
-    f: torch.Tensor  # [n]
-    raw_LTF: torch.Tensor  # [L, T, F] pre-activation minus b_enc (no grad)
-
-
-def _candidates(cfg: TrainConfig, tc: Transcoder, x: torch.Tensor) -> Candidates | None:
-    """Entries that can be active or carry a threshold gradient (pre > θ - ε/2), from a gradient-free dense encoder
-    pass in layer-major layout; None when they are too many for the sparse path."""
-    with torch.no_grad():
-        raw = torch.bmm(x.transpose(0, 1), tc.W_enc.transpose(1, 2))  # [L, T, F], pre-activation minus b_enc
-        lim = -tc.b_enc if tc.theta is None else tc.theta - cfg.bandwidth / 2 - tc.b_enc
-        ly, t, f = (raw > lim[:, None]).nonzero(as_tuple=True)
-        return None if len(t) * SPARSE_RATIO >= raw.numel() else Candidates(t, ly, f, raw)
-
-
-class _EntryPre(torch.autograd.Function):
-    """Pre-activation entries (minus b_enc) read from the dense no-grad pass; W_enc's gradient is one bmm of the
-    scattered entry gradients with the inputs (a per-entry gather-multiply of [n, D] rows was 2/3 of a step)."""
-
-    @staticmethod
-    def forward(ctx, W_enc_LFD, x_LTD, raw_LTF, ly, t, f):  # type: ignore[override]
-        ctx.save_for_backward(x_LTD, ly, t, f)
-        ctx.raw_shape = raw_LTF.shape
-        return raw_LTF[ly, t, f]
-
-    @staticmethod
-    def backward(ctx, grad_n):  # type: ignore[override]
-        x_LTD, ly, t, f = ctx.saved_tensors
-        g_LTF = grad_n.new_zeros(ctx.raw_shape).index_put_((ly, t, f), grad_n, accumulate=True)
-        return torch.bmm(g_LTF.transpose(1, 2), x_LTD), None, None, None, None, None
-
-
 def _preact_loss(cfg: TrainConfig, tc: Transcoder, x: torch.Tensor, norms: torch.Tensor, dead: torch.Tensor):
     """Σ ReLU(θ - pre)·‖W_dec‖ over dead features (pre recomputed per layer for those features only)."""
     total = x.new_zeros(())
@@ -239,11 +205,11 @@ def loss_fn(cfg: TrainConfig, st: State, b: Batch, lam: float, force_dense: bool
     x, y = b.x * st.s_in[:, None], b.y * st.s_out[:, None]
     T, L, F = x.shape[0], tc.cfg.n_layers, tc.cfg.n_features
     sparse = cfg.activation != ActivationKind.TOPK and not force_dense
-    entries = _candidates(cfg, tc, x) if sparse else None
+    entries = candidates(tc, x, cfg.bandwidth) if sparse else None
     pre = acts = None
     if entries is not None:
         t, ly, f, raw = entries
-        p = _EntryPre.apply(tc.W_enc, x.transpose(0, 1), raw, ly, t, f) + tc.b_enc[ly, f]
+        p = EntryPre.apply(tc.W_enc, x.transpose(0, 1), raw, ly, t, f) + tc.b_enc[ly, f]
         vals = jumprelu(p, tc.theta[ly, f], cfg.bandwidth) if tc.theta is not None else torch.relu(p)
         y_hat = tc.decode_entries(T, t, ly, f, vals) + tc.skip(x)
         on = vals.detach() > 0
