@@ -127,7 +127,7 @@ def criterion(infl_P: torch.Tensor, span: tuple[int, ...], others: tuple[int, ..
 def control(infl_P: torch.Tensor, k: Key, rng: random.Random) -> bool | None:
     """The control criterion (None when the middle positions hold no other span of the key's length)."""
     if k.others:  # IOI, labels swapped
-        return bool(infl_P[list(k.others)].max() > infl_P[list(k.span)].max())
+        return criterion(infl_P, k.others, k.span)
     n = len(k.span)
     starts = [p for p in range(1, len(infl_P) - n) if not set(range(p, p + n)) & set(k.span)]
     if not starts:

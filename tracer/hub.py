@@ -74,7 +74,7 @@ def cache_root() -> Path:
     env = os.environ.get
     if hub := env("HF_HUB_CACHE") or env("HUGGINGFACE_HUB_CACHE"):  # the second: its older name
         return Path(hub).expanduser()
-    home = env("HF_HOME") or Path(env("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "huggingface"
+    home = env("HF_HOME") or Path(env("XDG_CACHE_HOME") or "~/.cache") / "huggingface"
     return Path(home).expanduser() / "hub"
 
 
