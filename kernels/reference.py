@@ -20,7 +20,9 @@ Attribute (once per batch, `TorchEdgePlan.attribute`):
    targets at early layers / positions): the missing ones count as zero.
 2. Per position: view grads[:, :, p, :] as [B, L'*D] (free when grads' L and D are adjacent in memory, e.g. a
    [B, P, L, D] buffer passed as .transpose(1, 2); a small copy otherwise).
-3. Per group: one matmul [rows, K] @ [K, B] into its rows of an [N + padding, B] buffer (sorted by group).
+3. Per group: one matmul [rows, K] @ [K, B] into its rows of an [N + padding, B] buffer (sorted by group), over
+   only the rows of features below L' (a prefix: rows are sorted by layer; in bf16 rounded up to ROW_QUANTUM):
+   a feature at or above L' reads no gradient of this batch, so its row is zero without a matmul.
 4. Un-sort the rows and transpose to [B, N].
 """
 
@@ -64,6 +66,7 @@ class EdgeGroup(NamedTuple):
     end: int
     dec_scaled: Tensor  # [end - start, (hi - lo) * D], act * decoder rows, zero below each feature's layer and in
     # the padding rows
+    below: tuple[int, ...]  # [L + 1]: below[l] = rows of features whose layer is < l (a prefix of the group)
 
 
 @dataclass(frozen=True)
@@ -88,19 +91,21 @@ class TorchEdgePlan:
         out_NB = torch.empty(self.n_rows, n_batch, dtype=self.dtype, device=self.device)
         out_NB[self.groups[-1].end if self.groups else 0 :] = 0
         pos, grads_BK = -1, grads_BLPD.new_empty(0)
+        quantum = ROW_QUANTUM.get(self.dtype, 1)
         for g in self.groups:
             if g.pos >= n_pos:  # groups are sorted by position; later positions have no gradient in this batch
                 out_NB[g.start : self.groups[-1].end] = 0
                 break
             hi = min(g.hi, n_lay)
-            if hi <= g.lo:
-                out_NB[g.start : g.end] = 0
+            rows = min(-(-g.below[min(n_lay, self.n_layers)] // quantum) * quantum, g.end - g.start)
+            out_NB[g.start + rows : g.end] = 0
+            if hi <= g.lo or rows == 0:
                 continue
             if g.pos != pos:  # phase 2: one [B, L'*D] matrix per position
                 pos, grads_BK = g.pos, grads_BLPD[:, :, g.pos, :].reshape(n_batch, n_lay * d)
             # phase 3: [rows, K] @ [K, B], written straight into this group's rows
             k = (hi - g.lo) * d
-            torch.mm(g.dec_scaled[:, :k], grads_BK[:, g.lo * d : hi * d].T, out=out_NB[g.start : g.end])
+            torch.mm(g.dec_scaled[:rows, :k], grads_BK[:, g.lo * d : hi * d].T, out=out_NB[g.start : g.start + rows])
         return out_NB.index_select(0, self.inverse_N).T.contiguous()  # phase 4
 
 
@@ -203,7 +208,8 @@ def plan_edges_torch(
             rows = end - start
             packed = torch.cat([packed, packed.new_zeros(-rows % quantum, packed.shape[1])])
             slot_N[start:end] = torch.arange(slot, slot + rows, device=order_N.device)
-            groups.append(EdgeGroup(p, lo, hi, slot, slot + len(packed), packed))
+            below = torch.searchsorted(lo_N[order_N[start:end]], torch.arange(n_layers + 1, device=lo_N.device))
+            groups.append(EdgeGroup(p, lo, hi, slot, slot + len(packed), packed, tuple(below.tolist())))
             start, slot = end, slot + len(packed)
     slot_N[start:] = torch.arange(slot, slot + n - start, device=order_N.device)  # spanless: rows stay zero
     inverse_N = torch.empty_like(order_N)

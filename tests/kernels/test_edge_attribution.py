@@ -81,7 +81,27 @@ def test_padded_groups_match_naive(kind, quantum):
     assert all((g.end - g.start) % quantum == 0 for g in plan.groups) and plan.n_rows > plan.n_features
     assert len(set(plan.inverse_N.tolist())) == plan.n_features and int(plan.inverse_N.max()) < plan.n_rows
     assert_close(plan.attribute(grads), naive(grads, dec, layer, pos, act))
+    for n_lay in range(4):  # grads below the top layer: each group's matmul covers only its features below n_lay
+        part = grads[:, :n_lay]
+        assert_close(plan.attribute(part), naive(part, dec, layer, pos, act))
     assert plan_edges_torch(dec.bfloat16(), layer, pos, act.bfloat16()).groups[0].dec_scaled.shape[0] % 16 == 0
+
+
+@pytest.mark.parametrize("cost", [SPLIT_ALL, GroupCost(), ONE_PER_POSITION], ids=["split", "default", "per_pos"])
+def test_group_rows_below_each_layer(cost):
+    """A group's rows are sorted by layer, and below[l] counts its features under layer l: the rows a batch whose
+    gradients stop at layer l must multiply (the others are zero without a matmul)."""
+    _, dec, layer, pos, act = make_case((1, 5, 7, 8, 90), "clt", torch.float64, seed=4)
+    plan = plan_edges_torch(dec, layer, pos, act, cost)
+    slot_layer = torch.full((plan.n_rows,), 99)
+    slot_layer[plan.inverse_N] = layer
+    for g in plan.groups:
+        rows = slot_layer[g.start : g.end]
+        real = rows[rows < 99]
+        assert torch.equal(real, real.sort().values)
+        assert list(g.below) == [int((real < lay).sum()) for lay in range(6)]
+    mixed = sum(len(set(g.below[1:-1]) - {0, g.below[-1]}) > 0 for g in plan.groups)
+    assert (mixed == 0) if cost is SPLIT_ALL else (mixed > 0)  # merged groups hold several layers' features
 
 
 @pytest.mark.parametrize("kind", KINDS)
