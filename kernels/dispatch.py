@@ -34,8 +34,9 @@ class KernelBackend(enum.StrEnum):
 class EdgePlan(Protocol):
     """Per-prompt plan of either backend: reuse it for every batch of targets."""
 
-    def attribute(self, grads_BLPD: Tensor) -> Tensor:
-        """Edge rows [B, N] for gradients [B, L' <= L, P', D]."""
+    def attribute(self, grads_BLPD: Tensor, out_BN: Tensor | None = None) -> Tensor:
+        """Edge rows [B, N] for gradients [B, L' <= L, P', D]; with out_BN [B, N' <= N] (columns contiguous, any
+        row stride), the first N' features' edges written there and out_BN returned."""
         ...
 
 

@@ -23,7 +23,9 @@ Attribute (once per batch, `TorchEdgePlan.attribute`):
 3. Per group: one matmul [rows, K] @ [K, B] into its rows of an [N + padding, B] buffer (sorted by group), over
    only the rows of features below L' (a prefix: rows are sorted by layer; in bf16 rounded up to ROW_QUANTUM):
    a feature at or above L' reads no gradient of this batch, so its row is zero without a matmul.
-4. Un-sort the rows and transpose to [B, N].
+4. Un-sort the rows and transpose to [B, N]; or, given out_BN [B, N' <= N] (any row stride: e.g. the first columns
+   of the caller's dense adjacency rows), only the first N' features' columns, written there: one transposing copy
+   when those features keep their order in the plan (no gather), else a gather of their rows first.
 """
 
 from __future__ import annotations
@@ -81,20 +83,24 @@ class TorchEdgePlan:
     device: torch.device
     groups: tuple[EdgeGroup, ...]  # sorted by position
     inverse_N: Tensor  # [N] output-buffer row of each original feature
+    in_order: int  # features 0..in_order-1 sit in output rows 0..in_order-1 (phase 4 needs no gather for them)
 
     @torch.no_grad()  # edges are values: never part of an autograd graph
-    def attribute(self, grads_BLPD: Tensor) -> Tensor:
-        """Edge rows [B, N] for a batch of gradients [B, L' <= L, P', D]."""
+    def attribute(self, grads_BLPD: Tensor, out_BN: Tensor | None = None) -> Tensor:
+        """Edge rows [B, N] for a batch of gradients [B, L' <= L, P', D]; with out_BN [B, N' <= N], the first N'
+        features' edges written into it (phase 4), which is returned."""
         check_grads(grads_BLPD, self.n_layers, self.d_model, self.dtype, self.device)
         n_batch, n_lay, n_pos, d = grads_BLPD.shape
+        check_out(out_BN, n_batch, self.n_features, self.dtype)
         # not zero-filled: only the rows no matmul writes are zeroed (the skipped groups and the spanless features)
         out_NB = torch.empty(self.n_rows, n_batch, dtype=self.dtype, device=self.device)
         out_NB[self.groups[-1].end if self.groups else 0 :] = 0
         pos, grads_BK = -1, grads_BLPD.new_empty(0)
         quantum = ROW_QUANTUM.get(self.dtype, 1)
+        n_read = self.n_rows if out_BN is None or out_BN.shape[1] > self.in_order else out_BN.shape[1]
         for g in self.groups:
             if g.pos >= n_pos:  # groups are sorted by position; later positions have no gradient in this batch
-                out_NB[g.start : self.groups[-1].end] = 0
+                out_NB[g.start : max(n_read, g.start)] = 0  # only the rows phase 4 reads
                 break
             hi = min(g.hi, n_lay)
             rows = min(-(-g.below[min(n_lay, self.n_layers)] // quantum) * quantum, g.end - g.start)
@@ -106,7 +112,22 @@ class TorchEdgePlan:
             # phase 3: [rows, K] @ [K, B], written straight into this group's rows
             k = (hi - g.lo) * d
             torch.mm(g.dec_scaled[:rows, :k], grads_BK[:, g.lo * d : hi * d].T, out=out_NB[g.start : g.start + rows])
-        return out_NB.index_select(0, self.inverse_N).T.contiguous()  # phase 4
+        if out_BN is None:  # phase 4
+            return out_NB.index_select(0, self.inverse_N).T.contiguous()
+        n = out_BN.shape[1]
+        out_BN.copy_((out_NB[:n] if n <= self.in_order else out_NB.index_select(0, self.inverse_N[:n])).T)
+        return out_BN
+
+
+def check_out(out_BN: Tensor | None, n_batch: int, n_features: int, dtype: torch.dtype) -> None:
+    """Raise ConfigError unless out_BN is None or [B, N' <= n_features] of the features' dtype, columns contiguous."""
+    if out_BN is None:
+        return
+    if out_BN.ndim != 2 or out_BN.shape[0] != n_batch or out_BN.shape[1] > n_features or out_BN.dtype != dtype:
+        raise ConfigError(f"out_BN must be [{n_batch}, <= {n_features}] {dtype}, got {tuple(out_BN.shape)} "
+                          f"{out_BN.dtype}")  # fmt: skip
+    if out_BN.shape[1] > 1 and out_BN.stride(1) != 1:
+        raise ConfigError("out_BN's columns must be contiguous (a row-major block of the caller's rows)")
 
 
 def check_features(dec_NLD: Tensor, layer_N: Tensor, pos_N: Tensor, act_N: Tensor) -> None:
@@ -214,7 +235,10 @@ def plan_edges_torch(
     slot_N[start:] = torch.arange(slot, slot + n - start, device=order_N.device)  # spanless: rows stay zero
     inverse_N = torch.empty_like(order_N)
     inverse_N[order_N] = slot_N
-    return TorchEdgePlan(n, slot + n - start, n_layers, d, dec_NLD.dtype, dec_NLD.device, tuple(groups), inverse_N)
+    moved = (inverse_N != torch.arange(n, device=inverse_N.device)).nonzero()
+    in_order = int(moved[0, 0]) if len(moved) else n
+    return TorchEdgePlan(n, slot + n - start, n_layers, d, dec_NLD.dtype, dec_NLD.device, tuple(groups), inverse_N,
+                         in_order)  # fmt: skip
 
 
 def _pack(dec_NLD: Tensor, act_N: Tensor, lo_N: Tensor, rows: Tensor, lo: int, hi: int) -> Tensor:

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.reference import check_features, check_grads
+from kernels.reference import check_features, check_grads, check_out
 from tracer.errors import ConfigError
 
 BLOCK_B, BLOCK_N, BLOCK_D = 16, 32, 32
@@ -90,8 +90,14 @@ class TritonEdgePlan:
     col_N: Tensor  # [N] int64, original column of each sorted feature
 
     @torch.no_grad()
-    def attribute(self, grads_BLPD: Tensor) -> Tensor:
-        """Edge rows [B, N] for a batch of gradients [B, L' <= L, P', D]."""
+    def attribute(self, grads_BLPD: Tensor, out_BN: Tensor | None = None) -> Tensor:
+        """Edge rows [B, N] for a batch of gradients [B, L' <= L, P', D]; with out_BN [B, N' <= N], the first N'
+        columns copied into it (kernels.dispatch.EdgePlan), which is returned."""
+        check_out(out_BN, grads_BLPD.shape[0], self.dec_NLD.shape[0], self.dec_NLD.dtype)
+        full_BN = self._attribute(grads_BLPD)
+        return full_BN if out_BN is None else out_BN.copy_(full_BN[:, : out_BN.shape[1]])
+
+    def _attribute(self, grads_BLPD: Tensor) -> Tensor:
         n, n_layers, d = self.dec_NLD.shape
         check_grads(grads_BLPD, n_layers, d, self.dec_NLD.dtype, self.dec_NLD.device)
         if grads_BLPD.device.type == "cpu" and not INTERPRETED:

@@ -7,7 +7,8 @@
 5. feature_rows: features as targets (encoder row at their layer and position), in batches sorted by position
    (a batch is cut after its last target's position and above its highest layer). With --max-feature-nodes below
    the number of active features, the next batch is the most influential unvisited features so far, re-ranked
-   every `update_interval` batches.
+   every `update_interval` batches. A batch's dense rows span only the columns it can read (NodeLayout.source_block:
+   the features at its positions, then errors, embeddings, logits); the edge kernel writes straight into them.
 6. assemble: the CSR adjacency (tracer.csr): each row's non-zeros (or its K largest with --edge-topk) were written
    to the row's slot as its batch finished; assembling closes the gaps in place.
 7. check: the replacement model (frozen patterns and scales, features + skip + errors) reproduces the logits.
@@ -109,16 +110,21 @@ class RowBuilder:
         self.target_rows: list[torch.Tensor] = []
         self.flops = 0  # useful matmul work of all batches, for benchmarks
         self._layer_N, self._pos_N = feats[:, 0], feats[:, 1]
+        self._rows_buf = torch.empty(0, dtype=rdt)  # dense rows of a batch (tracer.layout.SourceBlock)
 
     def add(self, inj: Injections, target_rows: torch.Tensor) -> None:
         g = self.backward.run(inj)
         B, P, Lp, D = g.mlp_out_BPLD.shape
-        feat = self.plan.attribute(g.mlp_out_BPLD.transpose(1, 2))
+        block = self.layout.source_block(P)  # the columns these targets can read
+        if self._rows_buf.numel() < B * block.width:  # reused: every column is written each batch
+            self._rows_buf = self._rows_buf.new_empty(B * self.layout.source_block(self.layout.n_pos).width)
+        dense = self._rows_buf[: B * block.width].view(B, block.width)
+        self.plan.attribute(g.mlp_out_BPLD.transpose(1, 2), dense[:, : block.n_features])
         err = error_edges(g.mlp_out_BPLD, self.errors_PLD[:P, :Lp])
         emb = torch.einsum("bpd,pd->bp", g.embed_BPD, self.embed_PD[:P])
+        self.layout.fill_sources(block, dense, err, emb)
         reach = (Lp - self._layer_N[self._pos_N < P]).clamp_min(0).sum()
         self.flops += 2 * B * D * (int(reach) + P * Lp + P)  # kernel, error and token edges
-        dense = self.layout.source_rows(feat, err, emb)
         if self.cfg.edge_topk is not None:
             top = dense.abs().topk(min(self.cfg.edge_topk, dense.shape[1]), dim=1)
             acc = torch.promote_types(dense.dtype, torch.float32)  # bf16 rows: sums in fp32
@@ -126,7 +132,7 @@ class RowBuilder:
             self.mass.append(top.values.sum(1, dtype=acc) / total)
             kept = torch.zeros_like(dense).scatter_(1, top.indices, dense.gather(1, top.indices))
             dense = kept
-        self.store.put(target_rows, dense)
+        self.store.put(target_rows, dense, block.n_features, block.gap)
         self.target_rows.append(target_rows)
 
     def adjacency(self, final: bool = False) -> CsrAdjacency:

@@ -224,16 +224,17 @@ class RowStore:
         self.col = torch.empty(capacity, dtype=torch.int32)
         self.val = torch.empty(capacity, dtype=dtype)
 
-    def put(self, rows: Tensor, dense: Tensor) -> None:
-        """rows [B] int64 target rows (each written once), dense [B, n] their values; zeros are not stored."""
+    def put(self, rows: Tensor, dense: Tensor, gap_at: int = 0, gap: int = 0) -> None:
+        """rows [B] int64 target rows (each written once), dense [B, n] their values over columns 0..n-1; zeros
+        are not stored. With a gap, dense column j >= gap_at is column j + gap (the columns between are zero)."""
         dense = dense.cpu().contiguous()  # the store lives in host memory
         B, n = dense.shape
-        # numpy on the mask: its compare and flatnonzero are ~10x and ~3x torch's != and nonzero here (1 thread).
-        # Row-major: each row's entries are one run of idx, in column order; searchsorted finds the runs.
-        idx = np.flatnonzero(_nonzero_mask(dense))
-        bounds = np.searchsorted(idx, np.arange(B + 1) * n)
-        counts_np = np.diff(bounds)
-        counts = torch.from_numpy(counts_np).long()
+        # numpy on the mask: its compare and boolean subscripts are several times torch's != and nonzero here (one
+        # thread); the subscripts give the values and their (int32) columns in row-major order without an index
+        # array: each row's entries are one run, in column order
+        mask = _nonzero_mask(dense)
+        counts_np = mask.view(np.uint8).sum(axis=1, dtype=np.int64)
+        counts = torch.from_numpy(counts_np)
         if bool((counts > self.room[rows]).any()):
             raise RuntimeError("a row has more sources than its layout allows (non-causal model?)")
         if not self.fixed:
@@ -243,13 +244,17 @@ class RowStore:
             self.cursor += int(need.sum())
             if self.cursor > self.col.numel():
                 raise RuntimeError("more rows than the row budget")
-        val = _bits(dense.view(-1)[torch.from_numpy(idx)].to(self.val.dtype))  # bf16 rows are stored widened
+        col_of = np.arange(n, dtype=np.int32)
+        col_of[gap_at:] += gap
+        cols = np.broadcast_to(col_of, (B, n))[mask]
+        val = _bits(dense)[mask]
+        if dense.dtype != self.val.dtype:  # bf16 rows are stored widened
+            val = _bits(torch.from_numpy(val).view(dense.dtype).to(self.val.dtype))
         col_out, val_out = self.col.numpy(), _bits(self.val)
-        # one slice copy per row (a scatter through computed destinations cost more than all of this); the column
-        # is the flat index minus the row's offset, written straight into place as int32
-        runs = zip(bounds[:-1].tolist(), bounds[1:].tolist(), self.start[rows].tolist(), strict=True)
-        for b, (o, e, s) in enumerate(runs):
-            np.subtract(idx[o:e], b * n, out=col_out[s : s + e - o], casting="unsafe")
+        # one slice copy per row (a scatter through computed destinations cost more than all of this)
+        ends = np.cumsum(counts_np)
+        for o, e, s in zip((ends - counts_np).tolist(), ends.tolist(), self.start[rows].tolist(), strict=True):
+            col_out[s : s + e - o] = cols[o:e]
             val_out[s : s + e - o] = val[o:e]
         self.count[rows] = counts
 

@@ -42,6 +42,17 @@ class NodeRef(NamedTuple):
     index: int
 
 
+class SourceBlock(NamedTuple):
+    """Dense rows [B, width] over the sources a batch of targets at positions < n_pos can read: the first
+    `n_features` feature columns (every feature at a position < n_pos, when features are sorted by position),
+    then every error, embedding and logit column. Block column j is adjacency column j + gap when j >= n_features
+    (the features between, at later positions, read no gradient of the batch)."""
+
+    n_features: int
+    gap: int
+    width: int
+
+
 @dataclass(frozen=True, eq=False)
 class NodeLayout:
     n_layers: int
@@ -96,6 +107,31 @@ class NodeLayout:
         out[:, self.rows(NodeKind.ERROR)].view(B, self.n_layers, self.n_pos)[:, :lp, :pp] = error_BLP
         out[:, self.rows(NodeKind.EMBEDDING)][:, : embed_BP.shape[1]] = embed_BP
         return out
+
+    def source_block(self, n_pos: int) -> SourceBlock:
+        """The columns a batch of targets at positions < n_pos can read (SourceBlock)."""
+        n_feat, pos = self.count(NodeKind.FEATURE), self._sorted_positions
+        n_feat_read = n_feat if pos is None else int(torch.searchsorted(pos, n_pos))
+        return SourceBlock(n_feat_read, n_feat - n_feat_read, self.n_nodes - n_feat + n_feat_read)
+
+    @cached_property
+    def _sorted_positions(self) -> torch.Tensor | None:
+        """[n_features] the features' positions if ascending (recorded features are), else None (a hand-made
+        layout: a source block then keeps every feature column)."""
+        pos = self.features.reshape(-1, 3)[:, 1].contiguous()
+        return pos if bool((pos.diff() >= 0).all()) else None
+
+    def fill_sources(self, block: SourceBlock, out_BW: torch.Tensor, error_BLP: torch.Tensor,
+                     embed_BP: torch.Tensor) -> None:  # fmt: skip
+        """Write the columns of `block` after its features into out_BW [B, block.width]: errors [B, L', P'] and
+        embeddings [B, P'] (L' <= n_layers, P' <= n_pos: the missing ones, and the logits, are zero)."""
+        B, base = out_BW.shape[0], self.rows(NodeKind.ERROR).start  # tail column c - base is adjacency column c
+        tail = out_BW[:, block.n_features :]
+        tail.zero_()
+        err, emb = self.rows(NodeKind.ERROR), self.rows(NodeKind.EMBEDDING)
+        lp, pp = error_BLP.shape[1], error_BLP.shape[2]
+        tail[:, err.start - base : err.stop - base].view(B, self.n_layers, self.n_pos)[:, :lp, :pp] = error_BLP
+        tail[:, emb.start - base : emb.start - base + embed_BP.shape[1]] = embed_BP
 
     @cached_property
     def table(self) -> torch.Tensor:

@@ -119,6 +119,35 @@ def test_torch_grads_layouts_and_truncation(kind):
         assert_close(plan.attribute(part), naive(part, dec, layer, pos, act))
 
 
+@pytest.mark.parametrize("quantum", [1, 16])
+@pytest.mark.parametrize("sort", [True, False], ids=["position-sorted", "any-order"])
+def test_out_prefix_into_strided_rows(quantum, sort):
+    """out_BN: the first N' features' columns written into a row-strided block (the caller's dense rows) equal the
+    full result's, whether those features keep their order in the plan (a copy) or not (a gather first)."""
+    grads, dec, layer, pos, act = make_case((3, 4, 9, 12, 50), "clt", torch.float64, seed=5)
+    if sort:
+        order = torch.argsort(pos * 4 + layer, stable=True)
+        dec, layer, pos, act = dec[order], layer[order], pos[order], act[order]
+    plan = plan_edges_torch(dec, layer, pos, act, quantum=quantum)
+    if sort and quantum == 1:  # in order up to the one all-zero decoder (make_case), which sorts last in the plan
+        assert plan.in_order == int((dec.abs().sum((1, 2)) == 0).nonzero()[0, 0]) < 50
+    for n_pos, n_lay in [(9, 4), (5, 3), (1, 2)]:
+        part = grads[:, :n_lay, :n_pos]
+        want = naive(part, dec, layer, pos, act)
+        n_read = int((pos < n_pos).sum()) if sort else 50
+        rows = torch.full((3, 60), 7.0, dtype=torch.float64)
+        got = plan.attribute(part, rows[:, :n_read])
+        assert got.data_ptr() == rows.data_ptr()
+        assert_close(rows[:, :n_read], want[:, :n_read])
+        assert bool((rows[:, n_read:] == 7.0).all())  # nothing written past the block
+        if sort:
+            assert bool((want[:, n_read:] == 0).all())  # the features left out read no gradient of this batch
+    with pytest.raises(ConfigError, match="out_BN"):
+        plan.attribute(grads, torch.zeros(3, 51, dtype=torch.float64))
+    with pytest.raises(ConfigError, match="contiguous"):
+        plan.attribute(grads, torch.zeros(50, 3, dtype=torch.float64).T)
+
+
 def test_plan_is_reusable_and_zero_decoder_column_is_zero():
     grads, dec, layer, pos, act = make_case((2, 3, 6, 8, 30), "clt", torch.float64, seed=2)
     plan = plan_edges(dec, layer, pos, act, backend=KernelBackend.TORCH)

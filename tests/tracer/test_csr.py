@@ -72,6 +72,20 @@ def test_rowstore_zero_test_by_bits(dtype):
     assert torch.equal(got.values[:5], want[want != 0][:5]) and bool(got.values[5].isnan())
 
 
+@pytest.mark.parametrize("gap_at", [0, 5, 13, 20])
+def test_rowstore_gap_maps_block_columns(gap_at):
+    """A block without the zero columns [gap_at, gap_at + 7) stores exactly what the full rows store (the row
+    builder passes only the columns a batch can read, tracer.layout.SourceBlock)."""
+    a, room = lower_dense(40, 5, density=0.6)
+    a[:, gap_at : gap_at + 7] = 0
+    full, gapped = RowStore(room, torch.float64), RowStore(room, torch.float64)
+    rows = torch.tensor([39, 2, 30, 21, 12])
+    full.put(rows, a[rows])
+    gapped.put(rows, torch.cat([a[rows, :gap_at], a[rows, gap_at + 7 :]], 1), gap_at, 7)
+    got, want = gapped.finish(), full.finish()
+    assert torch.equal(got.crow, want.crow) and torch.equal(got.col, want.col) and torch.equal(got.values, want.values)
+
+
 def test_rowstore_rejects_rows_wider_than_their_room():
     store = RowStore(torch.tensor([0, 1, 1]), torch.float32)
     with pytest.raises(RuntimeError, match="more sources"):
