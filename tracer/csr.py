@@ -11,13 +11,17 @@
    memory-mapped from a sidecar (tracer.sidecar); no pass allocates anything of size nnz.
 2. chunks: contiguous row ranges of at most CHUNK_ENTRIES entries; a chunk expands its entries' row ids (int64)
    and upcasts its values, so temporaries are bounded by the chunk, not the graph.
-3. passes: |A| row sums; the transposed mat-vec xᵀÂ with Â the row-normalised |A|; the entries between a node
-   subset, or of a row subset, as a small edge list (tracer.prune.Edges) for the steps that follow.
+3. passes: |A| row sums (over a column range: only each row's run of entries in it, found by bisecting every row
+   at once, since columns ascend within a row); the transposed mat-vec xᵀÂ with Â the row-normalised |A|; the
+   entries between a node subset, or of a row subset, as a small edge list (tracer.prune.Edges) for the steps that
+   follow.
 4. influence: I = wᵀ(Â + Â² + …), a case of path sums (`paths`). Given topological levels (row groups such that
    every row's sources lie in later levels: logits, then features by layer from the top; NodeLayout.levels) it
    is one pass: each level's rows have their final I + w when reached and push it to their sources. The order is
    verified (a row that receives influence after it was processed means the levels were wrong), and the power
    series vᵀ ← vᵀÂ — which ends because Â is nilpotent on a DAG — is the fallback and the path without levels.
+   Several path sums (`paths_many`: e.g. tracer.effects' signed effect and target influence) share the one pass,
+   each entry read and widened once for all.
 """
 
 from __future__ import annotations
@@ -148,24 +152,58 @@ class CsrAdjacency:
         return self.abs_sums_from()
 
     def abs_sums_from(self, sources: slice | None = None) -> Tensor:
-        """[n] float64 Σ_s |A[t, s]| of every row over the source columns sources.start..stop - 1 (None: all)."""
+        """[n] float64 Σ_s |A[t, s]| of every row over the source columns sources.start..stop - 1 (None: all), each
+        row's entries added in column order."""
+        if sources is not None:
+            return self._abs_sums_of_runs(self.first_col_at_least(sources.start), self.first_col_at_least(sources.stop))
         out = torch.zeros(self.n, dtype=torch.float64)
         for r0, r1, e0, e1 in self.spans():
             v = self.values[e0:e1].to(torch.float64, copy=True).abs_()
-            if sources is not None:
-                cols = self.col[e0:e1]
-                v.mul_((cols >= sources.start) & (cols < sources.stop))
             out[r0:r1] = torch.segment_reduce(v, "sum", lengths=self.counts[r0:r1])
+        return out
+
+    def first_col_at_least(self, c: int) -> Tensor:
+        """[n] int64 each row's first entry whose column is >= c (its end if none): a bisection of every row at
+        once (columns ascend within a row), ~log2(longest row) steps over [n] vectors, no pass over the entries."""
+        lo, hi, last = self.crow[:-1].clone(), self.crow[1:].clone(), max(self.nnz - 1, 0)
+        while bool((open_ := lo < hi).any()):
+            mid = (lo + hi) // 2
+            right = open_ & (self.col[mid.clamp_max(last)] < c)
+            lo, hi = torch.where(right, mid + 1, lo), torch.where(open_ & ~right, mid, hi)
+        return lo
+
+    def _abs_sums_of_runs(self, start: Tensor, stop: Tensor) -> Tensor:
+        """[n] float64 Σ |values[start[t]:stop[t]]| per row t, added in order, chunk by chunk (CHUNK_ENTRIES);
+        equal to the masked sum over the whole row, whose other entries add +0."""
+        out, lengths, r0 = torch.zeros(self.n, dtype=torch.float64), stop - start, 0
+        ends = lengths.cumsum(0)
+        while r0 < self.n:
+            base = int(ends[r0 - 1]) if r0 else 0
+            r1 = max(int(torch.searchsorted(ends[r0:], base + CHUNK_ENTRIES, right=True)) + r0, r0 + 1)
+            k = int(ends[r1 - 1]) - base
+            # each run's entries: its start repeated over its length plus the offset within the run
+            first = torch.repeat_interleave(start[r0:r1] - (ends[r0:r1] - lengths[r0:r1] - base), lengths[r0:r1],
+                                            output_size=k)  # fmt: skip
+            v = self.values[first + torch.arange(k)].to(torch.float64).abs_()
+            out[r0:r1] = torch.segment_reduce(v, "sum", lengths=lengths[r0:r1])
+            r0 = r1
         return out
 
     def push(self, coef: Tensor, out: Tensor, start: int = 0, stop: int | None = None, absolute: bool = True) -> None:
         """out[s] += Σ_t coef[t]·|A[t, s]| (A[t, s] if not absolute) over rows t in [start, stop); with coef = x / row
         sums this adds xᵀÂ."""
+        self.push_many([coef], [out], [absolute], start, stop)
+
+    def push_many(self, coefs: list[Tensor], outs: list[Tensor], absolute: list[bool], start: int = 0,
+                  stop: int | None = None) -> None:  # fmt: skip
+        """`push` for several (coef, out, absolute) at once: each entry is read and widened once for all of them."""
         for r0, r1, e0, e1 in self.spans(start, stop):
             v = self.values[e0:e1].to(torch.float64, copy=True)
-            # each row's coefficient repeated over its entries: one op, no per-entry row index to gather through
-            rep = torch.repeat_interleave(coef[r0:r1], self.counts[r0:r1], output_size=e1 - e0)
-            out.index_add_(0, self.col[e0:e1], (v.abs_() if absolute else v).mul_(rep))
+            a = (v.abs_() if all(absolute) else v.abs()) if any(absolute) else v  # v stays signed if a job needs it
+            for coef, out, absolute_j in zip(coefs, outs, absolute, strict=True):
+                # each row's coefficient repeated over its entries: one op, no per-entry row index to gather through
+                rep = torch.repeat_interleave(coef[r0:r1], self.counts[r0:r1], output_size=e1 - e0)
+                out.index_add_(0, self.col[e0:e1], rep.mul_(a if absolute_j else v))
 
     def select(self, row_mask: Tensor, col_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The entries in rows of row_mask [n] bool (and columns of col_mask, if given): int64 rows and cols, values."""
@@ -313,13 +351,24 @@ class RowStore:
 # 4. influence
 
 
-def influence(adj: CsrAdjacency, weights: Tensor, levels: list[list[tuple[int, int]]] | None = None) -> Tensor:
-    """[n] float64 I = wᵀ(Â + Â² + …) (module docstring, step 4). levels: row ranges per topological level."""
+class Job(NamedTuple):  # one path sum of `paths_many` (see `paths`)
+    seed: Tensor  # [n]
+    scale: Tensor  # [n]
+    absolute: bool = False  # B = |A| (else A)
+
+
+def influence_job(adj: CsrAdjacency, weights: Tensor) -> Job:
+    """The Job of I = wᵀ(Â + Â² + …) (module docstring, step 4); GraphFileError on NaN/Inf."""
     w, sums = weights.double(), adj.row_abs_sums
     if not bool(torch.isfinite(sums).all()) or not bool(torch.isfinite(w).all()):
         raise GraphFileError("adjacency or logit weights hold NaN/Inf: influence is undefined")
     scale = 1.0 / sums.clamp_min(ROW_SUM_MIN)
-    return paths(adj, w * scale, scale, levels, absolute=True)
+    return Job(w * scale, scale, absolute=True)
+
+
+def influence(adj: CsrAdjacency, weights: Tensor, levels: list[list[tuple[int, int]]] | None = None) -> Tensor:
+    """[n] float64 I = wᵀ(Â + Â² + …) (module docstring, step 4). levels: row ranges per topological level."""
+    return paths_many(adj, [influence_job(adj, weights)], levels)[0]
 
 
 def paths(adj: CsrAdjacency, seed: Tensor, scale: Tensor, levels: list[list[tuple[int, int]]] | None = None,
@@ -328,28 +377,33 @@ def paths(adj: CsrAdjacency, seed: Tensor, scale: Tensor, levels: list[list[tupl
     paths into s, each edge weighted by B and each node it passes by `scale`. Influence is y with B = |A|,
     seed = w / row sums, scale = 1 / row sums; signed path sums (tracer.effects) use B = A. One pass in the order of
     `levels` when they are a topological order of the graph, else the power series."""
-    if levels is not None:
-        got = _paths_levels(adj, seed.double(), scale.double(), levels, absolute)
-        if got is not None:
-            return got
-    return _paths_series(adj, seed.double(), scale.double(), absolute)
+    return paths_many(adj, [Job(seed, scale, absolute)], levels)[0]
 
 
-def _paths_levels(adj: CsrAdjacency, seed: Tensor, scale: Tensor, levels: list[list[tuple[int, int]]],
-                  absolute: bool) -> Tensor | None:  # fmt: skip
-    acc = torch.zeros(adj.n, dtype=torch.float64)  # y received so far
+def paths_many(adj: CsrAdjacency, jobs: list[Job], levels: list[list[tuple[int, int]]] | None = None) -> list[Tensor]:
+    """`paths` of each job, all in one pass over the edges in the order of `levels` (each job's arithmetic as if
+    alone); a job whose order check fails is redone alone by the power series."""
+    jobs = [Job(j.seed.double(), j.scale.double(), j.absolute) for j in jobs]
+    got = _paths_levels(adj, jobs, levels) if levels is not None else [None] * len(jobs)
+    return [y if y is not None else _paths_series(adj, *j) for y, j in zip(got, jobs, strict=True)]
+
+
+def _paths_levels(adj: CsrAdjacency, jobs: list[Job], levels: list[list[tuple[int, int]]]) -> list[Tensor | None]:
+    acc = [torch.zeros(adj.n, dtype=torch.float64) for _ in jobs]  # y received so far
+    seen = [torch.zeros(adj.n, dtype=torch.float64) for _ in jobs]  # each row's y when it was processed
     done = torch.zeros(adj.n, dtype=torch.bool)
-    seen = torch.zeros(adj.n, dtype=torch.float64)  # each row's y when it was processed
     for level in levels:
-        coef = torch.zeros(adj.n, dtype=torch.float64)
+        coefs = [torch.zeros(adj.n, dtype=torch.float64) for _ in jobs]
         for start, stop in level:
-            seen[start:stop], done[start:stop] = acc[start:stop], True
-            coef[start:stop] = scale[start:stop] * acc[start:stop] + seed[start:stop]
+            done[start:stop] = True
+            for job, y, y_seen, coef in zip(jobs, acc, seen, coefs, strict=True):
+                y_seen[start:stop] = y[start:stop]
+                coef[start:stop] = job.scale[start:stop] * y[start:stop] + job.seed[start:stop]
         for start, stop in level:
-            adj.push(coef, acc, start, stop, absolute)
-    if bool((adj.counts.gt(0) & ~done).any()) or not torch.equal(acc[done], seen[done]):
-        return None  # not a topological order of this graph
-    return acc
+            adj.push_many(coefs, acc, [j.absolute for j in jobs], start, stop)
+    ordered = not bool((adj.counts.gt(0) & ~done).any())
+    # a job whose rows received y after they were processed: not a topological order of this graph (for it)
+    return [y if ordered and torch.equal(y[done], y_seen[done]) else None for y, y_seen in zip(acc, seen, strict=True)]
 
 
 def _paths_series(adj: CsrAdjacency, seed: Tensor, scale: Tensor, absolute: bool) -> Tensor:

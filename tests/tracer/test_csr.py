@@ -151,3 +151,35 @@ def test_cycle_and_nonfinite_are_refused():
         influence(CsrAdjacency.of(a), torch.tensor([1.0, 0.0, 0.0]))
     with pytest.raises(GraphFileError, match="NaN"):
         influence(CsrAdjacency.of(torch.tensor([[0.0, 0.0], [float("nan"), 0.0]])), torch.tensor([0.0, 1.0]))
+
+
+@pytest.mark.parametrize("sources", [slice(0, 25), slice(5, 12), slice(7, 7), slice(20, 40), slice(30, 40)])
+def test_abs_sums_from_a_column_range_equal_the_masked_row_sums(chunk, sources):
+    """The runs of each row's entries in the range, summed alone, give the bits of the masked sum over whole rows."""
+    a, _ = lower_dense(25, 7)
+    adj = CsrAdjacency.of(a.to_sparse_coo())
+    want = torch.zeros(adj.n, dtype=torch.float64)
+    for c in adj.chunks():
+        cols = c.cols.long()
+        v = c.values.abs() * ((cols >= sources.start) & (cols < sources.stop))
+        want.index_add_(0, c.rows, v)  # entries in column order, as a row's segment sum adds them
+    assert torch.equal(adj.abs_sums_from(sources), want)
+    assert torch.equal(adj.abs_sums_from(slice(0, adj.n)), adj.row_abs_sums)
+    starts = adj.first_col_at_least(sources.start)
+    for r in range(adj.n):
+        got = adj.col[int(adj.crow[r]) : int(starts[r])]
+        assert bool((got < sources.start).all()) and bool((adj.col[int(starts[r]) : int(adj.crow[r + 1])]
+                                                          >= sources.start).all())  # fmt: skip
+
+
+def test_paths_many_equal_each_path_sum_alone(chunk):
+    """One shared pass (tracer.effects: signed effect and target influence) gives each job's bits as if alone."""
+    attr = random_attribution(n_layers=3, n_pos=5, seed=8, dtype=torch.float32)
+    adj, lay = attr.adjacency, attr.layout
+    g = torch.Generator().manual_seed(1)
+    signed = csr_mod.Job(torch.randn(adj.n, generator=g, dtype=torch.float64), torch.rand(adj.n, generator=g) + 0.5)
+    infl = csr_mod.influence_job(adj, logit_weights(lay, attr.logit_probs))
+    for levels in (lay.levels(), list(reversed(lay.levels())), None):  # reversed: both fall back to the series
+        both = csr_mod.paths_many(adj, [signed, infl], levels)
+        assert torch.equal(both[0], paths(adj, signed.seed, signed.scale, levels))
+        assert torch.equal(both[1], influence(adj, logit_weights(lay, attr.logit_probs), levels))
