@@ -20,8 +20,6 @@
    is one pass: each level's rows have their final I + w when reached and push it to their sources. The order is
    verified (a row that receives influence after it was processed means the levels were wrong), and the power
    series vᵀ ← vᵀÂ — which ends because Â is nilpotent on a DAG — is the fallback and the path without levels.
-   Several path sums (`paths_many`: e.g. tracer.effects' signed effect and target influence) share the one pass,
-   each entry read and widened once for all.
 """
 
 from __future__ import annotations
@@ -192,18 +190,11 @@ class CsrAdjacency:
     def push(self, coef: Tensor, out: Tensor, start: int = 0, stop: int | None = None, absolute: bool = True) -> None:
         """out[s] += Σ_t coef[t]·|A[t, s]| (A[t, s] if not absolute) over rows t in [start, stop); with coef = x / row
         sums this adds xᵀÂ."""
-        self.push_many([coef], [out], [absolute], start, stop)
-
-    def push_many(self, coefs: list[Tensor], outs: list[Tensor], absolute: list[bool], start: int = 0,
-                  stop: int | None = None) -> None:  # fmt: skip
-        """`push` for several (coef, out, absolute) at once: each entry is read and widened once for all of them."""
         for r0, r1, e0, e1 in self.spans(start, stop):
             v = self.values[e0:e1].to(torch.float64, copy=True)
-            a = (v.abs_() if all(absolute) else v.abs()) if any(absolute) else v  # v stays signed if a job needs it
-            for coef, out, absolute_j in zip(coefs, outs, absolute, strict=True):
-                # each row's coefficient repeated over its entries: one op, no per-entry row index to gather through
-                rep = torch.repeat_interleave(coef[r0:r1], self.counts[r0:r1], output_size=e1 - e0)
-                out.index_add_(0, self.col[e0:e1], rep.mul_(a if absolute_j else v))
+            # each row's coefficient repeated over its entries: one op, no per-entry row index to gather through
+            rep = torch.repeat_interleave(coef[r0:r1], self.counts[r0:r1], output_size=e1 - e0)
+            out.index_add_(0, self.col[e0:e1], (v.abs_() if absolute else v).mul_(rep))
 
     def select(self, row_mask: Tensor, col_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The entries in rows of row_mask [n] bool (and columns of col_mask, if given): int64 rows and cols, values."""
@@ -351,24 +342,13 @@ class RowStore:
 # 4. influence
 
 
-class Job(NamedTuple):  # one path sum of `paths_many` (see `paths`)
-    seed: Tensor  # [n]
-    scale: Tensor  # [n]
-    absolute: bool = False  # B = |A| (else A)
-
-
-def influence_job(adj: CsrAdjacency, weights: Tensor) -> Job:
-    """The Job of I = wᵀ(Â + Â² + …) (module docstring, step 4); GraphFileError on NaN/Inf."""
+def influence(adj: CsrAdjacency, weights: Tensor, levels: list[list[tuple[int, int]]] | None = None) -> Tensor:
+    """[n] float64 I = wᵀ(Â + Â² + …) (module docstring, step 4). levels: row ranges per topological level."""
     w, sums = weights.double(), adj.row_abs_sums
     if not bool(torch.isfinite(sums).all()) or not bool(torch.isfinite(w).all()):
         raise GraphFileError("adjacency or logit weights hold NaN/Inf: influence is undefined")
     scale = 1.0 / sums.clamp_min(ROW_SUM_MIN)
-    return Job(w * scale, scale, absolute=True)
-
-
-def influence(adj: CsrAdjacency, weights: Tensor, levels: list[list[tuple[int, int]]] | None = None) -> Tensor:
-    """[n] float64 I = wᵀ(Â + Â² + …) (module docstring, step 4). levels: row ranges per topological level."""
-    return paths_many(adj, [influence_job(adj, weights)], levels)[0]
+    return paths(adj, w * scale, scale, levels, absolute=True)
 
 
 def paths(adj: CsrAdjacency, seed: Tensor, scale: Tensor, levels: list[list[tuple[int, int]]] | None = None,
@@ -377,33 +357,28 @@ def paths(adj: CsrAdjacency, seed: Tensor, scale: Tensor, levels: list[list[tupl
     paths into s, each edge weighted by B and each node it passes by `scale`. Influence is y with B = |A|,
     seed = w / row sums, scale = 1 / row sums; signed path sums (tracer.effects) use B = A. One pass in the order of
     `levels` when they are a topological order of the graph, else the power series."""
-    return paths_many(adj, [Job(seed, scale, absolute)], levels)[0]
+    if levels is not None:
+        got = _paths_levels(adj, seed.double(), scale.double(), levels, absolute)
+        if got is not None:
+            return got
+    return _paths_series(adj, seed.double(), scale.double(), absolute)
 
 
-def paths_many(adj: CsrAdjacency, jobs: list[Job], levels: list[list[tuple[int, int]]] | None = None) -> list[Tensor]:
-    """`paths` of each job, all in one pass over the edges in the order of `levels` (each job's arithmetic as if
-    alone); a job whose order check fails is redone alone by the power series."""
-    jobs = [Job(j.seed.double(), j.scale.double(), j.absolute) for j in jobs]
-    got = _paths_levels(adj, jobs, levels) if levels is not None else [None] * len(jobs)
-    return [y if y is not None else _paths_series(adj, *j) for y, j in zip(got, jobs, strict=True)]
-
-
-def _paths_levels(adj: CsrAdjacency, jobs: list[Job], levels: list[list[tuple[int, int]]]) -> list[Tensor | None]:
-    acc = [torch.zeros(adj.n, dtype=torch.float64) for _ in jobs]  # y received so far
-    seen = [torch.zeros(adj.n, dtype=torch.float64) for _ in jobs]  # each row's y when it was processed
+def _paths_levels(adj: CsrAdjacency, seed: Tensor, scale: Tensor, levels: list[list[tuple[int, int]]],
+                  absolute: bool) -> Tensor | None:  # fmt: skip
+    acc = torch.zeros(adj.n, dtype=torch.float64)  # y received so far
     done = torch.zeros(adj.n, dtype=torch.bool)
+    seen = torch.zeros(adj.n, dtype=torch.float64)  # each row's y when it was processed
     for level in levels:
-        coefs = [torch.zeros(adj.n, dtype=torch.float64) for _ in jobs]
+        coef = torch.zeros(adj.n, dtype=torch.float64)
         for start, stop in level:
-            done[start:stop] = True
-            for job, y, y_seen, coef in zip(jobs, acc, seen, coefs, strict=True):
-                y_seen[start:stop] = y[start:stop]
-                coef[start:stop] = job.scale[start:stop] * y[start:stop] + job.seed[start:stop]
+            seen[start:stop], done[start:stop] = acc[start:stop], True
+            coef[start:stop] = scale[start:stop] * acc[start:stop] + seed[start:stop]
         for start, stop in level:
-            adj.push_many(coefs, acc, [j.absolute for j in jobs], start, stop)
-    ordered = not bool((adj.counts.gt(0) & ~done).any())
-    # a job whose rows received y after they were processed: not a topological order of this graph (for it)
-    return [y if ordered and torch.equal(y[done], y_seen[done]) else None for y, y_seen in zip(acc, seen, strict=True)]
+            adj.push(coef, acc, start, stop, absolute)
+    if bool((adj.counts.gt(0) & ~done).any()) or not torch.equal(acc[done], seen[done]):
+        return None  # not a topological order of this graph
+    return acc
 
 
 def _paths_series(adj: CsrAdjacency, seed: Tensor, scale: Tensor, absolute: bool) -> Tensor:

@@ -14,7 +14,7 @@ On the unpruned adjacency A[target, source] (a DAG; rows targets, columns source
    (wᵀ = vᵀA, T += w, v = w·D) over the edge list, which ends exactly because Ã is nilpotent (DAG); capped at
    n_nodes steps. Holding a group's rows (D = 0 there) cuts paths through them: Σ_{s in group} T[s] is then the
    prediction for removing the whole group (a supernode).
-Both are [n_nodes] float64, computed together in one pass over the edges; the target row itself gets 0.
+Both are [n_nodes] float64; the target row itself gets 0.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from typing import NamedTuple
 
 import torch
 
-from tracer.csr import CsrAdjacency, Job, influence_job, paths_many
+from tracer.csr import CsrAdjacency, paths
 from tracer.layout import NodeLayout
+from tracer.prune import node_influence
 from tracer.result import Attribution
 
 
@@ -51,36 +52,28 @@ def activation_scale(layout: NodeLayout, activations: torch.Tensor) -> torch.Ten
     return d
 
 
-def signed_job(layout: NodeLayout, activations: torch.Tensor, target_row: int, held: torch.Tensor | None = None
-               ) -> Job:  # fmt: skip
-    """Step 2 as a tracer.csr path sum: T = Σ_k v_kᵀA with v_0 = e_t, v_{k+1} = (v_kᵀA)∘d (held rows: d = 0)."""
-    d = activation_scale(layout, activations)
-    if held is not None:
-        d = d.masked_fill(held, 0.0)
-    e = torch.zeros(layout.n_nodes, dtype=torch.float64)
-    e[target_row] = 1.0
-    return Job(e, d)
-
-
 def signed_total_effect(adjacency, layout: NodeLayout, activations: torch.Tensor, target_row: int,
                         held: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """Step 2: adjacency (sparse torch [n, n] or tracer.csr.CsrAdjacency) -> [n_nodes] float64 T.
     held: [n_nodes] bool rows whose activations do not respond (paths through them are cut): with a group's rows
     held, Σ_{s in group} T[s] is the linear prediction for removing the whole group."""
-    job = signed_job(layout, activations, target_row, held)
-    return paths_many(CsrAdjacency.of(adjacency), [job], layout.levels())[0]  # one pass in topological order
+    d = activation_scale(layout, activations)
+    if held is not None:
+        d = d.masked_fill(held, 0.0)
+    e = torch.zeros(layout.n_nodes, dtype=torch.float64)
+    e[target_row] = 1.0
+    # T = Σ_k v_kᵀA with v_0 = e_t, v_{k+1} = (v_kᵀA)∘d: tracer.csr.paths (one pass in the layout's topological order)
+    return paths(CsrAdjacency.of(adjacency), e, d, layout.levels())
 
 
 def effects(attribution: Attribution, k: int = 0) -> Effects:
-    """Steps 1-2 for logit target k (default 0, the primary target) of an unpruned attribution, in one pass over
-    its edges (tracer.csr.paths_many)."""
+    """Steps 1-2 for logit target k (default 0, the primary target) of an unpruned attribution."""
     lay = attribution.layout
     row = int(lay.logit_rows(k))
     w = torch.zeros(lay.n_nodes, dtype=torch.float64)
     w[row] = 1.0
-    adj = CsrAdjacency.of(attribution.adjacency)
-    jobs = [signed_job(lay, attribution.activations, row), influence_job(adj, w)]
-    signed, infl = paths_many(adj, jobs, lay.levels())
+    signed = signed_total_effect(attribution.adjacency, lay, attribution.activations, row)
+    infl = node_influence(attribution.adjacency, w, lay)
     infl[row] = 0.0
     return Effects(row, infl, signed)
 

@@ -171,15 +171,3 @@ def test_abs_sums_from_a_column_range_equal_the_masked_row_sums(chunk, sources):
         assert bool((got < sources.start).all()) and bool((adj.col[int(starts[r]) : int(adj.crow[r + 1])]
                                                           >= sources.start).all())  # fmt: skip
 
-
-def test_paths_many_equal_each_path_sum_alone(chunk):
-    """One shared pass (tracer.effects: signed effect and target influence) gives each job's bits as if alone."""
-    attr = random_attribution(n_layers=3, n_pos=5, seed=8, dtype=torch.float32)
-    adj, lay = attr.adjacency, attr.layout
-    g = torch.Generator().manual_seed(1)
-    signed = csr_mod.Job(torch.randn(adj.n, generator=g, dtype=torch.float64), torch.rand(adj.n, generator=g) + 0.5)
-    infl = csr_mod.influence_job(adj, logit_weights(lay, attr.logit_probs))
-    for levels in (lay.levels(), list(reversed(lay.levels())), None):  # reversed: both fall back to the series
-        both = csr_mod.paths_many(adj, [signed, infl], levels)
-        assert torch.equal(both[0], paths(adj, signed.seed, signed.scale, levels))
-        assert torch.equal(both[1], influence(adj, logit_weights(lay, attr.logit_probs), levels))
