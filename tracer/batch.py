@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
-from tracer.errors import ConfigError, GraphFileError, TracerError
+from tracer.errors import ConfigError, GraphFileError, OutputError, TracerError
 from tracer.io import atomic_write_text
 from tracer.pipeline import Tracer
 from tracer.schema import GraphFile, Identity, Scores
@@ -206,10 +206,11 @@ def _one(tracer: Tracer, pl: PromptLine, out_dir: Path) -> Entry:
         return entry_of(old, pl.line, path.name, "skipped")
     t0 = time.perf_counter()
     try:
-        graph, attr = tracer.trace(pl.prompt)
+        graph, _ = tracer.trace_to(path, pl.prompt)
     except TracerError as e:
+        if isinstance(e, OutputError):  # the output folder, not this prompt: stop the batch
+            raise
         return Entry(line=pl.line, prompt=pl.prompt, status="failed", error=str(e))
-    tracer.save(path, graph, attr)
     return entry_of(graph, pl.line, path.name, "traced", time.perf_counter() - t0)
 
 

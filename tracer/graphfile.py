@@ -7,11 +7,7 @@ v1 sidecars are tracer.sidecar's. Sidecars are read memory-mapped (lazily).
 Building: 1. nodes: the kept rows, ids from schema.node_id; 2. edges: the kept edges, each with weight / Σ|incoming
 weights of its target| in the unpruned graph; 3. metadata: identities, settings (incl. the thresholds), timings,
 scores of the unpruned and pruned graphs (tracer.scores), counts, creation time, tracer version.
-Saving (the pair is one unit): 1. remove or finish what a killed save left (recover_pair); 2. write the sidecar to a
-temp file, recording a hash of its tensors (sha256, 128 bits) in its own metadata (`content_hash`); 3. write the
-JSON, which records the sidecar's name, hash and size, to a temp file; 4. rename the sidecar, then the JSON, into place.
-A kill before 4 leaves the old pair and temp files; between the renames, the new sidecar beside the old JSON and the
-new JSON pending: recover_pair publishes that pending JSON (its hash matches), so the next run sees the new pair.
+Saving (the pair is one unit, tracer.pair): sidecar first, then the JSON recording its hash and size; atomic renames.
 Loading: 1. read; 2. parse JSON; 3. migrate older schema versions step by step; 4. validate (edges name nodes).
 Every sidecar read through its JSON is checked: `adjacency_file` a bare name in the JSON's own folder, and the
 recorded hash and size equal to the sidecar's (its header only is read); a stale pair is one GraphFileError line.
@@ -27,51 +23,32 @@ Schema versions:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import math
-import shutil
-import struct
 import weakref
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from tracer.effects import RankBy, effects, node_ranking
-from tracer.errors import GraphFileError, OutputError
+from tracer.errors import GraphFileError
 from tracer.finite import check_finite
-from tracer.io import (
-    atomic_write_text,
-    check_output,
-    new_temp,
-    new_temp_dir,
-    publish,
-    remove_stale_temps,
-    stale_temps,
-)
 from tracer.layout import KIND_ORDER, NodeKind, NodeRef
 from tracer.migrate import migrate
+from tracer.pair import recover_pair as recover_pair  # saving's home is tracer.pair: re-exported
+from tracer.pair import save_graph as save_graph
+from tracer.pair import sidecar_hash, sidecar_path
 from tracer.prune import Edges, PruneResult, RowValues, prune
 from tracer.result import Attribution
 from tracer.schema import SCHEMA_VERSION, GraphEdge, GraphFile, GraphNode, Identity, Metadata, node_id
 from tracer.scores import graph_scores
-from tracer.sidecar import FINITE, read_attribution, sidecar_tensors
+from tracer.sidecar import FINITE, read_attribution
 
-SIDECAR_SUFFIX = ".adjacency.safetensors"
-HASH_KEY = "content_hash"  # sidecar metadata: a 128-bit hash of its tensors, recorded at write time
-MAX_HEADER = 100 << 20  # a safetensors header larger than this is corrupt
 Settings = dict[str, float | int | str | bool | None | list[str]]
-
-
-def sidecar_path(path: str | Path) -> Path:
-    """`NAME.json` -> `NAME.adjacency.safetensors` (beside it)."""
-    return Path(path).with_suffix(SIDECAR_SUFFIX)
 
 
 def tracer_version() -> str:
@@ -166,111 +143,6 @@ def _edges(attribution: Attribution, result: PruneResult, ids: dict[int, str]) -
     ]
 
 
-# saving
-
-
-def save_graph(path: str | Path, graph: GraphFile, attribution: Attribution | None = None,
-               values_dtype: torch.dtype | None = None) -> Path:  # fmt: skip
-    """Write `path` (JSON) and, given the unpruned attribution, its sidecar, as one unit (module docstring,
-    saving steps 1-4); without an attribution the JSON alone (its pair record kept). Returns the JSON path.
-    `graph` is not modified (the written copy records the sidecar's name, hash and size). values_dtype: the
-    sidecar's edge values, float32 or float16 (--sidecar-dtype; None: float16 if they are, else float32)."""
-    path = Path(path)
-    check_output(path, "graph file")
-    recover_pair(path)  # 1.
-    # only the metadata is changed below: copy it, share the nodes and edges (a deep copy: ~0.1 s at 64 tokens)
-    graph = graph.model_copy(update={"metadata": graph.metadata.model_copy()})
-    if attribution is None:
-        atomic_write_text(path, graph.model_dump_json())
-        return path
-    side = sidecar_path(path)
-    side_dir = new_temp_dir(side)  # safetensors makes its own temp file: inside this folder, owned by our pid
-    side_tmp = side_dir / side.name
-    json_tmp: Path | None = None
-    try:
-        digest = _save_sidecar(side_tmp, attribution, values_dtype)  # 2.
-        m = graph.metadata
-        m.adjacency_file, m.adjacency_hash, m.adjacency_size = side.name, digest, side_tmp.stat().st_size
-        json_tmp = new_temp(path)  # 3.
-        json_tmp.write_text(graph.model_dump_json(), encoding="utf-8")
-    except BaseException as e:
-        shutil.rmtree(side_dir, ignore_errors=True)
-        if json_tmp is not None:
-            json_tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and not isinstance(e, OutputError):
-            raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
-        raise
-    publish(side_tmp, side)  # 4.
-    publish(json_tmp, path)
-    shutil.rmtree(side_dir, ignore_errors=True)
-    return path
-
-
-def recover_pair(path: str | Path) -> None:
-    """Saving step 1: after a killed save_graph, publish its pending JSON if the sidecar in place is the one it
-    records (the kill fell between the two renames), then remove every leftover temp file of the pair."""
-    path = Path(path)
-    side = sidecar_path(path)
-    pending = stale_temps(path)
-    if pending and side.exists():
-        try:
-            have = _sidecar_hash(side)
-        except GraphFileError:
-            have = None
-        for q in reversed(pending):  # newest first
-            try:
-                meta = json.loads(q.read_text(encoding="utf-8")).get("metadata", {})
-            except (OSError, ValueError, RecursionError, AttributeError):
-                continue
-            if have is not None and isinstance(meta, dict) and meta.get("adjacency_hash") == have:
-                publish(q, path)
-                break
-    remove_stale_temps(path)
-    remove_stale_temps(side)
-
-
-def _tensor_hash(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over each tensor's name, dtype, shape and bytes, in name order, cut to 128 bits (sha256 runs at twice
-    blake2b's speed on CPUs with SHA extensions; older pairs recorded blake2b-128: hashes are only ever compared
-    as recorded strings, never recomputed on load)."""
-    h = hashlib.sha256()
-    for k in sorted(tensors):
-        t = tensors[k].contiguous().reshape(-1)
-        h.update(f"{k}|{t.dtype}|{tuple(tensors[k].shape)}|".encode())
-        if t.numel():
-            h.update(t.view(torch.uint8).numpy().data)
-    return h.hexdigest()[:32]
-
-
-def _sidecar_hash(side: Path) -> str | None:
-    """The content hash a sidecar records in its header (None for sidecars written before hashes); reads the
-    safetensors header only, never the tensors."""
-    try:
-        with open(side, "rb") as f:
-            head = f.read(8)
-            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-            if not 0 < n <= MAX_HEADER:
-                raise GraphFileError(f"corrupt adjacency sidecar {side}: bad header length")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, RecursionError) as e:
-        raise GraphFileError(f"corrupt adjacency sidecar {side}: {e}") from None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    value = meta.get(HASH_KEY) if isinstance(meta, dict) else None
-    return value if isinstance(value, str) else None
-
-
-def _save_sidecar(path: Path, a: Attribution, values_dtype: torch.dtype | None = None) -> str:
-    """Write the sidecar to `path` (a temp file); returns its content hash (also stored in its metadata)."""
-    tensors, meta = sidecar_tensors(a, values_dtype)
-    digest = _tensor_hash(tensors)
-    meta[HASH_KEY] = digest
-    try:
-        save_file(tensors, str(path), metadata=meta)
-    except SafetensorError as e:
-        raise OutputError(f"cannot write {path}: {e}") from None
-    return digest
-
-
 # loading
 
 
@@ -330,7 +202,7 @@ def pair_sidecar(path: str | Path, graph: GraphFile | None = None) -> Path:
         raise GraphFileError(f"adjacency sidecar not found: {side} (re-run `tracer trace` to create it)")
     if m.adjacency_hash is None:  # written before pairs were hashed: nothing to compare
         return side
-    size, have = side.stat().st_size, _sidecar_hash(side)
+    size, have = side.stat().st_size, sidecar_hash(side)
     if have != m.adjacency_hash or (m.adjacency_size is not None and size != m.adjacency_size):
         why = (f"content hash {have} != recorded {m.adjacency_hash}" if have != m.adjacency_hash
                else f"size {size} != recorded {m.adjacency_size} bytes")  # fmt: skip

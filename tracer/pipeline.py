@@ -3,13 +3,15 @@
 1. load (`Tracer.from_args`): model (dtype/device from tracer.precision), transcoders (the model's dtype, decoders
    lazy), their identities; the trace settings, as one TraceConfig.
 2. trace (`Tracer.trace`): tokenize, attribute, prune, build the graph file, add the feature store's labels.
-3. save (`Tracer.save`): graph + sidecar as one unit (tracer.graphfile.save_graph), sidecar as the options ask.
+3. save (`Tracer.trace_to`: 2 and 3): graph + sidecar as one unit (tracer.pair), the sidecar as the options ask,
+   written in a background thread from the end of attribution on (disk I/O beside pruning and the graph file).
 Each step's phases are added to the `timings` dict it is given (seconds, the names `tracer trace` prints).
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,14 +91,41 @@ class Tracer:
 
     def trace(self, prompt: str, timings: dict[str, float] | None = None) -> tuple[GraphFile, Attribution]:
         """2. prompt -> (GraphFile, Attribution); PromptError for an empty or over-long prompt."""
+        t = {} if timings is None else timings
+        attr = self._attribute(prompt, t)
+        return self._graph(prompt, attr, t), attr
+
+    def trace_to(self, path: Path, prompt: str, timings: dict[str, float] | None = None,
+                 ) -> tuple[GraphFile, Attribution]:  # fmt: skip
+        """2 and 3: trace, and save as `path`: the sidecar (unless --no-sidecar) is written by a background thread
+        (tracer.pair.start_save: disk I/O) while the graph is pruned and built; the phase `write` is the time spent
+        starting the save and finishing it (waiting for the sidecar, the JSON, the renames)."""
+        import torch
+
+        from tracer.attribute import phase
+        from tracer.pair import start_save
+
+        t = {} if timings is None else timings
+        attr = self._attribute(prompt, t)
+        t0 = time.perf_counter()
+        dtype = torch.float16 if self.sidecar_fp16 else torch.float32
+        pending = start_save(path, attr if self.sidecar else None, values_dtype=dtype)
+        started = time.perf_counter() - t0
+        try:
+            graph = self._graph(prompt, attr, t)
+        except BaseException:
+            pending.cancel()
+            raise
+        t["write"] = started  # printed after graph_file, where the save ends
+        with phase("write", t):
+            pending.finish(graph)
+        return graph, attr
+
+    def _attribute(self, prompt: str, t: dict[str, float]) -> Attribution:
         import torch
 
         from tracer.attribute import attribute, phase
-        from tracer.features.graph_labels import label_graph
-        from tracer.graphfile import build_graph_file
-        from tracer.prune import prune
 
-        t = {} if timings is None else timings
         lm = self.lm
         assert lm.tokenizer is not None  # checked in from_args
         with phase("tokenize", t):
@@ -105,19 +134,18 @@ class Tracer:
         with torch.inference_mode(False):
             attr = attribute(lm.model, self.tc, tokens, lm.tokenizer, self.cfg)
         t |= attr.timings
+        return attr
+
+    def _graph(self, prompt: str, attr: Attribution, t: dict[str, float]) -> GraphFile:
+        from tracer.attribute import phase
+        from tracer.features.graph_labels import label_graph
+        from tracer.graphfile import build_graph_file
+        from tracer.prune import prune
+
         with phase("prune", t):
             pruned = prune(attr, node_threshold=self.node_threshold, edge_threshold=self.edge_threshold)
         with phase("graph_file", t):
             graph = build_graph_file(attr, pruned, prompt=prompt, model=self.model_id, transcoders=self.tc_id,
                                      settings=self.settings, labels=None)  # fmt: skip
             label_graph(graph, self.tc_dir)  # automatic labels from the feature store beside the transcoders, if any
-        return graph, attr
-
-    def save(self, path: Path, graph: GraphFile, attr: Attribution) -> None:
-        """3. graph + sidecar (or the graph alone with --no-sidecar)."""
-        import torch
-
-        from tracer.graphfile import save_graph
-
-        dtype = torch.float16 if self.sidecar_fp16 else torch.float32
-        save_graph(path, graph, attr if self.sidecar else None, values_dtype=dtype)
+        return graph

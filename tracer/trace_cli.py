@@ -134,9 +134,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     pipe = Tracer.from_args(args, progress=not args.json)
     t |= pipe.timings
-    graph, attr = pipe.trace(args.prompt, t)
-    with phase("write", t):
-        pipe.save(out, graph, attr)
+    graph, attr = pipe.trace_to(out, args.prompt, t)
     summary = _summary(args.prompt, out, attr, graph, t)
     with phase("free", t):  # the unpruned graph's memory goes back before the summary is printed
         del attr, pipe

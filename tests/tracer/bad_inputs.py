@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from tracer.graphfile import _tensor_hash, sidecar_path
+from tracer.pair import sidecar_path, tensor_hash
 
 
 @dataclass
@@ -106,7 +106,7 @@ def edit_sidecar(graph: Path, fn: Callable[[dict[str, torch.Tensor], dict[str, s
         meta = f.metadata() or {}
     t = load_file(str(side))
     fn(t, meta)
-    meta["content_hash"] = _tensor_hash(t)
+    meta["content_hash"] = tensor_hash(t)
     save_file(t, str(side), metadata=meta)
     edit_json(graph, lambda d: d["metadata"].update(adjacency_hash=meta["content_hash"],
                                                     adjacency_size=side.stat().st_size))  # fmt: skip

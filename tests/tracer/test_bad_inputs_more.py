@@ -124,6 +124,7 @@ def fail(what: str):
 def no_work(monkeypatch) -> None:
     """The trace and the graph parsing replaced by an AssertionError (which main does not catch)."""
     monkeypatch.setattr(Tracer, "trace", fail("the trace ran"))
+    monkeypatch.setattr(Tracer, "trace_to", fail("the trace ran"))
     monkeypatch.setattr(tracer.attribute, "attribute", fail("attribution ran"))
     monkeypatch.setattr(tracer.graphfile, "load_graph", fail("the graph was parsed"))
     monkeypatch.setattr(tracer.graphfile, "load_attribution", fail("the sidecar was read"))

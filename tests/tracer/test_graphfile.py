@@ -82,7 +82,7 @@ def test_pair_hashed_with_blake2b_still_opens(tmp_path, monkeypatch):
     strings, never recomputed, so such a pair still loads; a pair whose two recorded hashes differ does not."""
     import hashlib
 
-    import tracer.graphfile as gf
+    import tracer.pair as gf
 
     def old_hash(tensors):
         h = hashlib.blake2b(digest_size=16)
@@ -94,13 +94,13 @@ def test_pair_hashed_with_blake2b_still_opens(tmp_path, monkeypatch):
 
     attr, _, g = make_graph()
     with monkeypatch.context() as m:
-        m.setattr(gf, "_tensor_hash", old_hash)
+        m.setattr(gf, "tensor_hash", old_hash)
         path = save_graph(tmp_path / "g.json", g, attr)
     recorded = load_graph(path).metadata.adjacency_hash
-    assert recorded == old_hash(gf.sidecar_tensors(attr, None)[0]) != gf._tensor_hash(gf.sidecar_tensors(attr, None)[0])
+    assert recorded == old_hash(gf.sidecar_tensors(attr, None)[0]) != gf.tensor_hash(gf.sidecar_tensors(attr, None)[0])
     assert torch.equal(load_attribution(path).adjacency.to_dense(), attr.adjacency.to_dense())
     data = json.loads(path.read_text())
-    data["metadata"]["adjacency_hash"] = gf._tensor_hash(gf.sidecar_tensors(attr, None)[0])  # not what the sidecar says
+    data["metadata"]["adjacency_hash"] = gf.tensor_hash(gf.sidecar_tensors(attr, None)[0])  # not what the sidecar says
     path.write_text(json.dumps(data))
     with pytest.raises(GraphFileError, match="does not match|stale|interrupted"):
         load_attribution(path)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import tracer.graphfile as gf
+import tracer.pair
 from tests.tracer.graph_fixtures import random_attribution
 from tracer.cli import main
 from tracer.errors import GraphFileError
@@ -53,7 +54,7 @@ HOWS = ["json-size", "json-hash", "sidecar-grown", "sidecar-cut"]
 def test_matching_pair_records_the_sidecars_size_and_hash(tmp_path: Path):
     path = saved(tmp_path)
     m, side = load_graph(path).metadata, sidecar_path(path)
-    assert (m.adjacency_size, m.adjacency_hash) == (side.stat().st_size, gf._sidecar_hash(side))
+    assert (m.adjacency_size, m.adjacency_hash) == (side.stat().st_size, tracer.pair.sidecar_hash(side))
     assert load_attribution(path).layout.n_nodes > 0
 
 
@@ -107,7 +108,7 @@ def test_stale_pair_is_refused_from_the_header_alone(tmp_path: Path, monkeypatch
         return CountingFile(open(file, mode, *a, **k), counts)  # noqa: SIM115 (the wrapper closes it)
 
     monkeypatch.setattr(gf, "safe_open", no_tensors)
-    monkeypatch.setattr(gf, "open", counting_open, raising=False)
+    monkeypatch.setattr(tracer.pair, "open", counting_open, raising=False)  # where the header is read
     with pytest.raises(GraphFileError, match="does not belong to g.json"):
         load_attribution(path)
     assert counts == {str(side): 8 + header_len}

@@ -11,7 +11,7 @@ pair and no temp file.
    spread over all of them; as soon as the child's first temp file appears, wait a seeded random delay (stratified
    over the write phase's length) and SIGKILL it.
 3. check: the pair loads consistently (prompt "old" or "new") or is refused with the one-line stale-pair error;
-   tracer.graphfile.recover_pair (the next run's first step) leaves a consistent pair and no temp file.
+   tracer.pair.recover_pair (the next run's first step) leaves a consistent pair and no temp file.
 4. last: after the last kill, one complete trace (its own recovery first) leaves the new pair and no temp file.
 """
 
@@ -45,7 +45,7 @@ DRIVER = """
 import contextlib, io, json, os, sys, time, traceback
 import torch
 torch.set_num_threads(1)
-from tracer import graphfile
+from tracer import pair
 from tracer.cli import main
 
 def slowed(fn, pause):
@@ -68,7 +68,7 @@ for line in sys.stdin:
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
             for name in ("_save_sidecar", "new_temp", "publish"):
-                setattr(graphfile, name, slowed(getattr(graphfile, name), req["pause"]))
+                setattr(pair, name, slowed(getattr(pair, name), req["pause"]))
             rc = main(req["argv"])
         except BaseException:
             traceback.print_exc()
