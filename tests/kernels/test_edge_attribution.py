@@ -192,6 +192,16 @@ def test_triton_matches_torch(shape, kind, dtype):
 
 
 @NEEDS_TRITON
+def test_triton_out_prefix():
+    """out_BN on the Triton plan: its first N' columns copied into a row-strided block, nothing past it."""
+    grads, dec, layer, pos, act = make_case((2, 3, 4, 8, 20), "clt", torch.float32, seed=7)
+    rows = torch.full((2, 30), 7.0)
+    got = plan_edges(dec, layer, pos, act, backend=KernelBackend.TRITON).attribute(grads, rows[:, :12])
+    assert got.data_ptr() == rows.data_ptr() and bool((rows[:, 12:] == 7.0).all())
+    assert_close(rows[:, :12], naive(grads, dec, layer, pos, act)[:, :12])
+
+
+@NEEDS_TRITON
 def test_triton_strided_and_truncated_grads():
     grads, dec, layer, pos, act = make_case((2, 3, 7, 40, 37), "clt", torch.float32, seed=5)
     plan = plan_edges(dec, layer, pos, act, backend=KernelBackend.TRITON)
