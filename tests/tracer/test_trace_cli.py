@@ -8,8 +8,11 @@ import re
 
 import pytest
 
+import tracer.pair
+import tracer.prune
 from tests.tracer.cli_subject import write_subject
 from tracer.cli import main
+from tracer.errors import GraphFileError
 from tracer.graphfile import load_attribution, load_graph
 from tracer.layout import NodeKind
 
@@ -120,3 +123,29 @@ def test_text_summary_matches_written_graph(subject, tmp_path, capsys):
     assert [g[3] for g in got] == pytest.approx([n.influence for n in feats], abs=6e-4)  # rounded to 4, shown to 3
     assert feats[0].influence > feats[-1].influence > 0
     assert lines[11:] == [f"graph: {out}", f"view it: tracer view {out}"]
+
+
+@pytest.mark.parametrize("error", [GraphFileError("pruning failed"), KeyboardInterrupt()], ids=["error", "interrupt"])
+def test_failure_after_the_sidecar_writer_started_leaves_the_old_pair(subject, tmp_path, monkeypatch, capsys, error):
+    """The sidecar's writer starts when attribution ends (tracer.pair.start_save); a failure while pruning cancels it:
+    the old pair stays, byte for byte, and no temp file is left."""
+    out = tmp_path / "g.json"
+    assert trace(subject, "the cat", "-o", str(out)) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    started = []
+    real = tracer.pair.start_save
+
+    def spy(*a, **k):
+        started.append(1)
+        return real(*a, **k)
+
+    def fail(*a, **k):
+        raise error
+
+    monkeypatch.setattr(tracer.pair, "start_save", spy)
+    monkeypatch.setattr(tracer.prune, "prune", fail)
+    rc, line = (130, "error: interrupted") if isinstance(error, KeyboardInterrupt) else (2, "error: pruning failed")
+    assert trace(subject, "the dog ate", "-o", str(out)) == rc
+    assert capsys.readouterr().err.strip().splitlines()[-1] == line
+    assert started == [1]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
