@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -84,6 +84,7 @@ class TorchEdgePlan:
     groups: tuple[EdgeGroup, ...]  # sorted by position
     inverse_N: Tensor  # [N] output-buffer row of each original feature
     in_order: int  # features 0..in_order-1 sit in output rows 0..in_order-1 (phase 4 needs no gather for them)
+    scratch: list[Tensor] = field(default_factory=list, compare=False, repr=False)  # phase 3's buffer, reused
 
     @torch.no_grad()  # edges are values: never part of an autograd graph
     def attribute(self, grads_BLPD: Tensor, out_BN: Tensor | None = None) -> Tensor:
@@ -93,7 +94,9 @@ class TorchEdgePlan:
         n_batch, n_lay, n_pos, d = grads_BLPD.shape
         check_out(out_BN, n_batch, self.n_features, self.dtype)
         # not zero-filled: only the rows no matmul writes are zeroed (the skipped groups and the spanless features)
-        out_NB = torch.empty(self.n_rows, n_batch, dtype=self.dtype, device=self.device)
+        if not self.scratch or self.scratch[0].numel() < self.n_rows * n_batch:  # reused: a fresh one page-faults
+            self.scratch[:] = [torch.empty(self.n_rows * n_batch, dtype=self.dtype, device=self.device)]
+        out_NB = self.scratch[0][: self.n_rows * n_batch].view(self.n_rows, n_batch)
         out_NB[self.groups[-1].end if self.groups else 0 :] = 0
         pos, grads_BK = -1, grads_BLPD.new_empty(0)
         quantum = ROW_QUANTUM.get(self.dtype, 1)
