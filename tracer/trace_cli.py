@@ -68,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_precision_args(p)
     p.add_argument("--row-dtype", choices=["auto", "fp32", "bf16"], default="auto",
                    help="dtype of the row phase (backward + edge kernel): bf16 is faster on CPUs with AVX512-BF16/AMX "
-                   "(1.8-2.1x measured, README), edges ~0.5%% off; fp32 is exact; auto: bf16 with --dtype bf16, "
+                   "(rows 1.8-2.0x faster, README), edges ~0.5%% off; fp32 is exact; auto: bf16 with --dtype bf16, "
                    "else fp32")
     p.add_argument("--no-sidecar", action="store_true",
                    help="write only the pruned graph (no NAME.adjacency.safetensors: no re-pruning or slider)")
