@@ -138,3 +138,22 @@ def test_max_feature_nodes_and_topk_keep_subset_of_exact_rows():
     kept = T != 0
     torch.testing.assert_close(T[kept], full[kept], atol=1e-12, rtol=0)
     assert top.row_mass_kept is not None and (top.row_mass_kept <= 1 + 1e-9).all()
+
+
+@pytest.mark.parametrize("row_dtype", ["fp32", "bf16"])
+def test_rows_over_the_readable_columns_equal_full_rows(monkeypatch, row_dtype):
+    """A batch's rows span only the features at its positions (NodeLayout.source_block, the kernel writing into
+    them): the same CSR, bit for bit, as rows over every column (the layout's fallback for unsorted features)."""
+    from tracer.layout import NodeLayout
+
+    model = random_model(tiny_config("llama"))
+    tc = random_transcoder(model, TranscoderKind.CLT, HookPoint.MLP_IN, True)
+    cfg = TraceConfig(batch_size=5, row_dtype=row_dtype)
+    narrow = attribute(model, tc, TOKENS, None, cfg)
+    lay = narrow.layout
+    assert any(lay.source_block(p).gap > 0 for p in range(1, lay.n_pos))  # the blocks do leave columns out
+    monkeypatch.setattr(NodeLayout, "_sorted_positions", property(lambda self: None))
+    full = attribute(model, tc, TOKENS, None, cfg)
+    assert full.layout.source_block(1).gap == 0
+    for name in ("crow", "col", "values"):
+        assert torch.equal(getattr(narrow.adjacency, name), getattr(full.adjacency, name))
