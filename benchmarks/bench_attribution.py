@@ -6,7 +6,7 @@
 4. Baseline: the autograd way (benchmarks/autograd_baseline.py: whole-prompt forward + backward per batch, as
    circuit-tracer does) on the same targets — all batches for short prompts, the first `--baseline-batches` otherwise
    (then scaled by rows); its rows are compared with ours (max |diff| / max |edge|).
-Usage: python benchmarks/bench_attribution.py [--subject anchor|default] [--tokens 16 64 ...] [--out FILE.json]
+Usage: python benchmarks/bench_attribution.py [--subject anchor|wide|default] [--tokens 16 64 ...] [--out FILE.json]
 
 With --whole, the whole `tracer trace` pipeline instead, each case in a fresh process (as the command runs):
 5. Phases: imports, load (the subject), the attribution phases, prune, graph_file (build_graph_file), write (as
@@ -56,18 +56,15 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
 def run_case(subject: str, n_tokens: int, max_feature_nodes: int | None, batch: int, baseline_batches: int,
              edge_topk: int | None = None) -> dict:  # fmt: skip
     from benchmarks.autograd_baseline import autograd_grads
-    from benchmarks.subjects import anchor_subject, default_subject
+    from benchmarks.subjects import SUBJECTS
     from tracer.attribute import RowBuilder, TraceConfig, _feature_injections, attribute
     from tracer.record import record
 
     torch.manual_seed(0)
-    if subject == "anchor":
-        model, tc = anchor_subject()
-    else:
-        pair = default_subject()
-        if pair is None:
-            return {"error": "default model or CLT not built"}
-        model, tc = pair
+    pair = SUBJECTS[subject]()
+    if pair is None:
+        return {"error": "default model or CLT not built"}
+    model, tc = pair
     gen = torch.Generator().manual_seed(n_tokens)
     tokens = torch.randint(3, model.cfg.vocab_size, (n_tokens,), generator=gen)
     tokens[0] = model.cfg.bos_token_id or 0
@@ -197,7 +194,7 @@ def whole_main(a: argparse.Namespace) -> None:
     import compileall
     import tempfile
 
-    from benchmarks.subjects import anchor_subject, default_subject
+    from benchmarks.subjects import SUBJECTS
     from tracer.models import save_hf
     from transcoders import save_transcoders
 
@@ -205,7 +202,7 @@ def whole_main(a: argparse.Namespace) -> None:
     for pkg in ("tracer", "transcoders", "kernels"):  # step 5: written even under PYTHONDONTWRITEBYTECODE
         compileall.compile_dir(root / pkg, quiet=1)
     torch.manual_seed(0)
-    pair = anchor_subject() if a.subject == "anchor" else default_subject()
+    pair = SUBJECTS[a.subject]()
     if pair is None:
         raise SystemExit("default model or CLT not built")
     results = []
@@ -248,7 +245,7 @@ def _whole_row(r: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--subject", default="anchor", choices=["anchor", "default"])
+    ap.add_argument("--subject", default="anchor", choices=["anchor", "wide", "default"])
     ap.add_argument("--tokens", type=int, nargs="+", default=[16, 64, 128, 256, 512])
     ap.add_argument("--max-feature-nodes", type=int, help="rows for features, most influential first")
     ap.add_argument("--batch", type=int, default=128)

@@ -1,6 +1,7 @@
 """Benchmark subjects: the bundled default model + CLT, and the synthetic 'anchor' subject shaped like the one
 circuit-tracer 0.5.0 was measured on here (4-layer d256 GPT-2, CLT of 2,048 features per layer, ~100 active
-features per token), with random weights and JumpReLU thresholds calibrated to that sparsity."""
+features per token), with random weights and JumpReLU thresholds calibrated to that sparsity; 'wide' is the same
+at d_model 1024 (16 heads, CLT of 4,096 features per layer): matmuls nearer a real model's size."""
 
 from __future__ import annotations
 
@@ -12,26 +13,34 @@ from transcoders import ActivationKind, Transcoder, TranscoderConfig, Transcoder
 ANCHOR_ACTIVE_PER_TOKEN = 100
 
 
-def anchor_subject(n_ctx: int = 1024, seed: int = 0) -> tuple[Transformer, Transcoder]:
+def anchor_subject(n_ctx: int = 1024, seed: int = 0, d_model: int = 256, n_features: int = 2048,
+                   ) -> tuple[Transformer, Transcoder]:  # fmt: skip
+    """The anchor subject (d_model 256; weights scaled by 1/sqrt(d_model / 256) at other widths, so activations
+    keep their size); wide_subject is d_model 1024."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(family="gpt2", n_layers=4, d_model=256, n_heads=4, d_mlp=1024, vocab_size=4096, n_ctx=n_ctx,
-                      norm=NormKind.LAYERNORM, mlp=MlpKind.GELU, pos=PosKind.LEARNED, qkv_bias=True, o_bias=True,
-                      mlp_bias=True, bos_token_id=0)  # fmt: skip
+    cfg = ModelConfig(family="gpt2", n_layers=4, d_model=d_model, n_heads=d_model // 64, d_mlp=4 * d_model,
+                      vocab_size=4096, n_ctx=n_ctx, norm=NormKind.LAYERNORM, mlp=MlpKind.GELU, pos=PosKind.LEARNED,
+                      qkv_bias=True, o_bias=True, mlp_bias=True, bos_token_id=0)  # fmt: skip
     model = Transformer(cfg)
+    scale = (256 / d_model) ** 0.5
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "ln" not in name:
-                p.normal_(0, 0.05)
+                p.normal_(0, 0.05 * scale)
     model.requires_grad_(False).eval()
-    tcfg = TranscoderConfig(kind=TranscoderKind.CLT, n_layers=4, d_model=256, n_features=2048,
+    tcfg = TranscoderConfig(kind=TranscoderKind.CLT, n_layers=4, d_model=d_model, n_features=n_features,
                             activation=ActivationKind.JUMPRELU)  # fmt: skip
     tc = Transcoder(tcfg)
     with torch.no_grad():
         for name, p in tc.named_parameters():
             if name != "theta":
-                p.normal_(0, 0.02)
-        _calibrate(model, tc, ANCHOR_ACTIVE_PER_TOKEN / (4 * 2048))
+                p.normal_(0, 0.02 * scale)
+        _calibrate(model, tc, ANCHOR_ACTIVE_PER_TOKEN / (4 * n_features))
     return model, tc.requires_grad_(False)
+
+
+def wide_subject(n_ctx: int = 1024, seed: int = 0) -> tuple[Transformer, Transcoder]:
+    return anchor_subject(n_ctx, seed, d_model=1024, n_features=4096)
 
 
 def _calibrate(model: Transformer, tc: Transcoder, rate: float) -> None:
@@ -57,3 +66,6 @@ def default_subject() -> tuple[Transformer, Transcoder] | None:
         return None
     lm = load_model()
     return lm.model, load_transcoders(DEFAULT_TRANSCODERS, lm.cfg, dtype=torch.float32)
+
+
+SUBJECTS = {"anchor": anchor_subject, "wide": wide_subject, "default": default_subject}  # --subject choices
