@@ -125,7 +125,7 @@ class NodeLayout:
                      embed_BP: torch.Tensor) -> None:  # fmt: skip
         """Write the columns of `block` after its features into out_BW [B, block.width]: errors [B, L', P'] and
         embeddings [B, P'] (L' <= n_layers, P' <= n_pos: the missing ones, and the logits, are zero)."""
-        B, base = out_BW.shape[0], self.rows(NodeKind.ERROR).start  # tail column c - base is adjacency column c
+        B, base = out_BW.shape[0], self.rows(NodeKind.ERROR).start  # tail column c - base holds adjacency column c
         tail = out_BW[:, block.n_features :]
         tail.zero_()
         err, emb = self.rows(NodeKind.ERROR), self.rows(NodeKind.EMBEDDING)
