@@ -2,9 +2,9 @@
 
 1. load (`Tracer.from_args`): model (dtype/device from tracer.precision), transcoders (the model's dtype, decoders
    lazy), their identities; the trace settings, as one TraceConfig.
-2. trace (`Tracer.trace`): tokenize, attribute, prune, build the graph file, add the feature store's labels.
-3. save (`Tracer.trace_to`: 2 and 3): graph + sidecar as one unit (tracer.pair), the sidecar as the options ask,
-   written in a background thread from the end of attribution on (disk I/O beside pruning and the graph file).
+2. trace (`Tracer.trace_to`): tokenize, attribute, prune, build the graph file, add the feature store's labels;
+3. save (in the same call): graph + sidecar as one unit (tracer.pair), the sidecar as the options ask, written in a
+   background thread from the end of attribution on (disk I/O beside pruning and the graph file).
 Each step's phases are added to the `timings` dict it is given (seconds, the names `tracer trace` prints).
 """
 
@@ -88,12 +88,6 @@ class Tracer:
         s = {k: v for k, v in asdict(self.cfg).items() if k != "progress"}
         return s | {"node_threshold": self.node_threshold, "edge_threshold": self.edge_threshold,
                     "target": list(self.cfg.target)}  # fmt: skip
-
-    def trace(self, prompt: str, timings: dict[str, float] | None = None) -> tuple[GraphFile, Attribution]:
-        """2. prompt -> (GraphFile, Attribution); PromptError for an empty or over-long prompt."""
-        t = {} if timings is None else timings
-        attr = self._attribute(prompt, t)
-        return self._graph(prompt, attr, t), attr
 
     def trace_to(self, path: Path, prompt: str, timings: dict[str, float] | None = None,
                  ) -> tuple[GraphFile, Attribution]:  # fmt: skip

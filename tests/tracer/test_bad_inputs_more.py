@@ -123,7 +123,6 @@ def fail(what: str):
 @pytest.fixture
 def no_work(monkeypatch) -> None:
     """The trace and the graph parsing replaced by an AssertionError (which main does not catch)."""
-    monkeypatch.setattr(Tracer, "trace", fail("the trace ran"))
     monkeypatch.setattr(Tracer, "trace_to", fail("the trace ran"))
     monkeypatch.setattr(tracer.attribute, "attribute", fail("attribution ran"))
     monkeypatch.setattr(tracer.graphfile, "load_graph", fail("the graph was parsed"))
